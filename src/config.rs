@@ -1,0 +1,713 @@
+//! Typed settings, read from the environment (and a `.env` file) exactly as DESIGN.md's
+//! configuration table names them.
+//!
+//! Everything is validated as a whole at start: every problem is reported, one line each, naming
+//! the variable, the value and what was expected, and start-up stops. Secrets (Kafka passwords,
+//! the Redis URL's password) are wrapped so that `Debug` and the start-up dump mask them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Whether windows are formed at all (`LULL_BATCHING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Group each user's burst into one batch (the default).
+    On,
+    /// Pass every fragment straight through as a batch of one.
+    Off,
+}
+
+/// Which clock stamps a fragment (`LULL_TIMESTAMP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampSource {
+    /// The Kafka message timestamp: replays give the same batches.
+    Kafka,
+    /// The worker's clock when the fragment is read: immune to producer clocks, not replayable.
+    Arrival,
+}
+
+/// How log lines are written (`LULL_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for handing to the client library that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One `LULL_KAFKA_*` pass-through property; secret-looking ones are masked when shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaProperty {
+    /// Shown as is.
+    Plain(String),
+    /// Masked in every dump and log line.
+    Secret(Secret),
+}
+
+impl KafkaProperty {
+    /// The value to hand to librdkafka.
+    pub fn value(&self) -> &str {
+        match self {
+            KafkaProperty::Plain(v) => v,
+            KafkaProperty::Secret(s) => s.expose(),
+        }
+    }
+}
+
+/// The whole effective configuration of a lull process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bootstrap servers (`KAFKA_BROKERS`).
+    pub brokers: String,
+    /// Topic fragments are read from.
+    pub input_topic: String,
+    /// Topic batches are written to.
+    pub output_topic: String,
+    /// Topic invalid input is written to.
+    pub dlq_topic: String,
+    /// Consumer group every instance joins.
+    pub group_id: String,
+    /// Batching on, or pass-through.
+    pub batching: Batching,
+    /// A window closes after this long without a fragment of its key.
+    pub quiet: Duration,
+    /// A window closes at the latest this long after its first fragment.
+    pub max_wait: Duration,
+    /// A window closes at once when it holds this many fragments.
+    pub max_fragments: usize,
+    /// A window closes at once when its fragments' bytes reach this.
+    pub max_batch_bytes: usize,
+    /// Fragments larger than this go to the dead-letter topic.
+    pub max_fragment_bytes: usize,
+    /// How long past the close time lull waits for stragglers.
+    pub grace: Duration,
+    /// Which clock stamps fragments.
+    pub timestamp: TimestampSource,
+    /// Shared state in Redis; `None` runs without it.
+    pub redis_url: Option<Secret>,
+    /// Namespace of every Redis key.
+    pub redis_prefix: String,
+    /// Trace Redis commands on lull's keys.
+    pub debug_redis_monitor: bool,
+    /// Where `/metrics` and the health endpoints are served.
+    pub http_addr: SocketAddr,
+    /// Names this process in logs, metrics and Redis ownership.
+    pub instance_id: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// How long a graceful shutdown may take to deliver what is due and commit.
+    pub drain_timeout: Duration,
+    /// librdkafka properties passed through from `LULL_KAFKA_*`.
+    pub kafka: BTreeMap<String, KafkaProperty>,
+}
+
+/// One problem found while validating the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The variable at fault.
+    pub variable: String,
+    /// The value it had (already masked if secret).
+    pub value: String,
+    /// What was expected instead.
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={}: expected {}",
+            self.variable, self.value, self.expected
+        )
+    }
+}
+
+/// Every problem in the environment, so the operator can fix them all in one go.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+/// A source of variables: the process environment in production, a map in tests.
+pub trait Env {
+    /// The value of `name`, if set.
+    fn get(&self, name: &str) -> Option<String>;
+    /// All `(name, value)` pairs whose name starts with `prefix`.
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Prefix of librdkafka pass-through variables.
+const KAFKA_PREFIX: &str = "LULL_KAFKA_";
+
+/// Collects problems while fields are parsed, so all of them are reported together.
+struct Reader<'e, E: Env> {
+    env: &'e E,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<E: Env> Reader<'_, E> {
+    fn raw(&self, name: &str) -> Option<String> {
+        self.env.get(name).map(|v| v.trim().to_string())
+    }
+
+    fn problem(&mut self, name: &str, value: &str, expected: &str) {
+        self.problems.push(ConfigProblem {
+            variable: name.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        });
+    }
+
+    fn string(&mut self, name: &str, default: &str) -> String {
+        match self.raw(name) {
+            Some(v) if v.is_empty() => {
+                self.problem(name, "", "a non-empty value");
+                default.to_string()
+            }
+            Some(v) => v,
+            None => default.to_string(),
+        }
+    }
+
+    fn topic(&mut self, name: &str, default: &str) -> String {
+        let value = self.string(name, default);
+        let valid = !value.is_empty()
+            && value.len() <= 249
+            && value != "."
+            && value != ".."
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            self.problem(
+                name,
+                &value,
+                "a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)",
+            );
+        }
+        value
+    }
+
+    fn number(&mut self, name: &str, default: u64, min: u64, what: &str) -> u64 {
+        let Some(v) = self.raw(name) else {
+            return default;
+        };
+        match v.parse::<u64>() {
+            Ok(n) if n >= min => n,
+            _ => {
+                let expected = if min > 0 {
+                    format!("{what} (a whole number, at least {min})")
+                } else {
+                    format!("{what} (a whole number)")
+                };
+                self.problem(name, &v, &expected);
+                default
+            }
+        }
+    }
+
+    fn millis(&mut self, name: &str, default: u64, min: u64) -> Duration {
+        Duration::from_millis(self.number(name, default, min, "milliseconds"))
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        let Some(v) = self.raw(name) else {
+            return default;
+        };
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                self.problem(name, &v, "true or false");
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, name: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some(v) = self.raw(name) else {
+            return default;
+        };
+        let lower = v.to_ascii_lowercase();
+        if let Some((_, value)) = options.iter().find(|(n, _)| *n == lower) {
+            return *value;
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.problem(name, &v, &format!("one of {}", names.join(", ")));
+        default
+    }
+}
+
+/// Whether a librdkafka property holds a secret and must be masked.
+fn is_secret_property(property: &str) -> bool {
+    ["password", "secret", "token", "jaas", ".pem", "key"]
+        .iter()
+        .any(|word| property.contains(word))
+}
+
+/// Masks the password of a `redis://user:password@host` URL for display.
+pub fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The default instance id: host name and process id.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "lull".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` from the working directory if present.
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        if let Err(error) = dotenvy::dotenv() {
+            if !error.not_found() {
+                return Err(ConfigError(vec![ConfigProblem {
+                    variable: ".env".to_string(),
+                    value: "(file)".to_string(),
+                    expected: format!("KEY=value lines ({error})"),
+                }]));
+            }
+        }
+        Self::from_env(&ProcessEnv)
+    }
+
+    /// Reads and validates every setting from `env`, reporting all problems at once.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let brokers = r.string("KAFKA_BROKERS", "localhost:9092");
+        if brokers.split(',').any(|b| b.trim().is_empty()) {
+            r.problem("KAFKA_BROKERS", &brokers, "host:port[,host:port...]");
+        }
+        let input_topic = r.topic("LULL_INPUT_TOPIC", "chat.fragments");
+        let output_topic = r.topic("LULL_OUTPUT_TOPIC", "chat.batches");
+        let dlq_topic = r.topic("LULL_DLQ_TOPIC", "chat.fragments.dlq");
+        let group_id = r.string("LULL_GROUP_ID", "lull");
+        let batching = r.choice(
+            "LULL_BATCHING",
+            Batching::On,
+            &[
+                ("on", Batching::On),
+                ("off", Batching::Off),
+                ("true", Batching::On),
+                ("false", Batching::Off),
+            ],
+        );
+        let quiet = r.millis("LULL_QUIET_MS", 2000, 1);
+        let max_wait = r.millis("LULL_MAX_WAIT_MS", 15000, 1);
+        let max_fragments = r.number("LULL_MAX_FRAGMENTS", 100, 1, "a fragment count") as usize;
+        let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", 262_144, 1, "bytes") as usize;
+        let max_fragment_bytes = r.number("LULL_MAX_FRAGMENT_BYTES", 65_536, 1, "bytes") as usize;
+        let grace = r.millis("LULL_GRACE_MS", 200, 0);
+        let timestamp = r.choice(
+            "LULL_TIMESTAMP",
+            TimestampSource::Kafka,
+            &[
+                ("kafka", TimestampSource::Kafka),
+                ("arrival", TimestampSource::Arrival),
+            ],
+        );
+        let redis_url = match r.raw("REDIS_URL") {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") => {
+                Some(Secret::new(v))
+            }
+            Some(v) => {
+                r.problem(
+                    "REDIS_URL",
+                    &mask_url_password(&v),
+                    "a redis:// or rediss:// URL",
+                );
+                None
+            }
+        };
+        let redis_prefix = r.string("LULL_REDIS_PREFIX", "lull");
+        if redis_prefix.contains(char::is_whitespace) {
+            r.problem(
+                "LULL_REDIS_PREFIX",
+                &redis_prefix,
+                "a prefix without spaces",
+            );
+        }
+        let debug_redis_monitor = r.boolean("LULL_DEBUG_REDIS_MONITOR", false);
+        let http_text = r.string("LULL_HTTP_ADDR", "127.0.0.1:9898");
+        let http_addr = match http_text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                r.problem("LULL_HTTP_ADDR", &http_text, "ip:port, e.g. 127.0.0.1:9898");
+                SocketAddr::from(([127, 0, 0, 1], 9898))
+            }
+        };
+        let instance_id = match r.raw("LULL_INSTANCE_ID") {
+            Some(v) if !v.is_empty() => v,
+            Some(_) => {
+                r.problem("LULL_INSTANCE_ID", "", "a non-empty id");
+                default_instance_id()
+            }
+            None => default_instance_id(),
+        };
+        let log_format = r.choice(
+            "LULL_LOG_FORMAT",
+            LogFormat::Pretty,
+            &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+        );
+        let drain_timeout = r.millis("LULL_DRAIN_TIMEOUT_MS", 10_000, 1);
+
+        let mut kafka = BTreeMap::new();
+        for (name, value) in r.env.with_prefix(KAFKA_PREFIX) {
+            let property = name[KAFKA_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            if property.is_empty() {
+                r.problem(&name, &value, "LULL_KAFKA_<PROPERTY>=value");
+                continue;
+            }
+            let value = if is_secret_property(&property) {
+                KafkaProperty::Secret(Secret::new(value))
+            } else {
+                KafkaProperty::Plain(value)
+            };
+            kafka.insert(property, value);
+        }
+
+        if max_wait < quiet {
+            r.problem(
+                "LULL_MAX_WAIT_MS",
+                &max_wait.as_millis().to_string(),
+                &format!("at least LULL_QUIET_MS ({})", quiet.as_millis()),
+            );
+        }
+        if max_fragment_bytes > max_batch_bytes {
+            r.problem(
+                "LULL_MAX_FRAGMENT_BYTES",
+                &max_fragment_bytes.to_string(),
+                &format!("at most LULL_MAX_BATCH_BYTES ({max_batch_bytes})"),
+            );
+        }
+        let distinct = [&input_topic, &output_topic, &dlq_topic];
+        if output_topic == input_topic || dlq_topic == input_topic {
+            r.problem(
+                "LULL_OUTPUT_TOPIC",
+                &format!("{}/{}/{}", distinct[0], distinct[1], distinct[2]),
+                "input, output and DLQ topics to be different",
+            );
+        }
+        if let Some(session) = kafka.get("session.timeout.ms") {
+            if let Ok(session_ms) = session.value().parse::<u64>() {
+                if drain_timeout.as_millis() as u64 >= session_ms {
+                    r.problem(
+                        "LULL_DRAIN_TIMEOUT_MS",
+                        &drain_timeout.as_millis().to_string(),
+                        &format!("less than session.timeout.ms ({session_ms})"),
+                    );
+                }
+            }
+        }
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError(r.problems));
+        }
+        Ok(Config {
+            brokers,
+            input_topic,
+            output_topic,
+            dlq_topic,
+            group_id,
+            batching,
+            quiet,
+            max_wait,
+            max_fragments,
+            max_batch_bytes,
+            max_fragment_bytes,
+            grace,
+            timestamp,
+            redis_url,
+            redis_prefix,
+            debug_redis_monitor,
+            http_addr,
+            instance_id,
+            log_format,
+            drain_timeout,
+            kafka,
+        })
+    }
+
+    /// The defaults, as if the environment were empty (used by the demo and tests).
+    pub fn defaults() -> Self {
+        match Self::from_env(&BTreeMap::new()) {
+            Ok(config) => config,
+            Err(error) => unreachable!("the built-in defaults are valid: {error}"),
+        }
+    }
+
+    /// The effective settings as `name = value` pairs, secrets masked, for the start-up log.
+    pub fn summary(&self) -> Vec<(String, String)> {
+        let mut out = vec![
+            ("KAFKA_BROKERS".into(), self.brokers.clone()),
+            ("LULL_INPUT_TOPIC".into(), self.input_topic.clone()),
+            ("LULL_OUTPUT_TOPIC".into(), self.output_topic.clone()),
+            ("LULL_DLQ_TOPIC".into(), self.dlq_topic.clone()),
+            ("LULL_GROUP_ID".into(), self.group_id.clone()),
+            (
+                "LULL_BATCHING".into(),
+                match self.batching {
+                    Batching::On => "on".into(),
+                    Batching::Off => "off".into(),
+                },
+            ),
+            ("LULL_QUIET_MS".into(), self.quiet.as_millis().to_string()),
+            (
+                "LULL_MAX_WAIT_MS".into(),
+                self.max_wait.as_millis().to_string(),
+            ),
+            ("LULL_MAX_FRAGMENTS".into(), self.max_fragments.to_string()),
+            (
+                "LULL_MAX_BATCH_BYTES".into(),
+                self.max_batch_bytes.to_string(),
+            ),
+            (
+                "LULL_MAX_FRAGMENT_BYTES".into(),
+                self.max_fragment_bytes.to_string(),
+            ),
+            ("LULL_GRACE_MS".into(), self.grace.as_millis().to_string()),
+            (
+                "LULL_TIMESTAMP".into(),
+                match self.timestamp {
+                    TimestampSource::Kafka => "kafka".into(),
+                    TimestampSource::Arrival => "arrival".into(),
+                },
+            ),
+            (
+                "REDIS_URL".into(),
+                self.redis_url
+                    .as_ref()
+                    .map(|u| mask_url_password(u.expose()))
+                    .unwrap_or_else(|| "(unset)".into()),
+            ),
+            ("LULL_REDIS_PREFIX".into(), self.redis_prefix.clone()),
+            (
+                "LULL_DEBUG_REDIS_MONITOR".into(),
+                self.debug_redis_monitor.to_string(),
+            ),
+            ("LULL_HTTP_ADDR".into(), self.http_addr.to_string()),
+            ("LULL_INSTANCE_ID".into(), self.instance_id.clone()),
+            (
+                "LULL_DRAIN_TIMEOUT_MS".into(),
+                self.drain_timeout.as_millis().to_string(),
+            ),
+        ];
+        for (property, value) in &self.kafka {
+            let shown = match value {
+                KafkaProperty::Plain(v) => v.clone(),
+                KafkaProperty::Secret(_) => "***".to_string(),
+            };
+            out.push((format!("kafka:{property}"), shown));
+        }
+        out
+    }
+
+    /// The window engine's settings, derived from this configuration.
+    pub fn window(&self) -> crate::window::WindowConfig {
+        crate::window::WindowConfig {
+            batching: self.batching == Batching::On,
+            quiet_ms: self.quiet.as_millis() as i64,
+            max_wait_ms: self.max_wait.as_millis() as i64,
+            max_fragments: self.max_fragments,
+            max_batch_bytes: self.max_batch_bytes,
+            grace_ms: self.grace.as_millis() as i64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design_table() {
+        let c = Config::defaults();
+        assert_eq!(c.brokers, "localhost:9092");
+        assert_eq!(c.input_topic, "chat.fragments");
+        assert_eq!(c.output_topic, "chat.batches");
+        assert_eq!(c.dlq_topic, "chat.fragments.dlq");
+        assert_eq!(c.group_id, "lull");
+        assert_eq!(c.batching, Batching::On);
+        assert_eq!(c.quiet, Duration::from_millis(2000));
+        assert_eq!(c.max_wait, Duration::from_millis(15000));
+        assert_eq!(c.max_fragments, 100);
+        assert_eq!(c.max_batch_bytes, 262_144);
+        assert_eq!(c.max_fragment_bytes, 65_536);
+        assert_eq!(c.grace, Duration::from_millis(200));
+        assert_eq!(c.timestamp, TimestampSource::Kafka);
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.redis_prefix, "lull");
+        assert!(!c.debug_redis_monitor);
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9898");
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn every_problem_is_reported_on_its_own_line() {
+        let e = Config::from_env(&env(&[
+            ("LULL_QUIET_MS", "abc"),
+            ("LULL_BATCHING", "maybe"),
+            ("LULL_TIMESTAMP", "wall"),
+            ("LULL_HTTP_ADDR", "nowhere"),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines
+            .contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, at least 1)"));
+        assert!(lines.contains(&"LULL_BATCHING=maybe: expected one of on, off, true, false"));
+        assert!(lines.contains(&"LULL_TIMESTAMP=wall: expected one of kafka, arrival"));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("LULL_HTTP_ADDR=nowhere: expected")));
+    }
+
+    #[test]
+    fn cross_field_rules_are_checked() {
+        let e = Config::from_env(&env(&[
+            ("LULL_QUIET_MS", "5000"),
+            ("LULL_MAX_WAIT_MS", "1000"),
+            ("LULL_MAX_FRAGMENT_BYTES", "1000"),
+            ("LULL_MAX_BATCH_BYTES", "10"),
+            ("LULL_OUTPUT_TOPIC", "chat.fragments"),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("LULL_MAX_WAIT_MS=1000: expected at least LULL_QUIET_MS (5000)"));
+        assert!(text
+            .contains("LULL_MAX_FRAGMENT_BYTES=1000: expected at most LULL_MAX_BATCH_BYTES (10)"));
+        assert!(text.contains("input, output and DLQ topics to be different"));
+    }
+
+    #[test]
+    fn kafka_pass_through_is_mapped_and_secrets_masked() {
+        let c = Config::from_env(&env(&[
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("LULL_KAFKA_SASL_PASSWORD", "hunter2"),
+            ("REDIS_URL", "redis://lull:topsecret@localhost:6379/0"),
+        ]))
+        .unwrap();
+        assert_eq!(c.kafka["security.protocol"].value(), "SASL_SSL");
+        assert_eq!(c.kafka["sasl.password"].value(), "hunter2");
+        let dump = format!("{:?} {:?}", c, c.summary());
+        assert!(!dump.contains("hunter2"), "{dump}");
+        assert!(!dump.contains("topsecret"), "{dump}");
+        assert!(dump.contains("redis://lull:***@localhost:6379/0"));
+    }
+
+    #[test]
+    fn bad_redis_url_is_masked_in_the_error() {
+        let e = Config::from_env(&env(&[("REDIS_URL", "http://u:pw@host")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "REDIS_URL=http://u:***@host: expected a redis:// or rediss:// URL"
+        );
+    }
+
+    #[test]
+    fn drain_timeout_must_be_below_session_timeout() {
+        let e = Config::from_env(&env(&[
+            ("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("LULL_DRAIN_TIMEOUT_MS", "6000"),
+        ]))
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("less than session.timeout.ms (6000)"));
+    }
+}

@@ -1,0 +1,443 @@
+//! The Kafka consumer loop: group membership, rebalances, dispatch to partition workers, and
+//! offset commits.
+//!
+//! * On assignment a [`Worker`] task is started per partition, fed over a bounded channel. When a
+//!   channel is full the partition is paused (the loop keeps polling, so group membership holds)
+//!   and the messages already fetched wait in a per-partition backlog, in order, until there is
+//!   room; then the partition is resumed.
+//! * On revocation the worker is stopped at once and the partition's watermark is committed
+//!   synchronously. Its open windows are simply dropped: their offsets were never committed, so
+//!   the next owner reads them again. A commit refused because a rebalance is under way is
+//!   expected, logged and survived.
+//! * Every [`COMMIT_INTERVAL`] the watermarks that moved are committed (synchronously, on a
+//!   blocking thread, so failures are seen). Commits use `commit` with explicit offsets, taken as
+//!   given: the watermark is already "the next offset to read".
+//! * At shutdown the loop stops reading, waits for the workers to drain, commits, and closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::metrics::metrics;
+use crate::partition::{Inbound, PartitionShared, Worker};
+use crate::sink::{Sink, SinkError};
+
+/// How often moved watermarks are committed.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Capacity of each partition worker's inbox.
+const INBOX_CAPACITY: usize = 4_096;
+
+/// How often backlogs of paused partitions are retried.
+const BACKLOG_RETRY: Duration = Duration::from_millis(10);
+
+/// Errors that end the consumer loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The consumer could not be created or subscribed (bad settings, bad topic).
+    #[error("cannot start the Kafka consumer: {0}")]
+    Start(#[source] KafkaError),
+    /// A partition worker failed in a way that cannot be retried.
+    #[error("partition worker failed: {0}")]
+    Worker(#[source] SinkError),
+}
+
+/// One assigned partition, as the loop sees it.
+struct PartitionHandle {
+    tx: mpsc::Sender<Inbound>,
+    /// Messages fetched while the inbox was full, in order.
+    backlog: VecDeque<Inbound>,
+    paused: bool,
+    shared: Arc<PartitionShared>,
+    revoked: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What the rebalance callbacks need to start and stop workers.
+struct Spawner {
+    runtime: Handle,
+    config: Arc<Config>,
+    topic: Arc<str>,
+    sink: Sink,
+    shutdown: CancellationToken,
+    /// Set by the first worker that fails fatally; the process then stops.
+    failure: Arc<Mutex<Option<SinkError>>>,
+}
+
+/// The consumer context: owns the partition registry, shared by the callbacks and the loop.
+pub struct LullContext {
+    partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    spawner: Spawner,
+}
+
+impl LullContext {
+    fn registry(&self) -> MutexGuard<'_, HashMap<i32, PartitionHandle>> {
+        // A poisoned lock means a panic elsewhere already stopped the process's work; the map
+        // itself is still consistent (every mutation is a single insert/remove).
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start_worker(&self, partition: i32) -> PartitionHandle {
+        let s = &self.spawner;
+        let (tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let shared = Arc::new(PartitionShared::default());
+        let revoked = CancellationToken::new();
+        let worker = Worker {
+            topic: s.topic.clone(),
+            partition,
+            config: s.config.clone(),
+            sink: s.sink.clone(),
+            shared: shared.clone(),
+            inbox,
+            revoked: revoked.clone(),
+            shutdown: s.shutdown.clone(),
+        };
+        let failure = s.failure.clone();
+        let shutdown = s.shutdown.clone();
+        let task = s.runtime.spawn(async move {
+            if let Err(e) = worker.run().await {
+                error!(partition, error = %e, "partition worker failed; stopping");
+                let mut slot = failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                slot.get_or_insert(e);
+                shutdown.cancel();
+            }
+        });
+        PartitionHandle {
+            tx,
+            backlog: VecDeque::new(),
+            paused: false,
+            shared,
+            revoked,
+            task,
+        }
+    }
+
+    /// Offsets to commit for `partitions` whose watermark moved past the last commit.
+    fn pending_commits(&self, only: Option<&[i32]>) -> Vec<(i32, i64)> {
+        let reg = self.registry();
+        reg.iter()
+            .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
+            .filter_map(|(p, h)| {
+                let mark = h.shared.watermark.load(Ordering::Acquire);
+                let done = h.shared.committed.load(Ordering::Acquire);
+                (mark >= 0 && mark > done).then_some((*p, mark))
+            })
+            .collect()
+    }
+}
+
+impl ClientContext for LullContext {}
+
+impl ConsumerContext for LullContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let topic = &*self.spawner.topic;
+        let mut marks = Vec::new();
+        let mut handles = Vec::new();
+        {
+            let mut reg = self.registry();
+            for elem in tpl.elements_for_topic(topic) {
+                if let Some(h) = reg.remove(&elem.partition()) {
+                    h.revoked.cancel();
+                    let mark = h.shared.watermark.load(Ordering::Acquire);
+                    if mark >= 0 && mark > h.shared.committed.load(Ordering::Acquire) {
+                        marks.push((elem.partition(), mark));
+                    }
+                    handles.push(h);
+                }
+            }
+            metrics().assigned_partitions.set(reg.len() as i64);
+            metrics()
+                .backpressure_paused
+                .set(reg.values().filter(|h| h.paused).count() as i64);
+        }
+        info!(
+            partitions = ?handles.len(),
+            "partitions revoked; open windows are left to the next owner"
+        );
+        if !marks.is_empty() {
+            commit_now(consumer, topic, &marks, "revoke");
+        }
+        drop(handles);
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let topic = &*self.spawner.topic;
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                let mut reg = self.registry();
+                for &p in &partitions {
+                    if let Some(old) = reg.remove(&p) {
+                        old.revoked.cancel();
+                    }
+                    let handle = self.start_worker(p);
+                    reg.insert(p, handle);
+                }
+                metrics().assigned_partitions.set(reg.len() as i64);
+                info!(partitions = ?partitions, "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Commits explicit offsets synchronously; a refusal is logged and counted, never fatal.
+fn commit_now<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    marks: &[(i32, i64)],
+    why: &str,
+) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    for &(p, offset) in marks {
+        if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(offset)) {
+            warn!(partition = p, error = %e, "cannot build commit list");
+            return false;
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            metrics().commits.inc();
+            debug!(why, offsets = ?marks, "committed");
+            true
+        }
+        Err(e) => {
+            metrics().commit_failures.inc();
+            // IllegalGeneration, RebalanceInProgress, UnknownMemberId: the group moved on; the
+            // next owner re-reads from the last good commit, so nothing is lost.
+            warn!(why, error = %e, offsets = ?marks, "commit refused; the uncommitted range will be re-read by its next owner");
+            false
+        }
+    }
+}
+
+type LullConsumer = StreamConsumer<LullContext>;
+
+/// Records a successful commit on the partitions' shared state.
+fn mark_committed(ctx: &LullContext, marks: &[(i32, i64)]) {
+    let reg = ctx.registry();
+    for &(p, offset) in marks {
+        if let Some(h) = reg.get(&p) {
+            h.shared.committed.fetch_max(offset, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Runs the consumer until `shutdown` is cancelled or a worker fails fatally.
+pub async fn run(
+    config: Arc<Config>,
+    sink: Sink,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let failure = Arc::new(Mutex::new(None));
+    let context = LullContext {
+        partitions: Mutex::new(HashMap::new()),
+        spawner: Spawner {
+            runtime: Handle::current(),
+            config: config.clone(),
+            topic: Arc::from(config.input_topic.as_str()),
+            sink: sink.clone(),
+            shutdown: shutdown.clone(),
+            failure: failure.clone(),
+        },
+    };
+    let consumer: LullConsumer = crate::kafka::consumer_config(&config)
+        .create_with_context(context)
+        .map_err(ConsumeError::Start)?;
+    consumer
+        .subscribe(&[config.input_topic.as_str()])
+        .map_err(ConsumeError::Start)?;
+    let consumer = Arc::new(consumer);
+    info!(topic = %config.input_topic, group = %config.group_id, "consuming");
+
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backlog_tick = tokio::time::interval(BACKLOG_RETRY);
+    backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commit_task: Option<JoinHandle<()>> = None;
+    let mut any_backlog = false;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = commit_tick.tick() => {
+                if commit_task.as_ref().is_none_or(|t| t.is_finished()) {
+                    commit_task = spawn_commit(&consumer, &config.input_topic);
+                }
+            }
+            _ = backlog_tick.tick(), if any_backlog => {
+                any_backlog = drain_backlogs(&consumer);
+            }
+            received = consumer.recv() => {
+                let (partition, inbound) = match received {
+                    Ok(m) => (m.partition(), Inbound::Message(m.detach())),
+                    Err(KafkaError::PartitionEOF(p)) => (p, Inbound::Eof),
+                    Err(e) => {
+                        warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                if dispatch(&consumer, partition, inbound) {
+                    any_backlog = true;
+                }
+            }
+        }
+    }
+
+    info!("stopping: draining partition workers");
+    let handles: Vec<JoinHandle<()>> = {
+        let mut reg = consumer.context().registry();
+        reg.values_mut()
+            .map(|h| std::mem::replace(&mut h.task, tokio::spawn(async {})))
+            .collect()
+    };
+    let drain = config.drain_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(drain, futures_util::future::join_all(handles))
+        .await
+        .is_err()
+    {
+        warn!("partition workers did not stop within the drain timeout");
+    }
+    if let Some(t) = commit_task.take() {
+        let _ = t.await;
+    }
+    let final_commit = {
+        let consumer = consumer.clone();
+        let topic = config.input_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let marks = consumer.context().pending_commits(None);
+            if !marks.is_empty() && commit_now(&*consumer, &topic, &marks, "shutdown") {
+                mark_committed(consumer.context(), &marks);
+            }
+            for h in consumer.context().registry().values() {
+                h.revoked.cancel();
+            }
+        })
+    };
+    let _ = final_commit.await;
+    // Closing the consumer leaves the group (its partitions move at once) and may block briefly.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    let failure = failure
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match failure {
+        Some(e) => Err(ConsumeError::Worker(e)),
+        None => Ok(()),
+    }
+}
+
+/// Commits every moved watermark on a blocking thread, so its result is known.
+fn spawn_commit(consumer: &Arc<LullConsumer>, topic: &str) -> Option<JoinHandle<()>> {
+    let marks = consumer.context().pending_commits(None);
+    if marks.is_empty() {
+        return None;
+    }
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    Some(tokio::task::spawn_blocking(move || {
+        if commit_now(&*consumer, &topic, &marks, "periodic") {
+            mark_committed(consumer.context(), &marks);
+        }
+    }))
+}
+
+/// Hands one item to its partition's worker; returns whether a backlog now exists.
+fn dispatch(consumer: &LullConsumer, partition: i32, inbound: Inbound) -> bool {
+    let mut reg = consumer.context().registry();
+    // Not (or no longer) ours: the owner reads it from the committed offset.
+    let Some(h) = reg.get_mut(&partition) else {
+        return false;
+    };
+    if !h.backlog.is_empty() {
+        h.backlog.push_back(inbound);
+        return true;
+    }
+    match h.tx.try_send(inbound) {
+        Ok(()) => false,
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            h.backlog.push_back(item);
+            if !h.paused {
+                set_paused(consumer, partition, true);
+                h.paused = true;
+                metrics().backpressure_paused.inc();
+            }
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Moves backlogged items into inboxes that have room, resuming partitions whose backlog is
+/// empty; returns whether any backlog remains.
+fn drain_backlogs(consumer: &LullConsumer) -> bool {
+    let mut reg = consumer.context().registry();
+    let mut remaining = false;
+    for (&partition, h) in reg.iter_mut() {
+        while let Some(item) = h.backlog.pop_front() {
+            match h.tx.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    h.backlog.push_front(item);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    h.backlog.clear();
+                    break;
+                }
+            }
+        }
+        if h.backlog.is_empty() {
+            if h.paused {
+                set_paused(consumer, partition, false);
+                h.paused = false;
+                metrics().backpressure_paused.dec();
+            }
+        } else {
+            remaining = true;
+        }
+    }
+    remaining
+}
+
+fn set_paused(consumer: &LullConsumer, partition: i32, pause: bool) {
+    let topic = &*consumer.context().spawner.topic;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match result {
+        Ok(()) => debug!(partition, pause, "backpressure"),
+        Err(e) => warn!(partition, pause, error = %e, "cannot pause/resume partition"),
+    }
+}

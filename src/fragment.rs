@@ -1,0 +1,260 @@
+//! Bytes in -> a [`Fragment`], or the reason it belongs in the dead-letter topic.
+//!
+//! A fragment's value is kept byte-for-byte (it is copied into the batch unchanged); the JSON is
+//! parsed once here only to check it is an object and to pick out the few fields lull reads:
+//! `user_id` (the key when the message has none), `event_id`, `text` and `correlation_id`.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One valid input message, as the window engine and the sink need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// The grouping key: the Kafka key, else the value's `user_id`.
+    pub key: String,
+    /// Offset in the input partition.
+    pub offset: i64,
+    /// Timestamp in Unix milliseconds (Kafka's, or arrival time; possibly clamped by the engine).
+    pub ts: i64,
+    /// The original JSON value, unchanged.
+    pub value: Box<[u8]>,
+    /// The `text` field, when it is a string.
+    pub text: Option<Box<str>>,
+    /// The `correlation_id` field, when it is a string.
+    pub correlation_id: Option<Box<str>>,
+    /// The `event_id` header or field, for duplicate detection.
+    pub event_id: Option<Box<str>>,
+}
+
+impl Fragment {
+    /// Bytes this fragment counts against the batch byte cap.
+    pub fn size(&self) -> usize {
+        self.value.len()
+    }
+}
+
+/// Why a message cannot be a fragment; every variant sends it to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// The value is missing or is not JSON at all.
+    #[error("value is not valid JSON: {0}")]
+    NotJson(String),
+    /// The value is JSON but not an object.
+    #[error("value is JSON but not an object")]
+    NotObject,
+    /// Neither a message key nor a string `user_id` field names the user.
+    #[error("no key: the message has no key and the value has no string user_id")]
+    NoKey,
+    /// The message key is not UTF-8.
+    #[error("message key is not valid UTF-8")]
+    KeyNotUtf8,
+    /// The value is larger than `LULL_MAX_FRAGMENT_BYTES`.
+    #[error("value is {size} bytes, over LULL_MAX_FRAGMENT_BYTES ({limit})")]
+    TooLarge {
+        /// The value's size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+impl Invalid {
+    /// A short, fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Invalid::NotJson(_) => "not_json",
+            Invalid::NotObject => "not_object",
+            Invalid::NoKey => "no_key",
+            Invalid::KeyNotUtf8 => "key_not_utf8",
+            Invalid::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// The fields lull reads; anything else in the object is ignored (and kept in the raw bytes).
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    correlation_id: Option<&'a RawValue>,
+}
+
+/// The string inside a raw JSON value, if it is a string.
+fn as_string(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?;
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// What a Kafka message brings that a fragment is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct RawMessage<'a> {
+    /// The message key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The message value, if any.
+    pub value: Option<&'a [u8]>,
+    /// The `event_id` header, if any.
+    pub event_id_header: Option<&'a [u8]>,
+    /// Offset in the input partition.
+    pub offset: i64,
+    /// Timestamp in Unix milliseconds.
+    pub ts: i64,
+}
+
+/// Validates a message and builds its fragment.
+pub fn parse(msg: RawMessage<'_>, max_fragment_bytes: usize) -> Result<Fragment, Invalid> {
+    let value = msg.value.unwrap_or_default();
+    if value.len() > max_fragment_bytes {
+        return Err(Invalid::TooLarge {
+            size: value.len(),
+            limit: max_fragment_bytes,
+        });
+    }
+    let first = value.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_none() {
+        return Err(Invalid::NotJson("empty value".to_string()));
+    }
+    // Validate the whole document first, so that "not JSON" and "not an object" are told apart.
+    let whole: &RawValue =
+        serde_json::from_slice(value).map_err(|e| Invalid::NotJson(e.to_string()))?;
+    if first != Some(&b'{') {
+        return Err(Invalid::NotObject);
+    }
+    let probe: Probe<'_> =
+        serde_json::from_str(whole.get()).map_err(|e| Invalid::NotJson(e.to_string()))?;
+
+    let key = match msg.key.filter(|k| !k.is_empty()) {
+        Some(k) => std::str::from_utf8(k)
+            .map_err(|_| Invalid::KeyNotUtf8)?
+            .to_string(),
+        None => as_string(probe.user_id)
+            .filter(|k| !k.is_empty())
+            .ok_or(Invalid::NoKey)?,
+    };
+    let event_id = msg
+        .event_id_header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(str::to_string)
+        .or_else(|| as_string(probe.event_id))
+        .filter(|e| !e.is_empty());
+    Ok(Fragment {
+        key,
+        offset: msg.offset,
+        ts: msg.ts,
+        value: value.into(),
+        text: as_string(probe.text).map(String::into_boxed_str),
+        correlation_id: as_string(probe.correlation_id).map(String::into_boxed_str),
+        event_id: event_id.map(String::into_boxed_str),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> RawMessage<'a> {
+        RawMessage {
+            key,
+            value: Some(value),
+            event_id_header: None,
+            offset: 7,
+            ts: 1000,
+        }
+    }
+
+    #[test]
+    fn valid_fragment_keeps_bytes_and_reads_fields() {
+        let value = br#"{"text":"hi","correlation_id":"c-1","event_id":"e-1","extra":[1,2]}"#;
+        let f = parse(msg(Some(b"user-1"), value), 1024).unwrap();
+        assert_eq!(f.key, "user-1");
+        assert_eq!(&*f.value, &value[..]);
+        assert_eq!(f.text.as_deref(), Some("hi"));
+        assert_eq!(f.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(f.event_id.as_deref(), Some("e-1"));
+        assert_eq!((f.offset, f.ts), (7, 1000));
+    }
+
+    #[test]
+    fn user_id_is_the_key_when_the_message_has_none() {
+        let f = parse(msg(None, br#"{"user_id":"u-9","text":"x"}"#), 1024).unwrap();
+        assert_eq!(f.key, "u-9");
+        let f = parse(msg(Some(b""), br#"{"user_id":"u-9"}"#), 1024).unwrap();
+        assert_eq!(f.key, "u-9");
+    }
+
+    #[test]
+    fn non_string_fields_are_ignored_not_rejected() {
+        let f = parse(msg(Some(b"k"), br#"{"text":5,"event_id":null}"#), 1024).unwrap();
+        assert_eq!(f.text, None);
+        assert_eq!(f.event_id, None);
+    }
+
+    #[test]
+    fn event_id_header_wins_over_the_field() {
+        let mut m = msg(Some(b"k"), br#"{"event_id":"field"}"#);
+        m.event_id_header = Some(b"header");
+        assert_eq!(parse(m, 1024).unwrap().event_id.as_deref(), Some("header"));
+    }
+
+    #[test]
+    fn invalid_inputs_are_classified() {
+        assert!(matches!(
+            parse(msg(Some(b"k"), b"not json"), 1024),
+            Err(Invalid::NotJson(_))
+        ));
+        assert!(matches!(
+            parse(msg(Some(b"k"), b""), 1024),
+            Err(Invalid::NotJson(_))
+        ));
+        assert!(matches!(
+            parse(msg(Some(b"k"), b"{\"a\":1} trailing"), 1024),
+            Err(Invalid::NotJson(_))
+        ));
+        assert_eq!(
+            parse(msg(Some(b"k"), b"[1,2]"), 1024),
+            Err(Invalid::NotObject)
+        );
+        assert_eq!(
+            parse(msg(Some(b"k"), b"\"s\""), 1024),
+            Err(Invalid::NotObject)
+        );
+        assert_eq!(
+            parse(msg(None, br#"{"text":"x"}"#), 1024),
+            Err(Invalid::NoKey)
+        );
+        assert_eq!(
+            parse(msg(None, br#"{"user_id":7}"#), 1024),
+            Err(Invalid::NoKey)
+        );
+        assert_eq!(
+            parse(msg(Some(&[0xff, 0xfe]), b"{}"), 1024),
+            Err(Invalid::KeyNotUtf8)
+        );
+        assert_eq!(
+            parse(msg(Some(b"k"), &[b' '; 11]), 10),
+            Err(Invalid::TooLarge {
+                size: 11,
+                limit: 10
+            })
+        );
+    }
+
+    #[test]
+    fn missing_value_is_not_json() {
+        let m = RawMessage {
+            key: Some(b"k"),
+            value: None,
+            event_id_header: None,
+            offset: 0,
+            ts: 0,
+        };
+        assert!(matches!(parse(m, 10), Err(Invalid::NotJson(_))));
+    }
+}

@@ -1,0 +1,69 @@
+//! lull: rapid-fire protection for chat bots.
+//!
+//! Fragments (one user's quick messages) come in on a Kafka topic keyed by user; lull holds each
+//! user's burst in memory in the one worker that owns the user's partition and emits one batch per
+//! burst once the user goes quiet, with a hard cap on waiting. The data path is one straight line:
+//!
+//! ```text
+//! consumer ──(bounded channel)──▶ partition worker ──▶ window engine ──▶ sink ──▶ commit
+//! consumer.rs                     partition.rs         window.rs         sink.rs   offsets.rs
+//! ```
+//!
+//! * [`config`]: typed settings from the environment, validated as a whole.
+//! * [`fragment`]: bytes in → a [`fragment::Fragment`], or a reason for the dead-letter topic.
+//! * [`window`]: the window engine; pure, synchronous, deterministic.
+//! * [`offsets`]: the per-partition commit point (low watermark).
+//! * [`partition`]: one task per assigned partition; owns its windows, timers and deliveries.
+//! * [`consumer`]: the Kafka consumer loop, rebalances, dispatch and commits.
+//! * [`output`]: the batch and dead-letter wire formats.
+//! * [`sink`]: the idempotent producer and the retry policy.
+//! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
+//! * [`metrics`]: the metric families.
+//! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
+//! * [`topics`]: creating the input, output and dead-letter topics.
+//! * [`demo`]: the self-contained demonstration with its own end-to-end check.
+//! * [`shutdown`]: SIGINT/SIGTERM handling.
+
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod fragment;
+pub mod kafka;
+pub mod metrics;
+pub mod mock;
+pub mod offsets;
+pub mod output;
+pub mod partition;
+pub mod shutdown;
+pub mod sink;
+pub mod topics;
+pub mod window;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Errors that stop a running lull.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The producer could not be created.
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    /// The consumer failed to start, or a worker failed fatally.
+    #[error(transparent)]
+    Consume(#[from] consumer::ConsumeError),
+}
+
+/// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
+/// until something fails that cannot be retried.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let sink = sink::Sink::new(&config)?;
+    let result = consumer::run(config.clone(), sink.clone(), shutdown).await;
+    let flush_sink = sink.clone();
+    let timeout = config.drain_timeout;
+    let _ = tokio::task::spawn_blocking(move || flush_sink.flush(timeout)).await;
+    result.map_err(RunError::from)
+}

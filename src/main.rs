@@ -1,0 +1,247 @@
+//! The `lull` binary: parse the command line, load and validate the configuration, start
+//! tracing, call into the library, and turn the outcome into an exit code.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (or the demo's check failed); 2 bad configuration
+//! or usage; 130 a second SIGINT/SIGTERM cut a graceful shutdown short.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use lull::config::{Config, LogFormat};
+
+/// Exit code for configuration errors.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "lull",
+    version,
+    about = "Rapid-fire protection for chat bots: one batch per burst of a user's messages",
+    long_about = "lull consumes chat fragments from a Kafka topic keyed by user, holds each user's \
+burst in memory, and emits one batch per burst once the user goes quiet, with a hard cap on \
+waiting. Configuration comes from the environment (and a .env file); see the README."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker against KAFKA_BROKERS until SIGINT/SIGTERM.
+    Run,
+    /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches.
+    Demo(lull::demo::DemoArgs),
+    /// Create the input, output and dead-letter topics on KAFKA_BROKERS.
+    Topics {
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+    /// Run librdkafka's mock Kafka cluster as a process of its own, for local development and
+    /// tests. It keeps everything in memory (nothing on disk; all data is gone when it stops) and
+    /// keeps only about 5 MiB per partition. Runs until SIGINT/SIGTERM.
+    DevBroker {
+        /// Partitions of each of lull's topics, created at start.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Number of mock brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Also write the bootstrap address to this file (written once the broker is ready).
+        #[arg(long)]
+        bootstrap_file: Option<std::path::PathBuf>,
+    },
+}
+
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn load_config() -> Result<Config, ExitCode> {
+    Config::from_process_env().map_err(|e| {
+        for problem in &e.0 {
+            eprintln!("{problem}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run => run(config).await,
+            Command::Demo(args) => demo(config, args).await,
+            Command::Topics {
+                partitions,
+                replication,
+            } => topics(config, partitions, replication).await,
+            Command::DevBroker {
+                partitions,
+                brokers,
+                bootstrap_file,
+            } => dev_broker(config, partitions, brokers, bootstrap_file).await,
+        }
+    })
+}
+
+async fn run(config: Config) -> ExitCode {
+    init_tracing(config.log_format, "info");
+    info!(
+        instance = %config.instance_id,
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "lull starting"
+    );
+    for (name, value) in config.summary() {
+        info!(setting = %name, value = %value, "config");
+    }
+    let token = CancellationToken::new();
+    if let Err(e) = lull::shutdown::install(token.clone()) {
+        error!(error = %e, "cannot install signal handlers");
+        return ExitCode::FAILURE;
+    }
+    let drain = config.drain_timeout;
+    let worker = lull::run(config, token.clone());
+    tokio::pin!(worker);
+    let result = tokio::select! {
+        r = &mut worker => r,
+        _ = async {
+            token.cancelled().await;
+            tokio::time::sleep(drain + Duration::from_secs(5)).await;
+        } => {
+            error!("shutdown did not finish within the drain timeout; exiting");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => {
+            info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "lull stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(config: Config, args: lull::demo::DemoArgs) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    match lull::demo::run(config, args).await {
+        Ok(report) if report.passed() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn topics(config: Config, partitions: i32, replication: i32) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    if partitions < 1 || replication < 1 {
+        eprintln!("--partitions and --replication must be at least 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match lull::topics::create(&config, partitions, replication).await {
+        Ok(outcomes) => {
+            for (name, outcome) in outcomes {
+                match outcome {
+                    lull::topics::TopicOutcome::Created => {
+                        println!("created {name} ({partitions} partitions)")
+                    }
+                    lull::topics::TopicOutcome::Exists => println!("exists  {name}"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dev_broker(
+    config: Config,
+    partitions: i32,
+    brokers: i32,
+    bootstrap_file: Option<std::path::PathBuf>,
+) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    if partitions < 1 || brokers < 1 {
+        eprintln!("--partitions and --brokers must be at least 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let topics = [
+        (config.input_topic.clone(), partitions),
+        (config.output_topic.clone(), partitions),
+        (config.dlq_topic.clone(), partitions),
+    ];
+    let broker = match lull::mock::MockBroker::start(brokers, &topics) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &bootstrap_file {
+        // Write then rename, so a reader never sees a half-written address.
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, broker.bootstrap()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{}", broker.bootstrap());
+    eprintln!(
+        "mock Kafka cluster at {} with {} ({} partitions each); in memory only, Ctrl-C to stop",
+        broker.bootstrap(),
+        topics
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        partitions
+    );
+    match lull::shutdown::next_signal().await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot wait for signals: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The metric families, defined once, in one registry.
+//!
+//! Nothing here is labelled by user or key: labels are small fixed sets (reasons, partitions).
+//! The registry is process-wide because a process has one `/metrics` page.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric lull exports.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Input messages read.
+    pub fragments_received: IntCounter,
+    /// Input messages refused, by reason.
+    pub fragments_invalid: IntCounterVec,
+    /// Fragments that opened a window after their own could already have flushed.
+    pub fragments_late: IntCounter,
+    /// Fragments whose future timestamp was clamped to the wall clock.
+    pub fragments_clamped: IntCounter,
+    /// Batches produced and acknowledged, by reason.
+    pub batches_flushed: IntCounterVec,
+    /// Fragments per batch.
+    pub batch_fragments: Histogram,
+    /// Fragment bytes per batch.
+    pub batch_bytes: Histogram,
+    /// Flush time minus close time minus grace.
+    pub flush_lateness: Histogram,
+    /// Flush time minus the last fragment's timestamp.
+    pub end_to_end: Histogram,
+    /// Open windows across assigned partitions.
+    pub open_windows: IntGauge,
+    /// Fragment bytes held in open windows.
+    pub open_window_bytes: IntGauge,
+    /// Messages written to the dead-letter topic.
+    pub dlq_messages: IntCounter,
+    /// Output records re-sent after a failed delivery.
+    pub produce_retries: IntCounter,
+    /// Successful offset commits.
+    pub commits: IntCounter,
+    /// Offset commits refused or failed (rebalances make some expected).
+    pub commit_failures: IntCounter,
+    /// Partitions currently assigned to this process.
+    pub assigned_partitions: IntGauge,
+    /// Partitions currently paused for backpressure.
+    pub backpressure_paused: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition is valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric names are unique");
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let seconds = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let build = IntGauge::with_opts(
+            Opts::new(
+                "lull_build_info",
+                "Build information; the value is always 1.",
+            )
+            .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("static metric definition is valid");
+        build.set(1);
+        registry
+            .register(Box::new(build))
+            .expect("metric names are unique");
+        Self {
+            fragments_received: counter(
+                &registry,
+                "lull_fragments_received_total",
+                "Input messages read.",
+            ),
+            fragments_invalid: counter_vec(
+                &registry,
+                "lull_fragments_invalid_total",
+                "Input messages sent to the dead-letter topic, by reason.",
+                "reason",
+            ),
+            fragments_late: counter(
+                &registry,
+                "lull_fragments_late_total",
+                "Fragments that arrived after their window could already have flushed.",
+            ),
+            fragments_clamped: counter(
+                &registry,
+                "lull_fragments_clamped_total",
+                "Fragments whose timestamp was in the future and was clamped to now.",
+            ),
+            batches_flushed: counter_vec(
+                &registry,
+                "lull_batches_flushed_total",
+                "Batches delivered to the output topic, by reason.",
+                "reason",
+            ),
+            batch_fragments: histogram(
+                &registry,
+                "lull_batch_fragments",
+                "Fragments per batch.",
+                vec![
+                    1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 50.0, 100.0, 250.0, 1000.0,
+                ],
+            ),
+            batch_bytes: histogram(
+                &registry,
+                "lull_batch_bytes",
+                "Fragment bytes per batch.",
+                prometheus::exponential_buckets(64.0, 4.0, 9).expect("valid buckets"),
+            ),
+            flush_lateness: histogram(
+                &registry,
+                "lull_flush_lateness_seconds",
+                "Flush time minus the window's close time minus grace.",
+                seconds.clone(),
+            ),
+            end_to_end: histogram(
+                &registry,
+                "lull_end_to_end_seconds",
+                "Flush time minus the last fragment's timestamp.",
+                seconds,
+            ),
+            open_windows: gauge(&registry, "lull_open_windows", "Open windows."),
+            open_window_bytes: gauge(
+                &registry,
+                "lull_open_window_bytes",
+                "Fragment bytes held in open windows.",
+            ),
+            dlq_messages: counter(
+                &registry,
+                "lull_dlq_messages_total",
+                "Messages written to the dead-letter topic.",
+            ),
+            produce_retries: counter(
+                &registry,
+                "lull_produce_retries_total",
+                "Output records re-sent after a failed delivery.",
+            ),
+            commits: counter(
+                &registry,
+                "lull_commits_total",
+                "Successful offset commits.",
+            ),
+            commit_failures: counter(
+                &registry,
+                "lull_commit_failures_total",
+                "Offset commits that failed (some are expected during rebalances).",
+            ),
+            assigned_partitions: gauge(
+                &registry,
+                "lull_assigned_partitions",
+                "Input partitions assigned to this process.",
+            ),
+            backpressure_paused: gauge(
+                &registry,
+                "lull_backpressure_paused",
+                "Input partitions paused because their worker is full.",
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

@@ -1,0 +1,312 @@
+//! The wire formats lull writes: the batch message and the dead-letter message.
+//!
+//! Both are pure functions from what lull holds to a [`Record`] ready for the producer, so the
+//! contract in DESIGN.md ("Output", "Input" → DLQ headers) is pinned down by unit tests here.
+//! Fragment values are copied into the batch byte-for-byte, never re-serialised.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::window::Batch;
+
+/// Where a record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The output topic (a batch).
+    Output,
+    /// The dead-letter topic (invalid input).
+    DeadLetter,
+}
+
+/// One message to produce, with the lowest input offset it covers (for the commit point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Which topic it goes to.
+    pub destination: Destination,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value.
+    pub payload: Option<Vec<u8>>,
+    /// Message headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Lowest input offset this record covers: the commit point cannot pass it until acked.
+    pub first_offset: i64,
+    /// Number of input fragments this record covers.
+    pub fragments: usize,
+}
+
+/// Unix milliseconds of a system time (0 before the epoch).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The current wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+/// `{topic}/{partition}/{first_offset}`: the deterministic id of a batch.
+pub fn batch_id(topic: &str, partition: i32, first_offset: i64) -> String {
+    format!("{topic}/{partition}/{first_offset}")
+}
+
+fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+fn push_num(buf: &mut Vec<u8>, n: i64) {
+    buf.extend_from_slice(n.to_string().as_bytes());
+}
+
+/// Encodes a batch as DESIGN.md's output message.
+pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64) -> Record {
+    let id = batch_id(topic, partition, batch.first_offset());
+    let count = batch.fragments.len();
+    let mut buf = Vec::with_capacity(256 + batch.bytes() * 2);
+    buf.extend_from_slice(b"{\"batch_id\":");
+    push_json_str(&mut buf, &id);
+    buf.extend_from_slice(b",\"key\":");
+    push_json_str(&mut buf, &batch.key);
+    buf.extend_from_slice(b",\"count\":");
+    push_num(&mut buf, count as i64);
+    buf.extend_from_slice(b",\"reason\":\"");
+    buf.extend_from_slice(batch.reason.as_str().as_bytes());
+    buf.extend_from_slice(b"\",\"first_ts\":");
+    push_num(&mut buf, batch.first_ts);
+    buf.extend_from_slice(b",\"last_ts\":");
+    push_num(&mut buf, batch.last_ts);
+    buf.extend_from_slice(b",\"flushed_at\":");
+    push_num(&mut buf, flushed_at);
+    buf.extend_from_slice(b",\"source\":{\"topic\":");
+    push_json_str(&mut buf, topic);
+    buf.extend_from_slice(b",\"partition\":");
+    push_num(&mut buf, i64::from(partition));
+    buf.extend_from_slice(b",\"first_offset\":");
+    push_num(&mut buf, batch.first_offset());
+    buf.extend_from_slice(b",\"last_offset\":");
+    push_num(&mut buf, batch.last_offset());
+    buf.extend_from_slice(b"},\"fragments\":[");
+    for (i, f) in batch.fragments.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&f.value);
+    }
+    buf.push(b']');
+    if batch.fragments.iter().all(|f| f.text.is_some()) {
+        let text: Vec<&str> = batch
+            .fragments
+            .iter()
+            .filter_map(|f| f.text.as_deref())
+            .collect();
+        buf.extend_from_slice(b",\"text\":");
+        push_json_str(&mut buf, &text.join("\n"));
+    }
+    buf.push(b'}');
+
+    let mut headers = vec![
+        ("lull-batch-id".to_string(), id.into_bytes()),
+        ("lull-count".to_string(), count.to_string().into_bytes()),
+    ];
+    if let Some(cid) = batch
+        .fragments
+        .first()
+        .and_then(|f| f.correlation_id.as_deref())
+    {
+        headers.push(("correlation_id".to_string(), cid.as_bytes().to_vec()));
+    }
+    Record {
+        destination: Destination::Output,
+        key: Some(batch.key.as_bytes().to_vec()),
+        payload: Some(buf),
+        headers,
+        first_offset: batch.first_offset(),
+        fragments: count,
+    }
+}
+
+/// What the dead-letter message is made of: the original message and why it was refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected<'a> {
+    /// Original key, unchanged.
+    pub key: Option<&'a [u8]>,
+    /// Original value, unchanged.
+    pub value: Option<&'a [u8]>,
+    /// Original headers, carried over before lull's own.
+    pub headers: &'a [(String, Vec<u8>)],
+    /// Input topic.
+    pub topic: &'a str,
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// Why it was refused.
+    pub error: &'a str,
+    /// When it was refused.
+    pub failed_at: SystemTime,
+}
+
+/// Encodes a refused message for the dead-letter topic with DESIGN.md's headers.
+pub fn encode_dead_letter(r: Rejected<'_>) -> Record {
+    let mut headers: Vec<(String, Vec<u8>)> = r
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with("x-"))
+        .cloned()
+        .collect();
+    let failed_at = humantime::format_rfc3339_millis(
+        UNIX_EPOCH + Duration::from_millis(unix_ms(r.failed_at).max(0) as u64),
+    )
+    .to_string();
+    headers.push(("x-error-message".into(), r.error.as_bytes().to_vec()));
+    headers.push(("x-original-topic".into(), r.topic.as_bytes().to_vec()));
+    headers.push((
+        "x-original-partition".into(),
+        r.partition.to_string().into_bytes(),
+    ));
+    headers.push((
+        "x-original-offset".into(),
+        r.offset.to_string().into_bytes(),
+    ));
+    headers.push(("x-failed-at".into(), failed_at.into_bytes()));
+    Record {
+        destination: Destination::DeadLetter,
+        key: r.key.map(<[u8]>::to_vec),
+        payload: r.value.map(<[u8]>::to_vec),
+        headers,
+        first_offset: r.offset,
+        fragments: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fragment::Fragment;
+    use crate::window::FlushReason;
+    use std::sync::Arc;
+
+    fn frag(offset: i64, ts: i64, value: &str, text: Option<&str>) -> Fragment {
+        Fragment {
+            key: "user-42".into(),
+            offset,
+            ts,
+            value: value.as_bytes().into(),
+            text: text.map(Into::into),
+            correlation_id: (offset == 1042).then(|| "corr-1".into()),
+            event_id: None,
+        }
+    }
+
+    #[test]
+    fn batch_matches_the_design_example() {
+        let batch = Batch {
+            key: Arc::from("user-42"),
+            reason: FlushReason::Quiet,
+            first_ts: 1764000000000,
+            last_ts: 1764000001800,
+            close_time: 1764000003800,
+            fragments: vec![
+                frag(1042, 1764000000000, r#"{"text":"hi", "n":1}"#, Some("hi")),
+                frag(
+                    1045,
+                    1764000000900,
+                    r#"{"text":"I need help"}"#,
+                    Some("I need help"),
+                ),
+                frag(
+                    1049,
+                    1764000001800,
+                    r#"{"text":"with my order #123"}"#,
+                    Some("with my order #123"),
+                ),
+            ],
+        };
+        let rec = encode_batch(&batch, "chat.fragments", 3, 1764000003810);
+        let v: serde_json::Value = serde_json::from_slice(rec.payload.as_ref().unwrap()).unwrap();
+        assert_eq!(v["batch_id"], "chat.fragments/3/1042");
+        assert_eq!(v["key"], "user-42");
+        assert_eq!(v["count"], 3);
+        assert_eq!(v["reason"], "quiet");
+        assert_eq!(v["first_ts"], 1764000000000i64);
+        assert_eq!(v["last_ts"], 1764000001800i64);
+        assert_eq!(v["flushed_at"], 1764000003810i64);
+        assert_eq!(v["source"]["topic"], "chat.fragments");
+        assert_eq!(v["source"]["partition"], 3);
+        assert_eq!(v["source"]["first_offset"], 1042);
+        assert_eq!(v["source"]["last_offset"], 1049);
+        assert_eq!(v["text"], "hi\nI need help\nwith my order #123");
+        assert_eq!(v["fragments"][0]["n"], 1);
+        let raw = String::from_utf8(rec.payload.unwrap()).unwrap();
+        assert!(
+            raw.contains(r#"[{"text":"hi", "n":1},"#),
+            "bytes kept unchanged: {raw}"
+        );
+        assert_eq!(rec.key.as_deref(), Some(&b"user-42"[..]));
+        assert_eq!(
+            rec.headers[0],
+            ("lull-batch-id".into(), b"chat.fragments/3/1042".to_vec())
+        );
+        assert_eq!(rec.headers[1], ("lull-count".into(), b"3".to_vec()));
+        assert_eq!(
+            rec.headers[2],
+            ("correlation_id".into(), b"corr-1".to_vec())
+        );
+        assert_eq!(rec.first_offset, 1042);
+    }
+
+    #[test]
+    fn text_is_absent_unless_every_fragment_has_one() {
+        let batch = Batch {
+            key: Arc::from("u\"1"),
+            reason: FlushReason::Passthrough,
+            first_ts: 1,
+            last_ts: 1,
+            close_time: 1,
+            fragments: vec![
+                frag(1, 1, r#"{"text":"a"}"#, Some("a")),
+                frag(2, 1, "{}", None),
+            ],
+        };
+        let rec = encode_batch(&batch, "t", 0, 5);
+        let v: serde_json::Value = serde_json::from_slice(rec.payload.as_ref().unwrap()).unwrap();
+        assert!(v.get("text").is_none());
+        assert_eq!(v["key"], "u\"1");
+        assert_eq!(
+            rec.headers.len(),
+            2,
+            "no correlation_id on the first fragment"
+        );
+    }
+
+    #[test]
+    fn dead_letter_keeps_the_original_and_adds_the_headers() {
+        let original = vec![("trace".to_string(), b"t-1".to_vec())];
+        let rec = encode_dead_letter(Rejected {
+            key: Some(b"k"),
+            value: Some(b"not json"),
+            headers: &original,
+            topic: "chat.fragments",
+            partition: 2,
+            offset: 77,
+            error: "value is not valid JSON",
+            failed_at: UNIX_EPOCH + Duration::from_millis(1_764_000_000_123),
+        });
+        assert_eq!(rec.destination, Destination::DeadLetter);
+        assert_eq!(rec.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(rec.payload.as_deref(), Some(&b"not json"[..]));
+        let h: std::collections::HashMap<_, _> = rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8(v.clone()).unwrap()))
+            .collect();
+        assert_eq!(h["trace"], "t-1");
+        assert_eq!(h["x-error-message"], "value is not valid JSON");
+        assert_eq!(h["x-original-topic"], "chat.fragments");
+        assert_eq!(h["x-original-partition"], "2");
+        assert_eq!(h["x-original-offset"], "77");
+        assert_eq!(h["x-failed-at"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(rec.first_offset, 77);
+    }
+}

@@ -1,0 +1,153 @@
+//! The output and dead-letter producer, and the retry policy around it.
+//!
+//! One idempotent, `acks=all` producer serves every partition worker. The sink only sends; the
+//! partition worker keeps each record until its delivery is acknowledged, re-sends failed ones
+//! in their original order after [`Backoff`], and only then lets the commit point pass them.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::config::Config;
+use crate::output::{Destination, Record};
+
+/// What went wrong while sending, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer could not be created (bad client settings).
+    #[error("cannot create the Kafka producer: {0}")]
+    Create(#[source] KafkaError),
+    /// librdkafka's local queue is full: wait a moment and send again.
+    #[error("producer queue is full")]
+    QueueFull,
+    /// The record was refused or its delivery failed; it will be sent again.
+    #[error("delivery failed: {0}")]
+    Delivery(#[source] KafkaError),
+    /// The producer hit a fatal error (e.g. idempotence broken) and cannot be used again.
+    #[error("producer fatal error: {0}")]
+    Fatal(String),
+}
+
+impl SinkError {
+    /// Whether the process must stop (a supervisor restarts it) rather than retry.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SinkError::Fatal(_) | SinkError::Create(_))
+    }
+}
+
+/// Exponential backoff with full jitter, for re-sending failed records.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based): random in `[d/2, d]`, where `d`
+    /// doubles per attempt up to `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        let d = self.initial.saturating_mul(factor).min(self.max);
+        let half = d / 2;
+        half + d.saturating_sub(half).mul_f64(rand::random::<f64>())
+    }
+}
+
+/// The producer lull writes batches and dead letters with.
+#[derive(Clone)]
+pub struct Sink {
+    producer: FutureProducer,
+    output_topic: String,
+    dlq_topic: String,
+}
+
+impl Sink {
+    /// Creates the producer from the configuration.
+    pub fn new(config: &Config) -> Result<Self, SinkError> {
+        let producer: FutureProducer = crate::kafka::producer_config(config)
+            .create()
+            .map_err(SinkError::Create)?;
+        Ok(Self {
+            producer,
+            output_topic: config.output_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+        })
+    }
+
+    /// Hands a record to the producer; the returned future resolves on acknowledgement.
+    pub fn send(&self, record: &Record) -> Result<DeliveryFuture, SinkError> {
+        if let Some((_, reason)) = self.producer.client().fatal_error() {
+            return Err(SinkError::Fatal(reason));
+        }
+        let topic = match record.destination {
+            Destination::Output => &self.output_topic,
+            Destination::DeadLetter => &self.dlq_topic,
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = &record.key {
+            fr = fr.key(key.as_slice());
+        }
+        if let Some(payload) = &record.payload {
+            fr = fr.payload(payload.as_slice());
+        }
+        self.producer
+            .send_result(fr)
+            .map_err(|(error, _)| match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SinkError::QueueFull,
+                other => SinkError::Delivery(other),
+            })
+    }
+
+    /// Classifies a failed delivery: fatal if the producer itself is broken.
+    pub fn classify(&self, error: KafkaError) -> SinkError {
+        match self.producer.client().fatal_error() {
+            Some((_, reason)) => SinkError::Fatal(reason),
+            None => SinkError::Delivery(error),
+        }
+    }
+
+    /// Waits up to `timeout` for everything queued to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for attempt in 1..40 {
+            let d = b.delay(attempt);
+            let cap = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(Duration::from_secs(2));
+            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! The window engine: pure, synchronous, deterministic, no I/O.
+//!
+//! One [`WindowEngine`] per input partition holds every open window of that partition and decides
+//! when each closes, exactly as DESIGN.md's "Batching semantics" say:
+//!
+//! * A window's close time is `min(last_ts + quiet, first_ts + max_wait)`. A fragment whose
+//!   timestamp is past its key's close time flushes that window first, then opens a new one.
+//! * *Partition time* is the highest timestamp pushed, or the wall clock handed to
+//!   [`WindowEngine::advance`] while the partition is caught up. A window is flushed once partition
+//!   time passes `close time + grace`, so during catch-up batch boundaries depend only on the log.
+//! * Full windows (count or byte cap) flush at once.
+//! * A fragment that opens a window although partition time is already past `ts + grace` may have
+//!   missed its window: it is counted late, never dropped.
+//! * A timestamp more than [`FUTURE_TOLERANCE_MS`] ahead of the wall clock is clamped to it.
+//!
+//! All deadlines live in one ordered set keyed by `(due, first_offset)`; a window's first offset
+//! is unique in its partition, so it doubles as the window's id. Deadlines are moved lazily: a
+//! window whose close time grew keeps its old (earlier) entry until that entry comes up, which
+//! keeps the hot path at one hash lookup per fragment.
+//!
+//! Invariants (checked by the property tests at the bottom of this file):
+//! * every fragment pushed leaves in exactly one batch, in offset order within its batch;
+//! * every open window has exactly one deadline entry, never later than its real due time;
+//! * [`WindowEngine::low_watermark`] is the lowest offset still held in an open window.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::fragment::Fragment;
+
+/// Timestamps further ahead of the wall clock than this are clamped to it.
+pub const FUTURE_TOLERANCE_MS: i64 = 5_000;
+
+/// The engine's settings, in milliseconds and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// `false` = pass-through: every fragment is a batch of one.
+    pub batching: bool,
+    /// Quiet period.
+    pub quiet_ms: i64,
+    /// Cap from the first fragment.
+    pub max_wait_ms: i64,
+    /// Fragments per batch at most.
+    pub max_fragments: usize,
+    /// Fragment bytes per batch at most.
+    pub max_batch_bytes: usize,
+    /// Wait for stragglers past the close time.
+    pub grace_ms: i64,
+}
+
+/// Why a batch was flushed; the `reason` field of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlushReason {
+    /// The user was quiet for the quiet period.
+    Quiet,
+    /// The window reached max wait since its first fragment.
+    MaxWait,
+    /// The window reached the fragment cap.
+    MaxFragments,
+    /// The window reached the byte cap.
+    MaxBytes,
+    /// Batching is off.
+    Passthrough,
+    /// Flushed early because the process was stopping (reserved; lull leaves open windows to the
+    /// next owner instead).
+    Shutdown,
+}
+
+impl FlushReason {
+    /// The name used on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Quiet => "quiet",
+            FlushReason::MaxWait => "max_wait",
+            FlushReason::MaxFragments => "max_fragments",
+            FlushReason::MaxBytes => "max_bytes",
+            FlushReason::Passthrough => "passthrough",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A flushed window: the fragments of one key, in offset order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The grouping key.
+    pub key: Arc<str>,
+    /// Why it was flushed.
+    pub reason: FlushReason,
+    /// Earliest fragment timestamp.
+    pub first_ts: i64,
+    /// Latest fragment timestamp.
+    pub last_ts: i64,
+    /// The window's close time (for lateness figures; the fragment's own time in pass-through).
+    pub close_time: i64,
+    /// The fragments, in offset order; never empty.
+    pub fragments: Vec<Fragment>,
+}
+
+impl Batch {
+    /// Offset of the first fragment: with the topic and partition it forms the `batch_id`.
+    pub fn first_offset(&self) -> i64 {
+        self.fragments.first().map_or(-1, |f| f.offset)
+    }
+
+    /// Offset of the last fragment.
+    pub fn last_offset(&self) -> i64 {
+        self.fragments.last().map_or(-1, |f| f.offset)
+    }
+
+    /// Sum of the fragments' value sizes.
+    pub fn bytes(&self) -> usize {
+        self.fragments.iter().map(Fragment::size).sum()
+    }
+}
+
+/// Counters the engine keeps for the metrics; read and reset with [`WindowEngine::take_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Fragments that opened a window after partition time had passed `ts + grace`.
+    pub late: u64,
+    /// Fragments whose timestamp was clamped to the wall clock.
+    pub clamped: u64,
+}
+
+/// One key's open window.
+#[derive(Debug)]
+struct OpenWindow {
+    fragments: Vec<Fragment>,
+    first_ts: i64,
+    last_ts: i64,
+    bytes: usize,
+    /// The due time currently in the deadline set (≤ the real due time).
+    scheduled: i64,
+}
+
+impl OpenWindow {
+    fn first_offset(&self) -> i64 {
+        self.fragments[0].offset
+    }
+}
+
+/// Every open window of one partition and the partition's clock.
+#[derive(Debug)]
+pub struct WindowEngine {
+    cfg: WindowConfig,
+    windows: HashMap<Arc<str>, OpenWindow>,
+    /// `(due, first_offset)` of every open window: the one timer structure of the partition.
+    deadlines: BTreeSet<(i64, i64)>,
+    /// First offset of every open window -> its key: the low watermark and the id index.
+    by_offset: BTreeMap<i64, Arc<str>>,
+    partition_time: i64,
+    open_bytes: usize,
+    stats: EngineStats,
+}
+
+impl WindowEngine {
+    /// An engine with no open windows and partition time at the epoch.
+    pub fn new(cfg: WindowConfig) -> Self {
+        Self {
+            cfg,
+            windows: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            by_offset: BTreeMap::new(),
+            partition_time: i64::MIN,
+            open_bytes: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The settings this engine runs with.
+    pub fn config(&self) -> &WindowConfig {
+        &self.cfg
+    }
+
+    /// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
+    fn close_of(&self, w: &OpenWindow) -> (i64, FlushReason) {
+        let quiet = w.last_ts.saturating_add(self.cfg.quiet_ms);
+        let cap = w.first_ts.saturating_add(self.cfg.max_wait_ms);
+        if cap < quiet {
+            (cap, FlushReason::MaxWait)
+        } else {
+            (quiet, FlushReason::Quiet)
+        }
+    }
+
+    fn due_of(&self, w: &OpenWindow) -> i64 {
+        self.close_of(w).0.saturating_add(self.cfg.grace_ms)
+    }
+
+    /// Adds one fragment (fragments of a partition must come in offset order); batches that
+    /// close because of it are appended to `out`. `now_ms` is the wall clock, used only to clamp
+    /// timestamps from the future.
+    pub fn push(&mut self, mut f: Fragment, now_ms: i64, out: &mut Vec<Batch>) {
+        if f.ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            f.ts = now_ms;
+            self.stats.clamped += 1;
+        }
+        if !self.cfg.batching {
+            let ts = f.ts;
+            out.push(Batch {
+                key: Arc::from(f.key.as_str()),
+                reason: FlushReason::Passthrough,
+                first_ts: ts,
+                last_ts: ts,
+                close_time: ts,
+                fragments: vec![f],
+            });
+            self.partition_time = self.partition_time.max(ts);
+            return;
+        }
+        let ts = f.ts;
+        let size = f.size();
+
+        // Rule 1 and the byte cap: does the fragment join the key's open window?
+        let verdict = self.windows.get(f.key.as_str()).map(|w| {
+            let (close, reason) = self.close_of(w);
+            if ts > close {
+                Some(reason)
+            } else if w.bytes + size > self.cfg.max_batch_bytes {
+                Some(FlushReason::MaxBytes)
+            } else {
+                None
+            }
+        });
+        let joined_key = match verdict {
+            Some(None) => {
+                let key = self.by_key_arc(&f.key);
+                self.join(&key, f);
+                key
+            }
+            Some(Some(reason)) => {
+                let key = self.by_key_arc(&f.key);
+                self.flush_key(&key, reason, out);
+                self.open(key.clone(), f);
+                key
+            }
+            None => {
+                if self.partition_time != i64::MIN
+                    && self.partition_time > ts.saturating_add(self.cfg.grace_ms)
+                {
+                    self.stats.late += 1;
+                }
+                let key: Arc<str> = Arc::from(f.key.as_str());
+                self.open(key.clone(), f);
+                key
+            }
+        };
+
+        // Caps: a full window flushes at once.
+        if let Some(w) = self.windows.get(&joined_key) {
+            if w.fragments.len() >= self.cfg.max_fragments {
+                self.flush_key(&joined_key, FlushReason::MaxFragments, out);
+            } else if w.bytes >= self.cfg.max_batch_bytes {
+                self.flush_key(&joined_key, FlushReason::MaxBytes, out);
+            }
+        }
+        self.advance(ts, out);
+    }
+
+    /// The key as stored in the map (shares its allocation).
+    fn by_key_arc(&self, key: &str) -> Arc<str> {
+        match self.windows.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        }
+    }
+
+    fn open(&mut self, key: Arc<str>, f: Fragment) {
+        let offset = f.offset;
+        let w = OpenWindow {
+            first_ts: f.ts,
+            last_ts: f.ts,
+            bytes: f.size(),
+            fragments: vec![f],
+            scheduled: 0,
+        };
+        let due = self.due_of(&w);
+        self.open_bytes += w.bytes;
+        self.deadlines.insert((due, offset));
+        self.by_offset.insert(offset, key.clone());
+        self.windows.insert(
+            key,
+            OpenWindow {
+                scheduled: due,
+                ..w
+            },
+        );
+    }
+
+    fn join(&mut self, key: &Arc<str>, f: Fragment) {
+        let cfg = self.cfg;
+        let Some(w) = self.windows.get_mut(key) else {
+            return;
+        };
+        w.first_ts = w.first_ts.min(f.ts);
+        w.last_ts = w.last_ts.max(f.ts);
+        w.bytes += f.size();
+        self.open_bytes += f.size();
+        w.fragments.push(f);
+        let quiet = w.last_ts.saturating_add(cfg.quiet_ms);
+        let cap = w.first_ts.saturating_add(cfg.max_wait_ms);
+        let due = quiet.min(cap).saturating_add(cfg.grace_ms);
+        // A later due time is picked up lazily; an earlier one (an out-of-order straggler moved
+        // first_ts back) must be rescheduled now so the window is never flushed late.
+        if due < w.scheduled {
+            let first = w.first_offset();
+            self.deadlines.remove(&(w.scheduled, first));
+            self.deadlines.insert((due, first));
+            w.scheduled = due;
+        }
+    }
+
+    fn flush_key(&mut self, key: &Arc<str>, reason: FlushReason, out: &mut Vec<Batch>) {
+        let Some(w) = self.windows.remove(key) else {
+            return;
+        };
+        let first = w.first_offset();
+        self.deadlines.remove(&(w.scheduled, first));
+        self.by_offset.remove(&first);
+        self.open_bytes -= w.bytes;
+        let (close, _) = self.close_of(&w);
+        out.push(Batch {
+            key: key.clone(),
+            reason,
+            first_ts: w.first_ts,
+            last_ts: w.last_ts,
+            close_time: close,
+            fragments: w.fragments,
+        });
+    }
+
+    /// Moves partition time forward to `time_ms` (never back) and flushes every window whose
+    /// `close time + grace` it has passed. Call it with the wall clock only while the partition
+    /// is caught up.
+    pub fn advance(&mut self, time_ms: i64, out: &mut Vec<Batch>) {
+        self.partition_time = self.partition_time.max(time_ms);
+        while let Some(&(scheduled, first)) = self.deadlines.first() {
+            if scheduled >= self.partition_time {
+                break;
+            }
+            let Some(key) = self.by_offset.get(&first).cloned() else {
+                self.deadlines.pop_first();
+                continue;
+            };
+            let Some(w) = self.windows.get(&key) else {
+                self.deadlines.pop_first();
+                continue;
+            };
+            let due = self.due_of(w);
+            if due >= self.partition_time {
+                // The window grew since this entry was made: move it to its real due time.
+                self.deadlines.pop_first();
+                self.deadlines.insert((due, first));
+                if let Some(w) = self.windows.get_mut(&key) {
+                    w.scheduled = due;
+                }
+                continue;
+            }
+            let (_, reason) = self.close_of(w);
+            self.flush_key(&key, reason, out);
+        }
+    }
+
+    /// The partition time at which the next window becomes due, if any window is open: the
+    /// wall-clock deadline to wake up at while caught up. Flushing happens once partition time is
+    /// strictly past a window's `close + grace`, hence the `+ 1`.
+    pub fn next_deadline(&mut self) -> Option<i64> {
+        // Settle lazily moved entries so the deadline returned is a real one.
+        loop {
+            let &(scheduled, first) = self.deadlines.first()?;
+            let due = match self.by_offset.get(&first).and_then(|k| self.windows.get(k)) {
+                Some(w) => self.due_of(w),
+                None => {
+                    self.deadlines.pop_first();
+                    continue;
+                }
+            };
+            if due == scheduled {
+                return Some(due.saturating_add(1));
+            }
+            self.deadlines.pop_first();
+            self.deadlines.insert((due, first));
+            if let Some(key) = self.by_offset.get(&first).cloned() {
+                if let Some(w) = self.windows.get_mut(&key) {
+                    w.scheduled = due;
+                }
+            }
+        }
+    }
+
+    /// Lowest offset held in an open window: nothing at or above it may be committed.
+    pub fn low_watermark(&self) -> Option<i64> {
+        self.by_offset.first_key_value().map(|(offset, _)| *offset)
+    }
+
+    /// Number of open windows.
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Fragment bytes held in open windows.
+    pub fn open_bytes(&self) -> usize {
+        self.open_bytes
+    }
+
+    /// Timestamp of the oldest first fragment among open windows (for the age metric).
+    pub fn oldest_open_ts(&self) -> Option<i64> {
+        self.windows.values().map(|w| w.first_ts).min()
+    }
+
+    /// The highest timestamp seen, or wall-clock time handed to `advance`.
+    pub fn partition_time(&self) -> Option<i64> {
+        (self.partition_time != i64::MIN).then_some(self.partition_time)
+    }
+
+    /// Counters since the last call; resets them.
+    pub fn take_stats(&mut self) -> EngineStats {
+        std::mem::take(&mut self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: WindowConfig = WindowConfig {
+        batching: true,
+        quiet_ms: 100,
+        max_wait_ms: 1_000,
+        max_fragments: 5,
+        max_batch_bytes: 1_000,
+        grace_ms: 20,
+    };
+
+    fn frag(key: &str, offset: i64, ts: i64) -> Fragment {
+        Fragment {
+            key: key.to_string(),
+            offset,
+            ts,
+            value: format!("{{\"o\":{offset}}}").into_bytes().into(),
+            text: None,
+            correlation_id: None,
+            event_id: None,
+        }
+    }
+
+    fn offsets(b: &Batch) -> Vec<i64> {
+        b.fragments.iter().map(|f| f.offset).collect()
+    }
+
+    const NOW: i64 = 1_000_000;
+
+    #[test]
+    fn a_burst_is_one_batch_after_quiet_plus_grace() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.push(frag("a", 1, 50), NOW, &mut out);
+        e.push(frag("a", 2, 140), NOW, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(e.next_deadline(), Some(140 + 100 + 20 + 1));
+        e.advance(260, &mut out);
+        assert!(out.is_empty(), "not yet strictly past close + grace");
+        e.advance(261, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(offsets(&out[0]), vec![0, 1, 2]);
+        assert_eq!(out[0].reason, FlushReason::Quiet);
+        assert_eq!(
+            (out[0].first_ts, out[0].last_ts, out[0].close_time),
+            (0, 140, 240)
+        );
+        assert_eq!(e.low_watermark(), None);
+    }
+
+    #[test]
+    fn a_fragment_past_the_close_time_flushes_first() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.push(frag("a", 1, 101), NOW, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(offsets(&out[0]), vec![0]);
+        assert_eq!(e.low_watermark(), Some(1));
+    }
+
+    #[test]
+    fn max_wait_caps_a_user_who_never_pauses() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        let cfg = WindowConfig {
+            max_fragments: 1000,
+            max_batch_bytes: 100_000,
+            ..CFG
+        };
+        e.cfg = cfg;
+        for i in 0..30 {
+            e.push(frag("a", i, i * 50), NOW, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, FlushReason::MaxWait);
+        assert_eq!(out[0].first_ts, 0);
+        assert!(out[0].last_ts <= 1_000);
+    }
+
+    #[test]
+    fn caps_flush_at_once() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        for i in 0..5 {
+            e.push(frag("a", i, i), NOW, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, FlushReason::MaxFragments);
+
+        let mut e = WindowEngine::new(WindowConfig {
+            max_batch_bytes: 20,
+            ..CFG
+        });
+        let mut out = Vec::new();
+        e.push(frag("b", 10, 0), NOW, &mut out); // 8 bytes
+        e.push(frag("b", 11, 1), NOW, &mut out); // 16 bytes
+        e.push(frag("b", 12, 2), NOW, &mut out); // would be 24: flush first
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, FlushReason::MaxBytes);
+        assert_eq!(offsets(&out[0]), vec![10, 11]);
+    }
+
+    #[test]
+    fn late_fragments_open_a_new_window_and_are_counted() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.push(frag("b", 1, 500), NOW, &mut out);
+        assert_eq!(out.len(), 1, "a's window flushed by b's timestamp");
+        e.push(frag("a", 2, 10), NOW, &mut out);
+        assert_eq!(e.take_stats().late, 1);
+        assert_eq!(
+            out.len(),
+            2,
+            "a late fragment whose window is long due flushes at once"
+        );
+        assert_eq!(offsets(&out[1]), vec![2]);
+    }
+
+    #[test]
+    fn future_timestamps_are_clamped() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, NOW + 60_000), NOW, &mut out);
+        assert_eq!(e.take_stats().clamped, 1);
+        assert_eq!(e.partition_time(), Some(NOW));
+    }
+
+    #[test]
+    fn passthrough_emits_every_fragment_alone() {
+        let mut e = WindowEngine::new(WindowConfig {
+            batching: false,
+            ..CFG
+        });
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.push(frag("a", 1, 1), NOW, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|b| b.reason == FlushReason::Passthrough));
+        assert_eq!(e.open_windows(), 0);
+    }
+
+    #[test]
+    fn out_of_order_straggler_pulls_the_deadline_back() {
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 950), NOW, &mut out);
+        e.push(frag("a", 1, 960), NOW, &mut out);
+        // first_ts moves back to 0: max-wait close becomes 1000 (< 960 + 100).
+        e.push(frag("a", 2, 0), NOW, &mut out);
+        assert_eq!(e.next_deadline(), Some(1_000 + 20 + 1));
+        e.advance(1_021, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, FlushReason::MaxWait);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A generated log: `(key index, gap since previous fragment, value size)`.
+    fn log_strategy() -> impl Strategy<Value = Vec<(u8, i64, usize)>> {
+        prop::collection::vec((0u8..6, 0i64..400, 1usize..60), 1..200)
+    }
+
+    fn cfg_strategy() -> impl Strategy<Value = WindowConfig> {
+        (1i64..300, 0i64..2_000, 1usize..8, 60usize..400, 0i64..100).prop_map(
+            |(quiet, extra_wait, max_fragments, max_batch_bytes, grace)| WindowConfig {
+                batching: true,
+                quiet_ms: quiet,
+                max_wait_ms: quiet + extra_wait,
+                max_fragments,
+                max_batch_bytes,
+                grace_ms: grace,
+            },
+        )
+    }
+
+    fn build(log: &[(u8, i64, usize)]) -> Vec<Fragment> {
+        let mut ts = 1_000;
+        log.iter()
+            .enumerate()
+            .map(|(i, &(k, gap, size))| {
+                ts += gap;
+                Fragment {
+                    key: format!("k{k}"),
+                    offset: 100 + i as i64,
+                    ts,
+                    value: vec![b' '; size].into(),
+                    text: None,
+                    correlation_id: None,
+                    event_id: None,
+                }
+            })
+            .collect()
+    }
+
+    const FAR: i64 = i64::MAX / 4;
+
+    /// Feeds the log reading everything after the fact (catch-up), then drains.
+    fn catch_up(cfg: WindowConfig, frags: &[Fragment]) -> Vec<Batch> {
+        let mut e = WindowEngine::new(cfg);
+        let mut out = Vec::new();
+        for f in frags {
+            e.push(f.clone(), FAR, &mut out);
+        }
+        e.advance(FAR, &mut out);
+        out
+    }
+
+    /// Feeds the log live: between fragments the wall clock advances to some point before the
+    /// next fragment's timestamp (`fractions` pick where), as if the partition were caught up.
+    fn live(cfg: WindowConfig, frags: &[Fragment], fractions: &[u8]) -> Vec<Batch> {
+        let mut e = WindowEngine::new(cfg);
+        let mut out = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            e.push(f.clone(), FAR, &mut out);
+            if let Some(next) = frags.get(i + 1) {
+                let span = next.ts - f.ts;
+                if span > 0 {
+                    let frac = i64::from(fractions[i % fractions.len()]);
+                    let wall = f.ts + (span - 1) * frac / 255;
+                    e.advance(wall, &mut out);
+                }
+            }
+        }
+        e.advance(FAR, &mut out);
+        out
+    }
+
+    fn by_id(batches: &[Batch]) -> BTreeMap<i64, (Arc<str>, FlushReason, Vec<i64>)> {
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    b.first_offset(),
+                    (
+                        b.key.clone(),
+                        b.reason,
+                        b.fragments.iter().map(|f| f.offset).collect(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_fragment_in_exactly_one_batch_in_order(
+            cfg in cfg_strategy(), log in log_strategy()
+        ) {
+            let frags = build(&log);
+            let batches = catch_up(cfg, &frags);
+            let mut seen: Vec<i64> = Vec::new();
+            for b in &batches {
+                prop_assert!(!b.fragments.is_empty());
+                let offs: Vec<i64> = b.fragments.iter().map(|f| f.offset).collect();
+                prop_assert!(offs.windows(2).all(|w| w[0] < w[1]), "offset order in batch");
+                prop_assert!(b.fragments.iter().all(|f| *f.key == *b.key), "one key per batch");
+                seen.extend(offs);
+            }
+            seen.sort_unstable();
+            let expected: Vec<i64> = frags.iter().map(|f| f.offset).collect();
+            prop_assert_eq!(seen, expected);
+        }
+
+        #[test]
+        fn boundaries_follow_the_semantics(cfg in cfg_strategy(), log in log_strategy()) {
+            let frags = build(&log);
+            let batches = catch_up(cfg, &frags);
+            for b in &batches {
+                let ts: Vec<i64> = b.fragments.iter().map(|f| f.ts).collect();
+                prop_assert!(ts.windows(2).all(|w| w[1] - w[0] <= cfg.quiet_ms),
+                    "no gap inside a batch exceeds quiet");
+                prop_assert!(b.last_ts - b.first_ts <= cfg.max_wait_ms, "max wait respected");
+                prop_assert!(b.fragments.len() <= cfg.max_fragments, "fragment cap");
+                prop_assert!(b.bytes() <= cfg.max_batch_bytes, "byte cap");
+            }
+            // Per key, consecutive batches are split for a reason the semantics allow.
+            let mut per_key: BTreeMap<Arc<str>, Vec<&Batch>> = BTreeMap::new();
+            for b in &batches {
+                per_key.entry(b.key.clone()).or_default().push(b);
+            }
+            for list in per_key.values() {
+                for pair in list.windows(2) {
+                    let (a, b) = (pair[0], pair[1]);
+                    prop_assert!(a.last_offset() < b.first_offset(), "batches of a key in order");
+                    let next = &b.fragments[0];
+                    let fits_time = next.ts <= a.close_time;
+                    let fits_caps = a.fragments.len() < cfg.max_fragments
+                        && a.bytes() + next.size() <= cfg.max_batch_bytes;
+                    prop_assert!(!(fits_time && fits_caps),
+                        "a batch was cut although the next fragment fitted: {:?}", a.reason);
+                }
+            }
+        }
+
+        #[test]
+        fn any_chunking_and_read_speed_give_the_same_batches(
+            cfg in cfg_strategy(),
+            log in log_strategy(),
+            fractions in prop::collection::vec(any::<u8>(), 1..20),
+        ) {
+            let frags = build(&log);
+            let a = by_id(&catch_up(cfg, &frags));
+            let b = by_id(&live(cfg, &frags, &fractions));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn low_watermark_never_passes_an_open_fragment(
+            cfg in cfg_strategy(), log in log_strategy(),
+            fractions in prop::collection::vec(any::<u8>(), 1..20),
+        ) {
+            let frags = build(&log);
+            let mut e = WindowEngine::new(cfg);
+            let mut out = Vec::new();
+            let mut emitted: BTreeSet<i64> = BTreeSet::new();
+            for (i, f) in frags.iter().enumerate() {
+                e.push(f.clone(), FAR, &mut out);
+                if i % 3 == 0 {
+                    let wall = f.ts + i64::from(fractions[i % fractions.len()]);
+                    e.advance(wall, &mut out);
+                }
+                for b in out.drain(..) {
+                    emitted.extend(b.fragments.iter().map(|f| f.offset));
+                }
+                let open: Vec<i64> = frags[..=i]
+                    .iter()
+                    .map(|f| f.offset)
+                    .filter(|o| !emitted.contains(o))
+                    .collect();
+                prop_assert_eq!(e.low_watermark(), open.iter().min().copied());
+                let held: usize = frags[..=i]
+                    .iter()
+                    .filter(|f| !emitted.contains(&f.offset))
+                    .map(Fragment::size)
+                    .sum();
+                prop_assert_eq!(e.open_bytes(), held);
+            }
+        }
+    }
+}
