@@ -15,6 +15,7 @@
 //! * At shutdown the loop stops reading, waits for the workers to drain, commits, and closes.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -144,7 +145,15 @@ impl LullContext {
     }
 }
 
-impl ClientContext for LullContext {}
+impl ClientContext for LullContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // End of partition is lull's "caught up" signal, not a problem.
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            other => warn!(error = %other, reason, "kafka client error"),
+        }
+    }
+}
 
 impl ConsumerContext for LullContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -276,6 +285,9 @@ pub async fn run(
     let consumer = Arc::new(consumer);
     info!(topic = %config.input_topic, group = %config.group_id, "consuming");
 
+    let topic_c = CString::new(config.input_topic.as_str()).map_err(|_| {
+        ConsumeError::Start(KafkaError::ClientCreation("topic name contains NUL".into()))
+    })?;
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backlog_tick = tokio::time::interval(BACKLOG_RETRY);
@@ -296,15 +308,23 @@ pub async fn run(
                 any_backlog = drain_backlogs(&consumer);
             }
             received = consumer.recv() => {
-                let (partition, inbound) = match received {
-                    Ok(m) => (m.partition(), Inbound::Message(m.detach())),
-                    Err(KafkaError::PartitionEOF(p)) => (p, Inbound::Eof),
+                let (partition, inbound, at_end) = match received {
+                    Ok(m) => {
+                        let at_end = reached_high_watermark(&consumer, &topic_c, m.partition(), m.offset());
+                        (m.partition(), Inbound::Message(m.detach()), at_end)
+                    }
+                    Err(KafkaError::PartitionEOF(p)) => (p, Inbound::Eof, false),
                     Err(e) => {
                         warn!(error = %e, "consumer error");
                         continue;
                     }
                 };
                 if dispatch(&consumer, partition, inbound) {
+                    any_backlog = true;
+                }
+                // librdkafka reports end-of-partition only with the next, empty, fetch (up to
+                // fetch.wait.max.ms later); the cached high watermark says so at once.
+                if at_end && dispatch(&consumer, partition, Inbound::Eof) {
                     any_backlog = true;
                 }
             }
@@ -440,4 +460,29 @@ fn set_paused(consumer: &LullConsumer, partition: i32, pause: bool) {
         Ok(()) => debug!(partition, pause, "backpressure"),
         Err(e) => warn!(partition, pause, error = %e, "cannot pause/resume partition"),
     }
+}
+
+/// Whether the message at `offset` is the last one the broker had when it answered the fetch,
+/// by librdkafka's cached high watermark (a local lookup, no request).
+fn reached_high_watermark(
+    consumer: &LullConsumer,
+    topic: &CString,
+    partition: i32,
+    offset: i64,
+) -> bool {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed, `topic` is a valid
+    // NUL-terminated string, and the out-pointers point at live locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        && high >= 0
+        && offset + 1 >= high
 }

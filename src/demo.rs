@@ -260,6 +260,15 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     let mut worker = tokio::spawn(crate::run(config.clone(), token.clone()));
     let mut worker_result = None;
 
+    // Type only once the worker owns its partitions, so the first bursts are not read late.
+    let join_deadline = Instant::now() + Duration::from_secs(60);
+    while crate::metrics::metrics().assigned_partitions.get() < i64::from(partitions) {
+        if worker.is_finished() || Instant::now() > join_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("linger.ms", "2")
@@ -375,6 +384,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         }
     }
     drop(collector);
+    drop(producer);
     drop(broker);
 
     let quiet = config.quiet.as_millis() as i64;
