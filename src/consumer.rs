@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::metrics;
 use crate::partition::{Inbound, PartitionShared, Worker};
 use crate::sink::{Sink, SinkError};
@@ -83,6 +84,7 @@ struct Spawner {
 pub struct LullContext {
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
     spawner: Spawner,
+    health: Arc<Health>,
 }
 
 impl LullContext {
@@ -176,6 +178,7 @@ impl ConsumerContext for LullContext {
                 }
             }
             metrics().assigned_partitions.set(reg.len() as i64);
+            self.health.set_assigned(reg.len());
             metrics()
                 .backpressure_paused
                 .set(reg.values().filter(|h| h.paused).count() as i64);
@@ -208,6 +211,7 @@ impl ConsumerContext for LullContext {
                     reg.insert(p, handle);
                 }
                 metrics().assigned_partitions.set(reg.len() as i64);
+                self.health.set_assigned(reg.len());
                 info!(partitions = ?partitions, "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
@@ -263,6 +267,7 @@ pub async fn run(
     config: Arc<Config>,
     sink: Sink,
     shutdown: CancellationToken,
+    health: Arc<Health>,
 ) -> Result<(), ConsumeError> {
     let failure = Arc::new(Mutex::new(None));
     let context = LullContext {
@@ -275,6 +280,7 @@ pub async fn run(
             shutdown: shutdown.clone(),
             failure: failure.clone(),
         },
+        health: health.clone(),
     };
     let consumer: LullConsumer = crate::kafka::consumer_config(&config)
         .create_with_context(context)
@@ -296,6 +302,7 @@ pub async fn run(
     let mut any_backlog = false;
 
     loop {
+        health.polled();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -310,6 +317,7 @@ pub async fn run(
             received = consumer.recv() => {
                 let (partition, inbound, at_end) = match received {
                     Ok(m) => {
+                        health.message_read();
                         let at_end = reached_high_watermark(&consumer, &topic_c, m.partition(), m.offset());
                         (m.partition(), Inbound::Message(m.detach()), at_end)
                     }

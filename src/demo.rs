@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -257,12 +258,17 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     );
 
     let token = CancellationToken::new();
-    let mut worker = tokio::spawn(crate::run(config.clone(), token.clone()));
+    let health = Arc::new(crate::health::Health::new());
+    let mut worker = tokio::spawn(crate::run_with_health(
+        config.clone(),
+        token.clone(),
+        health.clone(),
+    ));
     let mut worker_result = None;
 
     // Type only once the worker owns its partitions, so the first bursts are not read late.
     let join_deadline = Instant::now() + Duration::from_secs(60);
-    while crate::metrics::metrics().assigned_partitions.get() < i64::from(partitions) {
+    while health.assigned_partitions() < partitions as usize {
         if worker.is_finished() || Instant::now() > join_deadline {
             break;
         }

@@ -6,6 +6,9 @@ use rdkafka::ClientConfig;
 
 use crate::config::Config;
 
+/// How long a fetch may wait at the broker for data; see [`consumer_config`].
+pub const FETCH_WAIT_MAX_MS: u32 = 100;
+
 /// Settings shared by every client: brokers, client id and the pass-through properties.
 fn base(config: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -23,13 +26,19 @@ fn with_pass_through(mut c: ClientConfig, config: &Config) -> ClientConfig {
 
 /// The consumer: manual commits of explicit offsets, partition EOF events (lull's "caught up"
 /// signal), and the earliest offset for a group that has committed nothing.
+///
+/// `fetch.wait.max.ms` is lowered from librdkafka's 500 ms to [`FETCH_WAIT_MAX_MS`]: a broker
+/// that does not answer a waiting fetch as soon as data arrives (librdkafka's mock cluster, some
+/// Kafka-compatible brokers) would otherwise hold fragments back for up to half a second, longer
+/// than the default grace, and make them late.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = base(config, "consumer");
     c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string());
     with_pass_through(c, config)
 }
 

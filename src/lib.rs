@@ -19,6 +19,7 @@
 //! * [`sink`]: the idempotent producer and the retry policy.
 //! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
 //! * [`metrics`]: the metric families.
+//! * [`health`]: per-run facts (partitions owned, poll loop liveness).
 //! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
 //! * [`topics`]: creating the input, output and dead-letter topics.
 //! * [`demo`]: the self-contained demonstration with its own end-to-end check.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod fragment;
+pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod mock;
@@ -59,9 +61,18 @@ pub enum RunError {
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
 /// until something fails that cannot be retried.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with_health(config, shutdown, Arc::new(health::Health::new())).await
+}
+
+/// [`run`], reporting its state into `health` (tests and the demo watch it).
+pub async fn run_with_health(
+    config: Config,
+    shutdown: CancellationToken,
+    health: Arc<health::Health>,
+) -> Result<(), RunError> {
     let config = Arc::new(config);
     let sink = sink::Sink::new(&config)?;
-    let result = consumer::run(config.clone(), sink.clone(), shutdown).await;
+    let result = consumer::run(config.clone(), sink.clone(), shutdown, health).await;
     let flush_sink = sink.clone();
     let timeout = config.drain_timeout;
     let _ = tokio::task::spawn_blocking(move || flush_sink.flush(timeout)).await;
