@@ -422,11 +422,11 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
 
     println!();
     println!("sample batches:");
-    let mut shown = 0;
-    for b in batches.iter().filter(|b| b.fragments.len() >= 3) {
-        if shown >= args.samples {
-            break;
-        }
+    for b in batches
+        .iter()
+        .filter(|b| b.fragments.len() >= 3)
+        .take(args.samples)
+    {
         let text = b.text.as_deref().unwrap_or("").replace('\n', " ⏎ ");
         println!(
             "  {}  {} fragments  {:<8}  \"{}\"",
@@ -435,7 +435,6 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
             b.reason,
             text
         );
-        shown += 1;
     }
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for b in &batches {

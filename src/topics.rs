@@ -25,7 +25,10 @@ pub enum TopicsError {
     #[error("cannot create the Kafka admin client: {0}")]
     Client(#[source] KafkaError),
     /// The request failed as a whole (broker unreachable, timeout).
-    #[error("cannot create topics: {0}")]
+    #[error(
+        "cannot create topics: {0} (is KAFKA_BROKERS reachable? note that `lull dev-broker` \
+             creates lull's topics itself: the mock cluster does not support creating topics)"
+    )]
     Request(#[source] KafkaError),
     /// The broker refused one topic.
     #[error("cannot create topic {topic}: {code}")]
@@ -51,7 +54,9 @@ pub async fn create(
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(15)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
         .create_topics(new.iter(), &opts)
         .await

@@ -1,0 +1,237 @@
+//! The `lull` binary as an operator runs it: configuration errors, `dev-broker`, and `run` as an
+//! OS process that batches real traffic and stops cleanly on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn lull() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lull"));
+    // A clean environment in an empty directory: no stray LULL_* variables, no .env file.
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    c
+}
+
+#[test]
+fn each_bad_variable_gets_its_own_line_and_a_non_zero_exit() {
+    let out = lull()
+        .arg("run")
+        .env("LULL_QUIET_MS", "abc")
+        .env("LULL_TIMESTAMP", "wallclock")
+        .env("LULL_MAX_FRAGMENTS", "0")
+        .env("REDIS_URL", "http://user:hunter2@localhost")
+        .output()
+        .expect("lull runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines.contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, at least 1)")
+    );
+    assert!(lines.contains(&"LULL_TIMESTAMP=wallclock: expected one of kafka, arrival"));
+    assert!(lines
+        .contains(&"LULL_MAX_FRAGMENTS=0: expected a fragment count (a whole number, at least 1)"));
+    assert!(lines
+        .contains(&"REDIS_URL=http://user:***@localhost: expected a redis:// or rediss:// URL"));
+    assert!(!stderr.contains("hunter2"), "secret leaked: {stderr}");
+}
+
+#[test]
+fn a_malformed_env_file_is_reported() {
+    let dir = tempdir("envfile");
+    std::fs::write(dir.join(".env"), "LULL_QUIET_MS=100\nthis is not a pair\n").unwrap();
+    let out = lull()
+        .arg("run")
+        .current_dir(&dir)
+        .output()
+        .expect("lull runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with(".env="));
+}
+
+#[test]
+fn env_file_values_are_read() {
+    let dir = tempdir("envfile-ok");
+    std::fs::write(dir.join(".env"), "LULL_GRACE_MS=nope\n").unwrap();
+    let out = lull()
+        .arg("run")
+        .current_dir(&dir)
+        .output()
+        .expect("lull runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "LULL_GRACE_MS=nope: expected milliseconds (a whole number)"
+    );
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lull-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_file(path: &Path) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return s.trim().to_string();
+            }
+        }
+        assert!(Instant::now() < end, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
+    let dir = tempdir("procs");
+    let bootstrap_file = dir.join("bootstrap");
+    let broker = lull()
+        .args(["dev-broker", "--partitions", "2", "--bootstrap-file"])
+        .arg(&bootstrap_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev-broker starts");
+    let mut broker = Guard(broker);
+    let bootstrap = wait_file(&bootstrap_file);
+
+    let worker = lull()
+        .arg("run")
+        .env("KAFKA_BROKERS", &bootstrap)
+        .env("LULL_QUIET_MS", "300")
+        .env("LULL_GRACE_MS", "250")
+        .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("LULL_DRAIN_TIMEOUT_MS", "3000")
+        .env("LULL_KAFKA_SASL_PASSWORD", "hunter2")
+        .env("LULL_KAFKA_SECURITY_PROTOCOL", "plaintext")
+        .env("LULL_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lull run starts");
+    let mut worker = Guard(worker);
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = worker.0.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("partitions assigned"))
+    {
+        assert!(Instant::now() < end, "never assigned: {log:#?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            log.push(line);
+        }
+    }
+    for line in &log {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "JSON log line: {line}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l.contains("LULL_QUIET_MS")),
+        "effective config logged"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("hunter2")),
+        "secret leaked into logs"
+    );
+
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for seq in 0..3 {
+        send(
+            &producer,
+            "chat.fragments",
+            Some("proc-user"),
+            &fragment("proc-user", seq),
+            None,
+            None,
+        )
+        .await;
+    }
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "cli-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    rdkafka::consumer::Consumer::subscribe(&consumer, &["chat.batches"]).expect("subscribe");
+    let m = tokio::time::timeout(DEADLINE, consumer.recv())
+        .await
+        .expect("a batch in time")
+        .expect("a batch");
+    let v: serde_json::Value =
+        serde_json::from_slice(rdkafka::Message::payload(&m).unwrap_or_default())
+            .expect("JSON batch");
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["key"], "proc-user");
+    drop(m);
+    drop(consumer);
+
+    signal(&worker.0, "-TERM");
+    let status = wait_exit(&mut worker.0, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+    signal(&broker.0, "-TERM");
+    let status = wait_exit(&mut broker.0, Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "dev-broker exits cleanly on SIGTERM"
+    );
+}
