@@ -10,11 +10,18 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+/// The cluster as the owning thread holds it.
+pub type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// Work to run on the cluster's thread (fault injection in tests), with its reply channel.
+type Command = Box<dyn FnOnce(&Cluster) + Send>;
 
 /// A running mock cluster.
 pub struct MockBroker {
     bootstrap: String,
-    stop: Option<mpsc::Sender<()>>,
+    commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -27,7 +34,7 @@ impl MockBroker {
     /// Starts a cluster of `brokers` brokers and creates `topics` (name, partitions) on it.
     pub fn start(brokers: i32, topics: &[(String, i32)]) -> Result<Self, MockError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("mock-kafka".into())
@@ -46,15 +53,17 @@ impl MockBroker {
                     }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                // Block until told to stop (or the owner is gone), then drop the cluster here.
-                let _ = stop_rx.recv();
+                // Serve commands until the owner is gone, then drop the cluster on this thread.
+                while let Ok(command) = cmd_rx.recv() {
+                    command(&cluster);
+                }
                 drop(cluster);
             })
             .map_err(|e| MockError(e.to_string()))?;
         match ready_rx.recv() {
             Ok(Ok(bootstrap)) => Ok(Self {
                 bootstrap,
-                stop: Some(stop_tx),
+                commands: Some(cmd_tx),
                 thread: Some(thread),
             }),
             Ok(Err(e)) => Err(MockError(e)),
@@ -66,11 +75,29 @@ impl MockBroker {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Runs `f` on the cluster's thread and returns its result (fault injection: broker down/up,
+    /// request errors, round-trip delays).
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cluster) -> R + Send + 'static,
+    ) -> Result<R, MockError> {
+        let (tx, rx) = mpsc::channel();
+        let command: Command = Box::new(move |cluster| {
+            let _ = tx.send(f(cluster));
+        });
+        self.commands
+            .as_ref()
+            .and_then(|c| c.send(command).ok())
+            .ok_or_else(|| MockError("the mock cluster has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| MockError("the mock cluster thread died".into()))
+    }
 }
 
 impl Drop for MockBroker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.commands.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -469,3 +469,51 @@ async fn two_workers_split_partitions_and_batch_each_burst_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it() {
+    let cluster = Cluster::start(1);
+    let mut cfg = cluster.config("outage");
+    // Deliveries give up after 1.5 s, so lull's own retry path is what carries the batches over.
+    cfg.kafka.insert(
+        "message.timeout.ms".into(),
+        lull::config::KafkaProperty::Plain("1500".into()),
+    );
+    let lull = Running::start(cfg);
+    lull.assigned(1).await;
+    let producer = cluster.producer();
+    for u in 0..5 {
+        let user = format!("o{u}");
+        send(&producer, IN, Some(&user), &fragment(&user, 0), None, None).await;
+    }
+    wait_for("the fragments to be read", || {
+        lull.health.messages_read() >= 5
+    })
+    .await;
+    // Every broker goes away before the batches are due (quiet + grace = 550 ms) and stays away
+    // well past the delivery timeout.
+    cluster.broker.with(|c| c.broker_down(1)).unwrap().unwrap();
+    let retries_before = lull::metrics::metrics().produce_retries.get();
+    wait_for("lull to retry the failed deliveries", || {
+        lull::metrics::metrics().produce_retries.get() > retries_before
+    })
+    .await;
+    cluster.broker.with(|c| c.broker_up(1)).unwrap().unwrap();
+
+    let mut out = cluster.collector(OUT);
+    out.until("every batch after the outage", |s| {
+        event_counts(s).len() == 5
+    })
+    .await;
+    out.settle(Duration::from_secs(1)).await;
+    let counts = event_counts(&out.seen);
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "no batch lost or duplicated: {counts:?}"
+    );
+    assert!(
+        lull.health.assigned_partitions() == 1,
+        "the worker survived the outage"
+    );
+    lull.stop().await;
+}
