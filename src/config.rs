@@ -127,6 +127,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown may take to deliver what is due and commit.
     pub drain_timeout: Duration,
+    /// How long an event id is remembered for duplicate detection (`LULL_EVENT_TTL_MS`).
+    pub event_ttl: Duration,
+    /// How long a key's flushed watermark (and a partition's owner record) is kept after its
+    /// last use (`LULL_FLUSHED_TTL_MS`): at least as long as a replay can reach back.
+    pub flushed_ttl: Duration,
     /// librdkafka properties passed through from `LULL_KAFKA_*`.
     pub kafka: BTreeMap<String, KafkaProperty>,
 }
@@ -435,6 +440,8 @@ impl Config {
             &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
         );
         let drain_timeout = r.millis("LULL_DRAIN_TIMEOUT_MS", 10_000, 1);
+        let event_ttl = r.millis("LULL_EVENT_TTL_MS", 3_600_000, 1_000);
+        let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", 604_800_000, 60_000);
 
         let mut kafka = BTreeMap::new();
         for (name, value) in r.env.with_prefix(KAFKA_PREFIX) {
@@ -511,6 +518,8 @@ impl Config {
             instance_id,
             log_format,
             drain_timeout,
+            event_ttl,
+            flushed_ttl,
             kafka,
         })
     }
@@ -577,6 +586,14 @@ impl Config {
             (
                 "LULL_DRAIN_TIMEOUT_MS".into(),
                 self.drain_timeout.as_millis().to_string(),
+            ),
+            (
+                "LULL_EVENT_TTL_MS".into(),
+                self.event_ttl.as_millis().to_string(),
+            ),
+            (
+                "LULL_FLUSHED_TTL_MS".into(),
+                self.flushed_ttl.as_millis().to_string(),
             ),
         ];
         for (property, value) in &self.kafka {

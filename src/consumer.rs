@@ -37,6 +37,7 @@ use crate::health::Health;
 use crate::metrics::metrics;
 use crate::partition::{Inbound, PartitionShared, Worker};
 use crate::sink::{Sink, SinkError};
+use crate::store::Store;
 
 /// How often moved watermarks are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -75,6 +76,7 @@ struct Spawner {
     config: Arc<Config>,
     topic: Arc<str>,
     sink: Sink,
+    store: Option<Arc<Store>>,
     shutdown: CancellationToken,
     /// Set by the first worker that fails fatally; the process then stops.
     failure: Arc<Mutex<Option<SinkError>>>,
@@ -106,6 +108,7 @@ impl LullContext {
             partition,
             config: s.config.clone(),
             sink: s.sink.clone(),
+            store: s.store.clone(),
             shared: shared.clone(),
             inbox,
             revoked: revoked.clone(),
@@ -266,6 +269,7 @@ fn mark_committed(ctx: &LullContext, marks: &[(i32, i64)]) {
 pub async fn run(
     config: Arc<Config>,
     sink: Sink,
+    store: Option<Arc<Store>>,
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> Result<(), ConsumeError> {
@@ -277,6 +281,7 @@ pub async fn run(
             config: config.clone(),
             topic: Arc::from(config.input_topic.as_str()),
             sink: sink.clone(),
+            store,
             shutdown: shutdown.clone(),
             failure: failure.clone(),
         },

@@ -3,7 +3,7 @@
 //! The metrics registry is process-wide; this is per run, so several workers in one process (as
 //! in the integration tests) can each be asked "do you own partitions yet?".
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::output::now_ms;
 
@@ -13,6 +13,8 @@ pub struct Health {
     assigned: AtomicUsize,
     last_poll_ms: AtomicI64,
     messages: AtomicU64,
+    /// 0 = no Redis configured, 1 = connected, 2 = degraded.
+    redis: AtomicU8,
 }
 
 impl Health {
@@ -44,6 +46,25 @@ impl Health {
     /// Input messages read by this run.
     pub fn messages_read(&self) -> u64 {
         self.messages.load(Ordering::Acquire)
+    }
+
+    /// Records Redis reachability: `None` = not configured, `Some(true)` = connected.
+    pub fn set_redis(&self, reachable: Option<bool>) {
+        let v = match reachable {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.redis.store(v, Ordering::Release);
+    }
+
+    /// Redis reachability: `None` = not configured, `Some(false)` = degraded.
+    pub fn redis(&self) -> Option<bool> {
+        match self.redis.load(Ordering::Acquire) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
     /// Unix milliseconds of the last poll loop turn; 0 if never.

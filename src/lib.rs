@@ -17,6 +17,8 @@
 //! * [`consumer`]: the Kafka consumer loop, rebalances, dispatch and commits.
 //! * [`output`]: the batch and dead-letter wire formats.
 //! * [`sink`]: the idempotent producer and the retry policy.
+//! * [`store`]: shared state in Redis (ownership fencing, flushed watermarks, duplicates,
+//!   pending-window summaries), its Lua scripts and MONITOR tracing.
 //! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
 //! * [`metrics`]: the metric families.
 //! * [`health`]: per-run facts (partitions owned, poll loop liveness).
@@ -38,6 +40,7 @@ pub mod output;
 pub mod partition;
 pub mod shutdown;
 pub mod sink;
+pub mod store;
 pub mod topics;
 pub mod window;
 
@@ -56,6 +59,9 @@ pub enum RunError {
     /// The consumer failed to start, or a worker failed fatally.
     #[error(transparent)]
     Consume(#[from] consumer::ConsumeError),
+    /// `REDIS_URL` cannot be used at all (an unreachable server is not an error: lull degrades).
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
@@ -72,7 +78,25 @@ pub async fn run_with_health(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let sink = sink::Sink::new(&config)?;
-    let result = consumer::run(config.clone(), sink.clone(), shutdown, health).await;
+    let store = match &config.redis_url {
+        None => {
+            tracing::info!("REDIS_URL is unset: running without shared state");
+            health.set_redis(None);
+            None
+        }
+        Some(url) => {
+            let store = store::Store::connect(&config, health.clone()).await?;
+            if config.debug_redis_monitor {
+                store::monitor::spawn_trace(
+                    url.expose().to_string(),
+                    config.redis_prefix.clone(),
+                    config.instance_id.clone(),
+                );
+            }
+            Some(store)
+        }
+    };
+    let result = consumer::run(config.clone(), sink.clone(), store, shutdown, health).await;
     let flush_sink = sink.clone();
     let timeout = config.drain_timeout;
     let _ = tokio::task::spawn_blocking(move || flush_sink.flush(timeout)).await;

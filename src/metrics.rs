@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric lull exports.
@@ -48,6 +48,18 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// Partitions currently paused for backpressure.
     pub backpressure_paused: IntGauge,
+    /// Fragments dropped because their event id was first seen at another offset.
+    pub fragments_duplicate: IntCounter,
+    /// Fragments skipped on replay because they were already emitted in a batch.
+    pub fragments_skipped: IntCounter,
+    /// Redis calls that failed (connection, timeout, server error).
+    pub redis_errors: IntCounter,
+    /// Duration of Redis script calls, by script.
+    pub redis_call_seconds: HistogramVec,
+    /// 1 while Redis is unreachable and lull runs without shared state.
+    pub redis_degraded: IntGauge,
+    /// Partition workers stopped because Redis showed another instance owns their partition.
+    pub fenced_off: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -192,6 +204,49 @@ impl Metrics {
                 &registry,
                 "lull_backpressure_paused",
                 "Input partitions paused because their worker is full.",
+            ),
+            fragments_duplicate: counter(
+                &registry,
+                "lull_fragments_duplicate_total",
+                "Fragments dropped as duplicates (event id first seen at another offset).",
+            ),
+            fragments_skipped: counter(
+                &registry,
+                "lull_fragments_skipped_total",
+                "Fragments skipped on replay because a batch already delivered them.",
+            ),
+            redis_errors: counter(
+                &registry,
+                "lull_redis_errors_total",
+                "Redis calls that failed.",
+            ),
+            redis_call_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "lull_redis_call_seconds",
+                        "Duration of Redis script calls, by script.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ]),
+                    &["script"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("metric names are unique");
+                h
+            },
+            redis_degraded: gauge(
+                &registry,
+                "lull_redis_degraded",
+                "1 while Redis is unreachable and lull runs without shared state.",
+            ),
+            fenced_off: counter(
+                &registry,
+                "lull_fenced_off_total",
+                "Partition workers stopped because another instance owns their partition in Redis.",
             ),
             registry,
         }

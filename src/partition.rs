@@ -3,20 +3,28 @@
 //!
 //! The task is one `select! { biased; ... }` over, in order: revocation (stop at once), shutdown
 //! (stop reading, deliver what is due, wait for acknowledgements), delivery acknowledgements, the
-//! retry timer, the next window deadline (only while caught up), and new input (only while there
-//! is room). After every step it publishes the partition's low watermark for the consumer loop to
-//! commit.
+//! retry timer, the next window deadline (only while caught up), new input (only while there is
+//! room), and the timer that writes acknowledged batches to Redis. After every step it publishes
+//! the partition's low watermark for the consumer loop to commit.
 //!
-//! *Caught up* means the last thing read on the partition was an end-of-partition event: only
-//! then does partition time follow the wall clock, so catching up after lag never lets the wall
-//! clock cut a window that later input in the log would have joined.
+//! *Caught up* means the last thing read on the partition was its end: only then does partition
+//! time follow the wall clock, so catching up after lag never lets the wall clock cut a window
+//! that later input in the log would have joined.
 //!
 //! Delivery order: records are sent in the order the engine emitted them. When a delivery fails,
 //! nothing new is sent until every record in flight has settled; the failed ones are then re-sent
 //! in their original order after an exponential backoff with jitter. A record is never dropped,
 //! and the commit point never passes one that is not acknowledged.
+//!
+//! With Redis (see [`crate::store`]): the worker claims the partition first; each chunk of input
+//! is admitted in one script call (fragments already delivered before a crash are skipped,
+//! duplicate event ids dropped — both still move partition time, so replays cut the same
+//! windows); open windows are published as `pending:{key}`; acknowledged batches move the key's
+//! flushed watermark — but only once every earlier batch of that key is acknowledged too, so a
+//! replay can never skip an undelivered batch. If Redis refuses the worker's generation, another
+//! instance owns the partition: the worker stops at once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,19 +32,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TimestampSource};
-use crate::fragment::{self, RawMessage};
+use crate::fragment::{self, Fragment, Invalid, RawMessage};
 use crate::metrics::metrics;
 use crate::offsets::OffsetTracker;
 use crate::output::{self, now_ms, Record, Rejected};
 use crate::sink::{Backoff, Sink, SinkError};
+use crate::store::{Candidate, Fence, Flushed, PendingSummary, Store, StoreError, Verdict};
 use crate::window::{Batch, FlushReason, WindowEngine};
 
 /// Output records (batches and dead letters) held per partition, queued or in flight, before the
@@ -48,6 +58,16 @@ const MAX_IN_FLIGHT: usize = 5_000;
 
 /// Messages taken from the inbox in one step, so acknowledgements and timers are not starved.
 const READ_CHUNK: usize = 512;
+
+/// Acknowledged batches are written to Redis at least this often (and at once past
+/// [`RECORD_BATCH`] keys), so one script call covers many batches.
+const RECORD_EVERY: Duration = Duration::from_millis(20);
+
+/// See [`RECORD_EVERY`].
+const RECORD_BATCH: usize = 256;
+
+/// How long a revoked worker waits for deliveries already in flight before it stops.
+const REVOKE_SETTLE: Duration = Duration::from_secs(1);
 
 /// What the consumer loop hands a partition worker, in partition order.
 #[derive(Debug)]
@@ -86,6 +106,8 @@ pub struct Worker {
     pub config: Arc<Config>,
     /// The producer.
     pub sink: Sink,
+    /// Shared state in Redis, if configured.
+    pub store: Option<Arc<Store>>,
     /// Shared with the consumer loop.
     pub shared: Arc<PartitionShared>,
     /// Messages from the consumer loop.
@@ -96,10 +118,11 @@ pub struct Worker {
     pub shutdown: CancellationToken,
 }
 
-/// Metrics-only facts about a record, kept until it is acknowledged.
-#[derive(Debug, Clone, Copy)]
+/// Facts about a record, kept until it is acknowledged.
+#[derive(Debug, Clone)]
 enum Kind {
     Batch {
+        key: Arc<str>,
         reason: FlushReason,
         fragments: usize,
         bytes: usize,
@@ -114,6 +137,21 @@ struct Pending {
 }
 
 type Delivery = Pin<Box<dyn Future<Output = (u64, Option<OwnedDeliveryResult>)> + Send>>;
+
+/// Why the worker stops early.
+enum Stop {
+    /// Another instance owns the partition (Redis fencing).
+    Fenced(String),
+    /// The producer failed fatally.
+    Fatal(SinkError),
+}
+
+/// One parsed inbound item of a chunk.
+enum Item {
+    Fragment(Fragment),
+    Invalid(OwnedMessage, Invalid),
+    Eof,
+}
 
 /// The worker's mutable state, owned by its task.
 struct State {
@@ -133,13 +171,22 @@ struct State {
     hold_until: Option<Instant>,
     caught_up: bool,
     batches: Vec<Batch>,
+    /// Redis ownership, once claimed, and the store epoch it was claimed in.
+    fence: Option<(Fence, u64)>,
+    /// Per key, batches emitted and not yet recorded in Redis: first offset → (last offset,
+    /// acknowledged). Only a prefix of acknowledged batches may move the flushed watermark.
+    unrecorded: HashMap<Arc<str>, BTreeMap<i64, (i64, bool)>>,
+    /// Acknowledged batches ready to be written to Redis, one per key (the latest).
+    to_record: HashMap<Arc<str>, Flushed>,
+    record_at: Option<Instant>,
     /// Gauge values this worker has added, so it can take them back.
     reported_windows: i64,
     reported_bytes: i64,
 }
 
 impl Worker {
-    /// Runs until the partition is revoked, the process shuts down, or the producer fails fatally.
+    /// Runs until the partition is revoked, the process shuts down, another instance takes the
+    /// partition over (Redis fencing), or the producer fails fatally.
     pub async fn run(mut self) -> Result<(), SinkError> {
         let mut st = State {
             engine: WindowEngine::new(self.config.window()),
@@ -153,23 +200,46 @@ impl Worker {
             hold_until: None,
             caught_up: false,
             batches: Vec::new(),
+            fence: None,
+            unrecorded: HashMap::new(),
+            to_record: HashMap::new(),
+            record_at: None,
             reported_windows: 0,
             reported_bytes: 0,
         };
+        debug!(partition = self.partition, "partition worker started");
+        let result = match self.event_loop(&mut st).await {
+            Ok(()) => Ok(()),
+            Err(Stop::Fenced(why)) => {
+                metrics().fenced_off.inc();
+                error!(
+                    partition = self.partition,
+                    reason = %why,
+                    "another instance owns this partition now: this worker stops touching it"
+                );
+                Ok(())
+            }
+            Err(Stop::Fatal(e)) => Err(e),
+        };
+        metrics().open_windows.sub(st.reported_windows);
+        metrics().open_window_bytes.sub(st.reported_bytes);
+        debug!(partition = self.partition, "partition worker stopped");
+        result
+    }
+
+    async fn event_loop(&mut self, st: &mut State) -> Result<(), Stop> {
         let backoff = Backoff::default();
         let mut drain_deadline: Option<Instant> = None;
-        debug!(partition = self.partition, "partition worker started");
-
-        let result = loop {
-            if let Err(e) = self.pump(&mut st) {
-                break Err(e);
-            }
+        self.ensure_fence(st).await?;
+        loop {
+            self.pump(st)?;
             if drain_deadline.is_some()
                 && st.outbox.is_empty()
                 && st.in_flight.is_empty()
                 && st.failed.is_empty()
             {
-                break Ok(());
+                self.record(st, true).await?;
+                return Ok(());
             }
             let deadline = if st.caught_up && drain_deadline.is_none() {
                 st.engine.next_deadline().map(wall_to_instant)
@@ -181,7 +251,10 @@ impl Worker {
 
             tokio::select! {
                 biased;
-                _ = self.revoked.cancelled() => break Ok(()),
+                _ = self.revoked.cancelled() => {
+                    self.settle_revoked(st, &backoff).await;
+                    return Ok(());
+                }
                 _ = self.shutdown.cancelled(), if drain_deadline.is_none() => {
                     drain_deadline = Some(Instant::now() + self.config.drain_timeout);
                     if st.caught_up {
@@ -189,8 +262,10 @@ impl Worker {
                     }
                 }
                 Some((seq, result)) = st.deliveries.next(), if !st.deliveries.is_empty() => {
-                    if let Err(e) = self.settle(&mut st, seq, result, &backoff) {
-                        break Err(e);
+                    self.settle(st, seq, result, &backoff)?;
+                    // Drain every report that is ready, so one turn covers many.
+                    while let Some(Some((seq, result))) = st.deliveries.next().now_or_never() {
+                        self.settle(st, seq, result, &backoff)?;
                     }
                 }
                 _ = sleep_until_opt(st.hold_until), if st.hold_until.is_some() => {
@@ -200,19 +275,21 @@ impl Worker {
                     st.engine.advance(now_ms(), &mut st.batches);
                 }
                 inbound = self.inbox.recv(), if can_read => {
-                    match inbound {
-                        Some(first) => {
-                            self.take(&mut st, first);
-                            for _ in 1..READ_CHUNK {
-                                match self.inbox.try_recv() {
-                                    Ok(next) => self.take(&mut st, next),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
+                    let Some(first) = inbound else {
                         // The consumer loop dropped this partition: same as a revocation.
-                        None => break Ok(()),
+                        return Ok(());
+                    };
+                    let mut chunk = vec![first];
+                    while chunk.len() < READ_CHUNK {
+                        match self.inbox.try_recv() {
+                            Ok(next) => chunk.push(next),
+                            Err(_) => break,
+                        }
                     }
+                    self.take_chunk(st, chunk).await?;
+                }
+                _ = sleep_until_opt(st.record_at), if st.record_at.is_some() => {
+                    self.record(st, true).await?;
                 }
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     warn!(
@@ -220,34 +297,180 @@ impl Worker {
                         unacknowledged = st.in_flight.len() + st.failed.len() + st.outbox.len(),
                         "drain timeout passed with records unacknowledged; they will be replayed"
                     );
-                    break Ok(());
+                    return Ok(());
                 }
             }
-            self.route_batches(&mut st);
-            self.publish(&mut st);
-        };
-        metrics().open_windows.sub(st.reported_windows);
-        metrics().open_window_bytes.sub(st.reported_bytes);
-        debug!(partition = self.partition, "partition worker stopped");
-        result
+            self.route_batches(st);
+            self.record(st, false).await?;
+            self.publish(st);
+        }
     }
 
-    /// Handles one inbound item: a message becomes a fragment (or a dead letter), an EOF marks
-    /// the partition caught up.
-    fn take(&self, st: &mut State, inbound: Inbound) {
-        let m = match inbound {
-            Inbound::Eof => {
-                st.caught_up = true;
-                st.engine.advance(now_ms(), &mut st.batches);
-                return;
+    /// After a revocation: sends nothing more, but waits briefly for deliveries already in
+    /// flight and records them in Redis, so the next owner's replay skips them instead of
+    /// emitting them again.
+    async fn settle_revoked(&self, st: &mut State, backoff: &Backoff) {
+        if self.store.is_none() {
+            return;
+        }
+        let end = Instant::now() + REVOKE_SETTLE;
+        while !st.deliveries.is_empty() {
+            match tokio::time::timeout_at(end, st.deliveries.next()).await {
+                Ok(Some((seq, result))) => {
+                    if self.settle(st, seq, result, backoff).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
             }
-            Inbound::Message(m) => m,
+        }
+        if let Err(Stop::Fenced(why)) = self.record(st, true).await {
+            debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
+        }
+    }
+
+    /// Claims the partition in Redis when there is no valid claim: at start, and again after
+    /// Redis recovered from an outage (then only if nobody else took it meanwhile).
+    async fn ensure_fence(&self, st: &mut State) -> Result<(), Stop> {
+        let Some(store) = &self.store else {
+            return Ok(());
         };
-        st.caught_up = false;
-        metrics().fragments_received.inc();
-        let offset = m.offset();
-        st.tracker.read(offset);
+        let epoch = store.epoch();
+        if store.is_degraded() || st.fence.as_ref().is_some_and(|(_, e)| *e == epoch) {
+            return Ok(());
+        }
+        let resume = st.fence.is_some();
+        match store.claim(&self.topic, self.partition, resume).await {
+            Ok(fence) => {
+                info!(
+                    partition = self.partition,
+                    generation = fence.generation,
+                    resume,
+                    "partition claimed in redis"
+                );
+                st.fence = Some((fence, epoch));
+                Ok(())
+            }
+            Err(StoreError::Stale(why)) => Err(Stop::Fenced(why)),
+            Err(StoreError::Unavailable(_)) => Ok(()),
+        }
+    }
+
+    /// The fence to write with, when Redis is usable right now.
+    fn usable_fence<'a>(&'a self, st: &'a State) -> Option<(&'a Arc<Store>, &'a Fence)> {
+        let store = self.store.as_ref()?;
+        let (fence, epoch) = st.fence.as_ref()?;
+        (!store.is_degraded() && *epoch == store.epoch()).then_some((store, fence))
+    }
+
+    /// Handles a chunk of inbound items: parse, admit (one Redis call), then feed the engine in
+    /// order, and publish the open windows the chunk touched.
+    async fn take_chunk(&self, st: &mut State, chunk: Vec<Inbound>) -> Result<(), Stop> {
         let now = now_ms();
+        let mut items = Vec::with_capacity(chunk.len());
+        for inbound in chunk {
+            match inbound {
+                Inbound::Eof => items.push(Item::Eof),
+                Inbound::Message(m) => {
+                    metrics().fragments_received.inc();
+                    st.tracker.read(m.offset());
+                    items.push(self.parse(m, now));
+                }
+            }
+        }
+
+        self.ensure_fence(st).await?;
+        let verdicts = match self.usable_fence(st) {
+            Some((store, fence)) => {
+                let candidates: Vec<Candidate<'_>> = items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Fragment(f) => Some(Candidate {
+                            key: &f.key,
+                            offset: f.offset,
+                            event_id: f.event_id.as_deref(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                match store.admit(fence, &candidates).await {
+                    Ok(v) => Some(v),
+                    Err(StoreError::Stale(why)) => return Err(Stop::Fenced(why)),
+                    Err(StoreError::Unavailable(_)) => None,
+                }
+            }
+            None => None,
+        };
+
+        let mut verdicts = verdicts.into_iter().flatten();
+        let mut touched: HashSet<String> = HashSet::new();
+        for item in items {
+            match item {
+                Item::Eof => {
+                    st.caught_up = true;
+                    st.engine.advance(now_ms(), &mut st.batches);
+                }
+                Item::Invalid(m, invalid) => {
+                    st.caught_up = false;
+                    self.dead_letter(st, &m, &invalid);
+                }
+                Item::Fragment(f) => {
+                    st.caught_up = false;
+                    match verdicts.next().unwrap_or(Verdict::New) {
+                        Verdict::New => {
+                            if self.store.is_some() {
+                                touched.insert(f.key.clone());
+                            }
+                            st.engine.push(f, now, &mut st.batches);
+                        }
+                        Verdict::Emitted => {
+                            metrics().fragments_skipped.inc();
+                            st.engine.skip(f.ts, now, &mut st.batches);
+                        }
+                        Verdict::Duplicate => {
+                            metrics().fragments_duplicate.inc();
+                            debug!(
+                                partition = self.partition,
+                                offset = f.offset,
+                                "duplicate event id dropped"
+                            );
+                            st.engine.skip(f.ts, now, &mut st.batches);
+                        }
+                    }
+                }
+            }
+        }
+        let stats = st.engine.take_stats();
+        metrics().fragments_late.inc_by(stats.late);
+        metrics().fragments_clamped.inc_by(stats.clamped);
+
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let windows: Vec<PendingSummary> = touched
+            .into_iter()
+            .filter_map(|key| {
+                st.engine.summary(&key).map(|w| PendingSummary {
+                    key,
+                    first_ts: w.first_ts,
+                    last_ts: w.last_ts,
+                    count: w.count,
+                    flush_at: w.flush_at,
+                    first_offset: w.first_offset,
+                })
+            })
+            .collect();
+        if let Some((store, fence)) = self.usable_fence(st) {
+            match store.publish_pending(fence, &windows).await {
+                Err(StoreError::Stale(why)) => return Err(Stop::Fenced(why)),
+                Ok(()) | Err(StoreError::Unavailable(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a message into a fragment, or the reason it goes to the dead-letter topic.
+    fn parse(&self, m: OwnedMessage, now: i64) -> Item {
         let ts = match self.config.timestamp {
             TimestampSource::Kafka => m.timestamp().to_millis().unwrap_or(now),
             TimestampSource::Arrival => now,
@@ -259,53 +482,51 @@ impl Worker {
             key: m.key(),
             value: m.payload(),
             event_id_header,
-            offset,
+            offset: m.offset(),
             ts,
         };
         match fragment::parse(raw, self.config.max_fragment_bytes) {
-            Ok(f) => {
-                st.engine.push(f, now, &mut st.batches);
-                let stats = st.engine.take_stats();
-                metrics().fragments_late.inc_by(stats.late);
-                metrics().fragments_clamped.inc_by(stats.clamped);
-            }
-            Err(invalid) => {
-                metrics()
-                    .fragments_invalid
-                    .with_label_values(&[invalid.label()])
-                    .inc();
-                let headers: Vec<(String, Vec<u8>)> = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let error = invalid.to_string();
-                warn!(
-                    partition = self.partition,
-                    offset,
-                    reason = invalid.label(),
-                    "invalid input sent to the dead-letter topic"
-                );
-                let record = output::encode_dead_letter(Rejected {
-                    key: m.key(),
-                    value: m.payload(),
-                    headers: &headers,
-                    topic: &self.topic,
-                    partition: self.partition,
-                    offset,
-                    error: &error,
-                    failed_at: SystemTime::now(),
-                });
-                st.tracker.hold(offset);
-                st.outbox.push_back(Pending {
-                    record,
-                    kind: Kind::DeadLetter,
-                });
-            }
+            Ok(f) => Item::Fragment(f),
+            Err(invalid) => Item::Invalid(m, invalid),
         }
+    }
+
+    /// Queues a refused message for the dead-letter topic.
+    fn dead_letter(&self, st: &mut State, m: &OwnedMessage, invalid: &Invalid) {
+        metrics()
+            .fragments_invalid
+            .with_label_values(&[invalid.label()])
+            .inc();
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let error = invalid.to_string();
+        warn!(
+            partition = self.partition,
+            offset = m.offset(),
+            reason = invalid.label(),
+            "invalid input sent to the dead-letter topic"
+        );
+        let record = output::encode_dead_letter(Rejected {
+            key: m.key(),
+            value: m.payload(),
+            headers: &headers,
+            topic: &self.topic,
+            partition: self.partition,
+            offset: m.offset(),
+            error: &error,
+            failed_at: SystemTime::now(),
+        });
+        st.tracker.hold(m.offset());
+        st.outbox.push_back(Pending {
+            record,
+            kind: Kind::DeadLetter,
+        });
     }
 
     /// Turns batches the engine emitted into output records, in emission order.
@@ -315,7 +536,7 @@ impl Worker {
         }
         let now = now_ms();
         let grace = self.config.grace.as_millis() as i64;
-        for batch in st.batches.drain(..) {
+        for batch in std::mem::take(&mut st.batches) {
             let m = metrics();
             if batch.reason != FlushReason::Passthrough {
                 m.flush_lateness
@@ -332,8 +553,15 @@ impl Worker {
                 "batch flushed"
             );
             st.tracker.hold(record.first_offset);
+            if self.store.is_some() {
+                st.unrecorded
+                    .entry(batch.key.clone())
+                    .or_default()
+                    .insert(batch.first_offset(), (batch.last_offset(), false));
+            }
             st.outbox.push_back(Pending {
                 kind: Kind::Batch {
+                    key: batch.key.clone(),
                     reason: batch.reason,
                     fragments: batch.fragments.len(),
                     bytes: batch.bytes(),
@@ -345,7 +573,7 @@ impl Worker {
 
     /// Sends queued records while allowed: not during backoff, not while a failed round is
     /// settling, not past the in-flight bound, never after revocation.
-    fn pump(&self, st: &mut State) -> Result<(), SinkError> {
+    fn pump(&self, st: &mut State) -> Result<(), Stop> {
         if self.revoked.is_cancelled() || st.hold_until.is_some() || !st.failed.is_empty() {
             return Ok(());
         }
@@ -367,7 +595,7 @@ impl Worker {
                     st.hold_until = Some(Instant::now() + Duration::from_millis(5));
                     break;
                 }
-                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) if e.is_fatal() => return Err(Stop::Fatal(e)),
                 Err(e) => {
                     st.attempt += 1;
                     metrics().produce_retries.inc();
@@ -388,17 +616,19 @@ impl Worker {
         seq: u64,
         result: Option<OwnedDeliveryResult>,
         backoff: &Backoff,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), Stop> {
         let Some(pending) = st.in_flight.remove(&seq) else {
             return Ok(());
         };
         match result {
             Some(Ok(_)) => {
                 st.attempt = 0;
-                st.tracker.release(pending.record.first_offset);
+                let first = pending.record.first_offset;
+                st.tracker.release(first);
                 let m = metrics();
                 match pending.kind {
                     Kind::Batch {
+                        key,
                         reason,
                         fragments,
                         bytes,
@@ -408,6 +638,7 @@ impl Worker {
                             .inc();
                         m.batch_fragments.observe(fragments as f64);
                         m.batch_bytes.observe(bytes as f64);
+                        self.acknowledged(st, key, first);
                     }
                     Kind::DeadLetter => m.dlq_messages.inc(),
                 }
@@ -418,7 +649,7 @@ impl Worker {
                     _ => SinkError::Fatal("the producer was dropped".to_string()),
                 };
                 if error.is_fatal() {
-                    return Err(error);
+                    return Err(Stop::Fatal(error));
                 }
                 if st.failed.is_empty() {
                     warn!(partition = self.partition, error = %error, "delivery failed; holding new output until in-flight records settle");
@@ -445,6 +676,68 @@ impl Worker {
             st.hold_until = Some(Instant::now() + delay);
         }
         Ok(())
+    }
+
+    /// Marks a batch acknowledged; once it and every earlier batch of its key are, the key's
+    /// flushed watermark may move to it.
+    fn acknowledged(&self, st: &mut State, key: Arc<str>, first: i64) {
+        let Some(batches) = st.unrecorded.get_mut(&key) else {
+            return;
+        };
+        if let Some(entry) = batches.get_mut(&first) {
+            entry.1 = true;
+        }
+        let mut latest = None;
+        while let Some(entry) = batches.first_entry() {
+            if !entry.get().1 {
+                break;
+            }
+            let (first, (last, _)) = entry.remove_entry();
+            latest = Some((first, last));
+        }
+        if batches.is_empty() {
+            st.unrecorded.remove(&key);
+        }
+        if let Some((first_offset, last_offset)) = latest {
+            st.to_record.insert(
+                key.clone(),
+                Flushed {
+                    key: key.to_string(),
+                    first_offset,
+                    last_offset,
+                },
+            );
+            if st.record_at.is_none() {
+                st.record_at = Some(Instant::now() + RECORD_EVERY);
+            }
+        }
+    }
+
+    /// Writes acknowledged batches to Redis: when due (or `now`), in one call. If Redis is
+    /// down they wait, and are written after it recovers.
+    async fn record(&self, st: &mut State, now: bool) -> Result<(), Stop> {
+        if st.to_record.is_empty() {
+            st.record_at = None;
+            return Ok(());
+        }
+        if !now && st.to_record.len() < RECORD_BATCH {
+            return Ok(());
+        }
+        st.record_at = Some(Instant::now() + RECORD_EVERY);
+        self.ensure_fence(st).await?;
+        let Some((store, fence)) = self.usable_fence(st) else {
+            return Ok(());
+        };
+        let batches: Vec<Flushed> = st.to_record.values().cloned().collect();
+        match store.record_flushed(fence, &batches).await {
+            Ok(()) => {
+                st.to_record.clear();
+                st.record_at = None;
+                Ok(())
+            }
+            Err(StoreError::Stale(why)) => Err(Stop::Fenced(why)),
+            Err(StoreError::Unavailable(_)) => Ok(()),
+        }
     }
 
     /// Publishes the commit point and this partition's share of the gauges.

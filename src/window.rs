@@ -123,6 +123,21 @@ pub struct EngineStats {
     pub clamped: u64,
 }
 
+/// What an open window looks like from outside (published as `pending:{key}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSummary {
+    /// Earliest fragment timestamp.
+    pub first_ts: i64,
+    /// Latest fragment timestamp.
+    pub last_ts: i64,
+    /// Fragments held.
+    pub count: usize,
+    /// Offset of the first fragment.
+    pub first_offset: i64,
+    /// When the window is due: partition time past `close + grace`.
+    pub flush_at: i64,
+}
+
 /// One key's open window.
 #[derive(Debug)]
 struct OpenWindow {
@@ -256,6 +271,30 @@ impl WindowEngine {
             }
         }
         self.advance(ts, out);
+    }
+
+    /// Accounts for a fragment that is in the log but not batched (already delivered before a
+    /// crash, or a duplicate): partition time still moves, exactly as when it was first read, so
+    /// a replay cuts windows where the original run did.
+    pub fn skip(&mut self, ts: i64, now_ms: i64, out: &mut Vec<Batch>) {
+        let ts = if ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            now_ms
+        } else {
+            ts
+        };
+        self.advance(ts, out);
+    }
+
+    /// The open window of `key`, if there is one.
+    pub fn summary(&self, key: &str) -> Option<WindowSummary> {
+        let w = self.windows.get(key)?;
+        Some(WindowSummary {
+            first_ts: w.first_ts,
+            last_ts: w.last_ts,
+            count: w.fragments.len(),
+            first_offset: w.first_offset(),
+            flush_at: self.due_of(w),
+        })
     }
 
     /// The key as stored in the map (shares its allocation).

@@ -1,0 +1,552 @@
+//! Shared state in Redis: only the facts that must cross or outlive a process.
+//!
+//! * `owner:{topic}:{partition}` — who owns a partition, with a fencing generation
+//!   ([`Store::claim`]); every write below carries it and a stale one is refused ([`StoreError::Stale`]).
+//! * `flushed:{key}` — the last offset of a key already emitted, so a new owner replaying from the
+//!   committed offset skips what was delivered ([`Store::admit`], [`Store::record_flushed`]).
+//! * `event:{event_id}` — first sighting of an event id, to drop producer retries ([`Store::admit`]).
+//! * `pending:{key}` — the open window's summary, for "is this user mid-burst?"
+//!   ([`Store::publish_pending`], [`Store::read_pending`]).
+//!
+//! Every write goes through one of the scripts in `lua/` (atomic, loaded once, called by SHA,
+//! every key passed in `KEYS`), and one call covers a whole chunk of fragments or batches.
+//!
+//! Redis is an optimisation, never a dependency of correctness: when it is unreachable the store
+//! turns *degraded* — calls fail fast, lull keeps batching in memory with the duplicate protections
+//! off, readiness says `redis_degraded` — and a single background task reconnects with backoff.
+//! Each recovery bumps [`Store::epoch`], telling partition workers to re-claim their partitions.
+
+pub mod monitor;
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+use tracing::{debug, info, warn};
+
+use crate::config::{mask_url_password, Config};
+use crate::health::Health;
+use crate::metrics::metrics;
+use crate::window::FUTURE_TOLERANCE_MS;
+
+pub use scripts::Script;
+
+/// Timeout for connecting, and for any one Redis reply.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Extra life of a pending key past max wait + grace (+ the future-timestamp tolerance).
+const PENDING_MARGIN_MS: u64 = 10_000;
+
+/// Why a store call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or failed; the caller carries on without it (degraded).
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Another instance owns the partition now; the caller must stop touching it.
+    #[error("fenced off: partition owned by a newer generation ({0})")]
+    Stale(String),
+}
+
+/// What [`Store::admit`] says about one fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not seen before: batch it.
+    New,
+    /// Already emitted in an acknowledged batch (a replay after a crash or handoff): skip it.
+    Emitted,
+    /// Its event id was first seen at another offset (a producer retry): drop it.
+    Duplicate,
+}
+
+/// Proof of partition ownership, carried by every fenced write.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    owner_key: String,
+    /// The generation taken by [`Store::claim`].
+    pub generation: u64,
+    /// The partition it covers.
+    pub partition: i32,
+}
+
+/// One fragment as [`Store::admit`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// Grouping key.
+    pub key: &'a str,
+    /// Input offset.
+    pub offset: i64,
+    /// Event id, if any.
+    pub event_id: Option<&'a str>,
+}
+
+/// An open window's summary, as published to `pending:{key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSummary {
+    /// Grouping key.
+    pub key: String,
+    /// Earliest fragment timestamp.
+    pub first_ts: i64,
+    /// Latest fragment timestamp.
+    pub last_ts: i64,
+    /// Fragments so far.
+    pub count: usize,
+    /// When the batch is expected to go out (close time + grace), Unix ms.
+    pub flush_at: i64,
+    /// Offset of the window's first fragment.
+    pub first_offset: i64,
+}
+
+/// A batch the output topic acknowledged, as [`Store::record_flushed`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// Grouping key.
+    pub key: String,
+    /// The batch's first offset.
+    pub first_offset: i64,
+    /// The batch's last offset.
+    pub last_offset: i64,
+}
+
+/// `pending:{key}` as read back by [`Store::read_pending`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingView {
+    /// Grouping key.
+    pub key: String,
+    /// Input partition of the window.
+    pub partition: i32,
+    /// Instance that holds the window.
+    pub owner: String,
+    /// Fragments so far.
+    pub count: u64,
+    /// Earliest fragment timestamp, Unix ms.
+    pub first_ts: i64,
+    /// Latest fragment timestamp, Unix ms.
+    pub last_ts: i64,
+    /// Expected flush time, Unix ms.
+    pub flush_at: i64,
+    /// Offset of the window's first fragment.
+    pub first_offset: i64,
+    /// Milliseconds until Redis drops the summary (if its owner died).
+    pub ttl_ms: i64,
+}
+
+/// Key names, all under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `{prefix}:owner:{topic}:{partition}`
+    pub fn owner(&self, topic: &str, partition: i32) -> String {
+        format!("{}:owner:{topic}:{partition}", self.prefix)
+    }
+
+    /// `{prefix}:pending:{key}`
+    pub fn pending(&self, key: &str) -> String {
+        format!("{}:pending:{key}", self.prefix)
+    }
+
+    /// `{prefix}:flushed:{key}`
+    pub fn flushed(&self, key: &str) -> String {
+        format!("{}:flushed:{key}", self.prefix)
+    }
+
+    /// `{prefix}:event:{event_id}`
+    pub fn event(&self, event_id: &str) -> String {
+        format!("{}:event:{event_id}", self.prefix)
+    }
+}
+
+/// TTLs of the keys lull writes, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Ttls {
+    owner: u64,
+    flushed: u64,
+    event: u64,
+    pending: u64,
+}
+
+/// The Redis connection, scripts and degraded-mode state of one process.
+pub struct Store {
+    url_shown: String,
+    pool: Pool,
+    /// One multiplexed connection, cloned for concurrent calls (checking out of the pool per call
+    /// would cost a PING each time); replaced through the pool after a failure.
+    conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+    keys: Keys,
+    instance: String,
+    ttl: Ttls,
+    degraded: AtomicBool,
+    reconnecting: AtomicBool,
+    epoch: AtomicU64,
+    health: Arc<Health>,
+}
+
+fn redis_error(e: &RedisError) -> StoreError {
+    match e.code() {
+        Some("STALE") => StoreError::Stale(e.detail().unwrap_or_default().to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Store {
+    /// Sets up the pool for `REDIS_URL`. Never fails on an unreachable server: the store starts
+    /// degraded and reconnects in the background. Fails only on a malformed URL.
+    pub async fn connect(config: &Config, health: Arc<Health>) -> Result<Arc<Self>, StoreError> {
+        let Some(url) = &config.redis_url else {
+            return Err(StoreError::Unavailable("REDIS_URL is not set".into()));
+        };
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT));
+        let manager = Manager::new_with_config(url.expose(), connection)
+            .map_err(|e| StoreError::Unavailable(format!("bad REDIS_URL: {e}")))?;
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("redis pool: {e}")))?;
+        let max_wait = config.max_wait.as_millis() as u64;
+        let grace = config.grace.as_millis() as u64;
+        let store = Arc::new(Self {
+            url_shown: mask_url_password(url.expose()),
+            pool,
+            conn: std::sync::Mutex::new(None),
+            keys: Keys::new(&config.redis_prefix),
+            instance: config.instance_id.clone(),
+            ttl: Ttls {
+                owner: config.flushed_ttl.as_millis() as u64,
+                flushed: config.flushed_ttl.as_millis() as u64,
+                event: config.event_ttl.as_millis() as u64,
+                pending: max_wait + grace + FUTURE_TOLERANCE_MS as u64 + PENDING_MARGIN_MS,
+            },
+            degraded: AtomicBool::new(false),
+            reconnecting: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            health,
+        });
+        store.health.set_redis(Some(true));
+        match store.connection().await {
+            Ok(_) => info!(url = %store.url_shown, "redis connected"),
+            Err(e) => store.degrade(&e),
+        }
+        Ok(store)
+    }
+
+    /// Key names of this store.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether Redis is currently unreachable.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    /// Bumped on every recovery from degraded mode: workers re-claim their partitions.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A connection: the shared multiplexed one, or a fresh one from the pool.
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.lock_conn().as_ref() {
+            return Ok(c.clone());
+        }
+        let pooled = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut conn = deadpool_redis::Connection::take(pooled);
+        let name = format!(
+            "lull:{}:{}",
+            self.instance.replace(|c: char| c.is_whitespace(), "_"),
+            std::process::id()
+        );
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        scripts::load_all(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        *self.lock_conn() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enters degraded mode (once) and starts the reconnect task.
+    fn degrade(self: &Arc<Self>, error: &StoreError) {
+        *self.lock_conn() = None;
+        metrics().redis_errors.inc();
+        if !self.degraded.swap(true, Ordering::AcqRel) {
+            warn!(error = %error, url = %self.url_shown, "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+            metrics().redis_degraded.set(1);
+            self.health.set_redis(Some(false));
+        }
+        if !self.reconnecting.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::spawn(async move { store.reconnect().await });
+        }
+    }
+
+    async fn reconnect(self: Arc<Self>) {
+        let backoff = crate::sink::Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            *self.lock_conn() = None;
+            let ok = match self.connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                self.degraded.store(false, Ordering::Release);
+                self.reconnecting.store(false, Ordering::Release);
+                metrics().redis_degraded.set(0);
+                self.health.set_redis(Some(true));
+                info!(
+                    attempts = attempt,
+                    "redis recovered: shared state and duplicate protection are back"
+                );
+                return;
+            }
+            debug!(attempt, "redis still unreachable");
+        }
+    }
+
+    /// Runs one script, with timing, tracing and degraded-mode handling.
+    async fn run<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        script: Script,
+        invocation: redis::ScriptInvocation<'_>,
+        items: usize,
+    ) -> Result<T, StoreError> {
+        if self.is_degraded() {
+            return Err(StoreError::Unavailable("degraded".into()));
+        }
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.degrade(&e);
+                return Err(e);
+            }
+        };
+        let started = Instant::now();
+        let result = invocation.invoke_async::<T>(&mut conn).await;
+        let elapsed = started.elapsed();
+        metrics()
+            .redis_call_seconds
+            .with_label_values(&[script.name()])
+            .observe(elapsed.as_secs_f64());
+        debug!(
+            script = script.name(),
+            items,
+            instance = %self.instance,
+            pid = std::process::id(),
+            micros = elapsed.as_micros() as u64,
+            "redis call"
+        );
+        result.map_err(|e| {
+            let error = redis_error(&e);
+            if matches!(error, StoreError::Unavailable(_)) {
+                self.degrade(&error);
+            }
+            error
+        })
+    }
+
+    /// Takes ownership of a partition (`resume = false` right after a Kafka assignment; `true`
+    /// after a Redis outage, which succeeds only if nobody else took it meanwhile).
+    pub async fn claim(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        resume: bool,
+    ) -> Result<Fence, StoreError> {
+        let owner_key = self.keys.owner(topic, partition);
+        let script = Script::Claim;
+        let mut inv = script.get().prepare_invoke();
+        inv.key(&owner_key)
+            .arg(&self.instance)
+            .arg(self.ttl.owner)
+            .arg(if resume { "resume" } else { "assign" });
+        let generation: u64 = self.run(script, inv, 1).await?;
+        if generation == 0 {
+            return Err(StoreError::Stale("another instance claimed it".into()));
+        }
+        Ok(Fence {
+            owner_key,
+            generation,
+            partition,
+        })
+    }
+
+    /// Decides, for a chunk of fragments, which are new, already emitted, or duplicates.
+    pub async fn admit(
+        self: &Arc<Self>,
+        fence: &Fence,
+        fragments: &[Candidate<'_>],
+    ) -> Result<Vec<Verdict>, StoreError> {
+        if fragments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = Script::Admit;
+        let mut inv = script.get().prepare_invoke();
+        inv.key(&fence.owner_key)
+            .arg(fence.generation)
+            .arg(fence.partition)
+            .arg(self.ttl.event)
+            .arg(self.ttl.owner);
+        for f in fragments {
+            let flushed = self.keys.flushed(f.key);
+            match f.event_id {
+                Some(id) => inv.key(&flushed).key(self.keys.event(id)),
+                None => inv.key(&flushed).key(&flushed),
+            };
+            inv.arg(f.offset)
+                .arg(if f.event_id.is_some() { "1" } else { "0" });
+        }
+        let codes: Vec<u8> = self.run(script, inv, fragments.len()).await?;
+        let verdicts: Vec<Verdict> = codes
+            .into_iter()
+            .map(|c| match c {
+                1 => Verdict::Emitted,
+                2 => Verdict::Duplicate,
+                _ => Verdict::New,
+            })
+            .collect();
+        if verdicts.len() != fragments.len() {
+            return Err(StoreError::Unavailable(format!(
+                "admit returned {} verdicts for {} fragments",
+                verdicts.len(),
+                fragments.len()
+            )));
+        }
+        Ok(verdicts)
+    }
+
+    /// Publishes the summaries of open windows (TTL refreshed on every write).
+    pub async fn publish_pending(
+        self: &Arc<Self>,
+        fence: &Fence,
+        windows: &[PendingSummary],
+    ) -> Result<(), StoreError> {
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let script = Script::Pending;
+        let mut inv = script.get().prepare_invoke();
+        inv.key(&fence.owner_key)
+            .arg(fence.generation)
+            .arg(&self.instance)
+            .arg(fence.partition)
+            .arg(self.ttl.pending)
+            .arg(self.ttl.owner);
+        for w in windows {
+            inv.key(self.keys.pending(&w.key))
+                .arg(w.first_ts)
+                .arg(w.last_ts)
+                .arg(w.count)
+                .arg(w.flush_at)
+                .arg(w.first_offset);
+        }
+        let _: i64 = self.run(script, inv, windows.len()).await?;
+        Ok(())
+    }
+
+    /// Records acknowledged batches: moves flushed watermarks forward, drops their pending keys.
+    pub async fn record_flushed(
+        self: &Arc<Self>,
+        fence: &Fence,
+        batches: &[Flushed],
+    ) -> Result<(), StoreError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let script = Script::Flush;
+        let mut inv = script.get().prepare_invoke();
+        inv.key(&fence.owner_key)
+            .arg(fence.generation)
+            .arg(fence.partition)
+            .arg(self.ttl.flushed)
+            .arg(self.ttl.owner);
+        for b in batches {
+            inv.key(self.keys.flushed(&b.key))
+                .key(self.keys.pending(&b.key))
+                .arg(b.last_offset)
+                .arg(b.first_offset);
+        }
+        let _: i64 = self.run(script, inv, batches.len()).await?;
+        Ok(())
+    }
+
+    /// Reads a user's open-window summary, if any.
+    pub async fn read_pending(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<Option<PendingView>, StoreError> {
+        let mut conn = self.connection().await?;
+        let name = self.keys.pending(key);
+        let (fields, ttl): (std::collections::HashMap<String, String>, i64) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(&name)
+            .cmd("PTTL")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| {
+            fields
+                .get(f)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1)
+        };
+        Ok(Some(PendingView {
+            key: key.to_string(),
+            partition: num("partition") as i32,
+            owner: fields.get("owner").cloned().unwrap_or_default(),
+            count: num("count").max(0) as u64,
+            first_ts: num("first_ts"),
+            last_ts: num("last_ts"),
+            flush_at: num("flush_at"),
+            first_offset: num("first_offset"),
+            ttl_ms: ttl,
+        }))
+    }
+}

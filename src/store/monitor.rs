@@ -1,0 +1,223 @@
+//! MONITOR tracing of lull's Redis keys, for debugging only.
+//!
+//! A dedicated connection runs `MONITOR` and every command that touches a key under the prefix —
+//! from this process or any other — becomes a [`MonitorEvent`] with the client's address and, when
+//! it is a lull process, its name (`lull:{instance}:{pid}`, set with `CLIENT SETNAME`). Commands a
+//! script runs show up as coming from `lua`; they are attributed to the client whose `EVALSHA`
+//! ran just before, and the script is named. MONITOR makes Redis copy every command to the
+//! monitoring client and costs it real throughput: never leave it on in production.
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+use super::Script;
+
+/// One command seen by MONITOR that touches lull's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorEvent {
+    /// Server time, Unix seconds with microseconds.
+    pub time: f64,
+    /// Address of the client that sent it (for script-internal commands: that ran the script).
+    pub client: String,
+    /// The client's name, when it set one (lull processes do).
+    pub client_name: Option<String>,
+    /// The script that issued it, if it ran inside one of lull's scripts.
+    pub script: Option<&'static str>,
+    /// The command and its arguments.
+    pub args: Vec<String>,
+}
+
+impl MonitorEvent {
+    /// The keys under `prefix` this command names.
+    pub fn keys<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.args
+            .iter()
+            .map(String::as_str)
+            .filter(move |a| a.starts_with(prefix))
+    }
+
+    /// A one-line, human-readable rendering.
+    pub fn render(&self) -> String {
+        let secs = self.time as i64;
+        let micros = ((self.time - secs as f64) * 1e6).round() as u64;
+        let t = humantime::format_rfc3339_micros(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(secs.max(0) as u64)
+                + std::time::Duration::from_micros(micros),
+        );
+        let who = match &self.client_name {
+            Some(n) => format!("{n} ({})", self.client),
+            None => self.client.clone(),
+        };
+        let via = self
+            .script
+            .map(|s| format!(" [{s}.lua]"))
+            .unwrap_or_default();
+        format!("{t}  {who}{via}  {}", self.args.join(" "))
+    }
+}
+
+/// Parses one MONITOR line: `1700000000.123456 [0 127.0.0.1:6000] "SET" "k" "v"`.
+pub fn parse_line(line: &str) -> Option<(f64, String, Vec<String>)> {
+    let (time, rest) = line.split_once(' ')?;
+    let time: f64 = time.parse().ok()?;
+    let rest = rest.strip_prefix('[')?;
+    let (inside, rest) = rest.split_once(']')?;
+    let client = inside
+        .split_once(' ')
+        .map_or(inside, |(_, c)| c)
+        .to_string();
+    let mut args = Vec::new();
+    let mut chars = rest.trim_start().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('x') => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        match u8::from_str_radix(&hex, 16) {
+                            Ok(b) if b.is_ascii() => arg.push(b as char),
+                            _ => {
+                                arg.push_str("\\x");
+                                arg.push_str(&hex);
+                            }
+                        }
+                    }
+                    Some('n') => arg.push('\n'),
+                    Some('r') => arg.push('\r'),
+                    Some('t') => arg.push('\t'),
+                    Some(other) => arg.push(other),
+                    None => break,
+                },
+                other => arg.push(other),
+            }
+        }
+        args.push(arg);
+    }
+    Some((time, client, args))
+}
+
+/// Follows MONITOR on `url`, calling `on_event` for every command touching `prefix:` keys, until
+/// the connection ends. Client names are looked up with `CLIENT LIST` when a new address appears.
+pub async fn follow(
+    url: &str,
+    prefix: &str,
+    mut on_event: impl FnMut(MonitorEvent),
+) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut lookup = client.get_multiplexed_async_connection().await?;
+    // `get_async_monitor` has already sent MONITOR and read its OK.
+    let monitor = client.get_async_monitor().await?;
+    let mut stream = monitor.into_on_message::<String>();
+    let needle = format!("{prefix}:");
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut last_script: Option<(String, Option<&'static str>)> = None;
+    while let Some(line) = stream.next().await {
+        let Some((time, addr, args)) = parse_line(&line) else {
+            continue;
+        };
+        let command = args
+            .first()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
+        if addr != "lua" && (command == "EVALSHA" || command == "EVAL") {
+            let script = args
+                .get(1)
+                .and_then(|sha| Script::by_sha(sha))
+                .map(Script::name);
+            last_script = Some((addr.clone(), script));
+        }
+        if !args.iter().any(|a| a.starts_with(&needle)) {
+            continue;
+        }
+        let (client_addr, script) = if addr == "lua" {
+            last_script
+                .clone()
+                .unwrap_or_else(|| ("lua".to_string(), None))
+        } else {
+            (addr, None)
+        };
+        if client_addr != "lua" && !names.contains_key(&client_addr) {
+            if let Ok(list) = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async::<String>(&mut lookup)
+                .await
+            {
+                for entry in list.lines() {
+                    let field = |k: &str| {
+                        entry
+                            .split(' ')
+                            .find_map(|f| f.strip_prefix(k))
+                            .map(str::to_string)
+                    };
+                    if let (Some(a), Some(n)) = (field("addr="), field("name=")) {
+                        names.insert(a, n);
+                    }
+                }
+            }
+        }
+        let client_name = names.get(&client_addr).filter(|n| !n.is_empty()).cloned();
+        on_event(MonitorEvent {
+            time,
+            client: client_addr,
+            client_name,
+            script,
+            args,
+        });
+    }
+    Ok(())
+}
+
+/// `LULL_DEBUG_REDIS_MONITOR=true`: logs every command on lull's keys at debug level, alongside
+/// this process's instance id and pid, until the process stops.
+pub fn spawn_trace(url: String, prefix: String, instance: String) {
+    tokio::spawn(async move {
+        let pid = std::process::id();
+        warn!("LULL_DEBUG_REDIS_MONITOR is on: MONITOR costs Redis throughput; use it for debugging only");
+        let result = follow(&url, &prefix, |e| {
+            debug!(
+                target: "lull::redis_monitor",
+                instance = %instance,
+                pid,
+                client = %e.client,
+                client_name = e.client_name.as_deref().unwrap_or(""),
+                script = e.script.unwrap_or(""),
+                command = %e.args.join(" "),
+                "redis command"
+            );
+        })
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "redis MONITOR trace stopped");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_monitor_lines() {
+        let (t, client, args) = parse_line(
+            r#"1700000000.123456 [0 127.0.0.1:60866] "SET" "lull:flushed:u \"1\"" "0:15""#,
+        )
+        .unwrap();
+        assert!((t - 1700000000.123456).abs() < 1e-6);
+        assert_eq!(client, "127.0.0.1:60866");
+        assert_eq!(args, vec!["SET", "lull:flushed:u \"1\"", "0:15"]);
+        let (_, client, args) =
+            parse_line(r#"1700000000.1 [0 lua] "PEXPIRE" "lull:x" "100""#).unwrap();
+        assert_eq!(client, "lua");
+        assert_eq!(args[0], "PEXPIRE");
+        let (_, _, args) = parse_line(r#"1.0 [0 unix:/tmp/r.sock] "GET" "a\x41\n""#).unwrap();
+        assert_eq!(args[1], "aA\n");
+    }
+}

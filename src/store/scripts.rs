@@ -1,0 +1,70 @@
+//! The Lua scripts in `lua/`, compiled in and loaded once per connection, then called by SHA
+//! (`redis::Script` re-loads a script by itself if the server answers NOSCRIPT, e.g. after a
+//! restart or SCRIPT FLUSH). lull never puts scripts in pipelines, where that fallback would not
+//! apply.
+
+use std::sync::LazyLock;
+
+use redis::aio::MultiplexedConnection;
+
+static CLAIM: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/claim.lua")));
+static ADMIT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/admit.lua")));
+static PENDING: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/pending.lua")));
+static FLUSH: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/flush.lua")));
+
+/// One of lull's scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// `claim.lua`: take a partition's ownership.
+    Claim,
+    /// `admit.lua`: new / already emitted / duplicate, per fragment.
+    Admit,
+    /// `pending.lua`: publish open-window summaries.
+    Pending,
+    /// `flush.lua`: record acknowledged batches.
+    Flush,
+}
+
+impl Script {
+    /// Every script.
+    pub const ALL: [Script; 4] = [Script::Claim, Script::Admit, Script::Pending, Script::Flush];
+
+    /// Short name, for metrics and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Script::Claim => "claim",
+            Script::Admit => "admit",
+            Script::Pending => "pending",
+            Script::Flush => "flush",
+        }
+    }
+
+    /// The compiled-in script.
+    pub fn get(self) -> &'static redis::Script {
+        match self {
+            Script::Claim => &CLAIM,
+            Script::Admit => &ADMIT,
+            Script::Pending => &PENDING,
+            Script::Flush => &FLUSH,
+        }
+    }
+
+    /// The script whose SHA1 is `sha`, if it is one of lull's.
+    pub fn by_sha(sha: &str) -> Option<Script> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.get().get_hash().eq_ignore_ascii_case(sha))
+    }
+}
+
+/// Loads every script into the server behind `conn`.
+pub async fn load_all(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    for s in Script::ALL {
+        s.get().prepare_invoke().load_async(conn).await?;
+    }
+    Ok(())
+}
