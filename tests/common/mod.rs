@@ -285,3 +285,120 @@ pub fn event_counts(batches: &[OutMsg]) -> HashMap<String, usize> {
     }
     counts
 }
+
+/// A Redis server for a test: the one `scripts/test.sh` started (`LULL_TEST_REDIS_URL`), or a
+/// private `redis-server` this process starts (and stops on drop).
+pub struct RedisServer {
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+    dir: Option<std::path::PathBuf>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl RedisServer {
+    /// The shared test server, or a private one when none was given.
+    pub fn shared() -> Self {
+        match std::env::var("LULL_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self {
+                url,
+                port: 0,
+                child: None,
+                dir: None,
+            },
+            _ => Self::private(),
+        }
+    }
+
+    /// A private server this test controls (it can be stopped and started again).
+    pub fn private() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("lull-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut s = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+            dir: Some(dir),
+        };
+        s.start();
+        s
+    }
+
+    /// (Re)starts a private server on its port and waits until it answers.
+    pub fn start(&mut self) {
+        let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let dir = self.dir.as_ref().expect("a private server");
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} ({e}): run the tests through scripts/test.sh")
+            });
+        self.child = Some(child);
+        let end = std::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < end,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a private server (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A plain connection for the test's own checks.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(d) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

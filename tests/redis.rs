@@ -1,0 +1,212 @@
+//! lull with Redis shared state, end to end: no duplicate batches on replay, duplicate events
+//! dropped, pending-window visibility with a TTL that outlives the burst, and degraded mode when
+//! Redis goes away mid-run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lull::config::{Config, Secret};
+use redis::AsyncCommands;
+
+const IN: &str = "chat.fragments";
+const OUT: &str = "chat.batches";
+const REPLAY: &str = "chat.batches.replay";
+
+fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
+    c.redis_url = Some(Secret::new(redis.url.clone()));
+    c.redis_prefix = prefix.to_string();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
+    let cluster = Cluster::start(2);
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("replay");
+    let first = Running::start(with_redis(cluster.config("first"), &redis, &prefix));
+    first.assigned(2).await;
+    let producer = cluster.producer();
+    for u in 0..8 {
+        let user = format!("r{u}");
+        for seq in 0..3 {
+            send(
+                &producer,
+                IN,
+                Some(&user),
+                &fragment(&user, seq),
+                None,
+                None,
+            )
+            .await;
+        }
+    }
+    let mut out = cluster.collector(OUT);
+    out.until("8 batches", |s| event_counts(s).len() == 24)
+        .await;
+    first.stop().await;
+
+    // Another group reads the whole log again from the start, as a new owner would after losing
+    // the commits: everything was emitted already, so nothing comes out twice.
+    let mut cfg = with_redis(cluster.config("second"), &redis, &prefix);
+    cfg.output_topic = REPLAY.into();
+    let second = Running::start(cfg);
+    second.assigned(2).await;
+    wait_for("the replay to read the log", || {
+        second.health.messages_read() >= 24
+    })
+    .await;
+    send(&producer, IN, Some("r0"), &fragment("r0", 3), None, None).await;
+    let mut replay = cluster.collector(REPLAY);
+    replay.until("the one new batch", |s| !s.is_empty()).await;
+    replay.settle(Duration::from_secs(1)).await;
+    assert_eq!(replay.seen.len(), 1, "only the new fragment is emitted");
+    assert_eq!(replay.seen[0].event_ids(), vec!["r0-3"]);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_retry_with_the_same_event_id_is_dropped() {
+    let cluster = Cluster::start(1);
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("dupe");
+    let lull = Running::start(with_redis(cluster.config("dupe"), &redis, &prefix));
+    lull.assigned(1).await;
+    let producer = cluster.producer();
+    let before = lull::metrics::metrics().fragments_duplicate.get();
+    send(&producer, IN, Some("d"), &fragment("d", 0), None, None).await;
+    send(&producer, IN, Some("d"), &fragment("d", 1), None, None).await;
+    send(&producer, IN, Some("d"), &fragment("d", 1), None, None).await; // the retry
+    send(&producer, IN, Some("d"), &fragment("d", 2), None, None).await;
+    let mut out = cluster.collector(OUT);
+    out.until("the batch", |s| !s.is_empty()).await;
+    out.settle(Duration::from_millis(800)).await;
+    assert_eq!(out.seen.len(), 1);
+    assert_eq!(out.seen[0].event_ids(), vec!["d-0", "d-1", "d-2"]);
+    assert!(lull::metrics::metrics().fragments_duplicate.get() > before);
+    lull.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
+    // The predecessor's bug: the TTL was set from the first message and never refreshed, so the
+    // key of a user who kept typing vanished mid-burst.
+    let cluster = Cluster::start(1);
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("pendingttl");
+    let mut cfg = with_redis(cluster.config("pending"), &redis, &prefix);
+    cfg.quiet = Duration::from_millis(500);
+    cfg.max_wait = Duration::from_secs(8);
+    let lull = Running::start(cfg);
+    lull.assigned(1).await;
+    let producer = cluster.producer();
+    let mut c = redis.conn().await;
+    let key = format!("{prefix}:pending:typist");
+    // 20 fragments 200 ms apart: 4 s of typing, eight times the quiet period, one burst.
+    for seq in 0..20 {
+        send(
+            &producer,
+            IN,
+            Some("typist"),
+            &fragment("typist", seq),
+            None,
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if seq == 0 {
+            wait_for("the pending key", || key_exists(&redis, &key)).await;
+        }
+        let (flush_at, ttl): (Option<i64>, i64) = redis::pipe()
+            .hget(&key, "flush_at")
+            .pttl(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let flush_at = flush_at.expect("the pending key never disappears mid-burst");
+        let left = flush_at - lull::output::now_ms();
+        assert!(
+            ttl >= left,
+            "TTL {ttl} ms is shorter than the {left} ms left to the flush"
+        );
+    }
+    let mut out = cluster.collector(OUT);
+    let b = out.until("the long batch", |s| !s.is_empty()).await[0].clone();
+    assert_eq!(b.json()["count"], 20);
+    wait_for("the flush to delete the pending key", || {
+        !key_exists(&redis, &key)
+    })
+    .await;
+    lull.stop().await;
+}
+
+/// Whether `key` exists (a blocking check usable inside `wait_for`).
+fn key_exists(redis: &RedisServer, key: &str) -> bool {
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client.get_connection().expect("connection");
+    redis::Commands::exists(&mut conn, key).expect("EXISTS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
+    let cluster = Cluster::start(1);
+    let mut redis = RedisServer::private();
+    let prefix = unique_prefix("outage");
+    let lull = Running::start(with_redis(cluster.config("outage"), &redis, &prefix));
+    lull.assigned(1).await;
+    assert_eq!(lull.health.redis(), Some(true));
+    let producer = cluster.producer();
+    let burst = |round: usize| {
+        let producer = producer.clone();
+        async move {
+            for u in 0..5 {
+                let user = format!("x{u}");
+                for i in 0..2 {
+                    send(
+                        &producer,
+                        IN,
+                        Some(&user),
+                        &fragment(&user, round * 2 + i),
+                        None,
+                        None,
+                    )
+                    .await;
+                }
+            }
+        }
+    };
+    let mut out = cluster.collector(OUT);
+    burst(0).await;
+    out.until("round 0", |s| event_counts(s).len() == 10).await;
+
+    redis.stop();
+    burst(1).await;
+    out.until("round 1 without redis", |s| event_counts(s).len() == 20)
+        .await;
+    wait_for("readiness to report redis degraded", || {
+        lull.health.redis() == Some(false)
+    })
+    .await;
+    assert!(!lull.handle.is_finished(), "the worker never exits");
+
+    redis.start();
+    wait_for("redis to be back", || lull.health.redis() == Some(true)).await;
+    burst(2).await;
+    out.until("round 2 after recovery", |s| event_counts(s).len() == 30)
+        .await;
+    out.settle(Duration::from_millis(800)).await;
+    let counts = event_counts(&out.seen);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "nothing lost or doubled: {counts:?}"
+    );
+    // Shared state works again: the recovered worker re-claimed its partition and wrote.
+    let mut c = redis.conn().await;
+    let flushed: Option<String> = c.get(format!("{prefix}:flushed:x0")).await.unwrap();
+    assert!(
+        flushed.is_some(),
+        "flushed watermark written after recovery"
+    );
+    lull.stop().await;
+}

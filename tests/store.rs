@@ -1,0 +1,296 @@
+//! The Redis scripts' contracts, against a real Redis server: fencing, forward-only watermarks,
+//! duplicate detection, pending summaries and their TTLs, MONITOR tracing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use lull::config::{Config, Secret};
+use lull::health::Health;
+use lull::store::{Candidate, Flushed, PendingSummary, Store, StoreError, Verdict};
+use redis::AsyncCommands;
+
+async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> {
+    let mut c = Config::defaults();
+    c.redis_url = Some(Secret::new(redis.url.clone()));
+    c.redis_prefix = prefix.to_string();
+    c.instance_id = instance.to_string();
+    let s = Store::connect(&c, Arc::new(Health::new()))
+        .await
+        .expect("store");
+    assert!(!s.is_degraded(), "redis reachable");
+    s
+}
+
+fn cand<'a>(key: &'a str, offset: i64, event: Option<&'a str>) -> Candidate<'a> {
+    Candidate {
+        key,
+        offset,
+        event_id: event,
+    }
+}
+
+#[tokio::test]
+async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("fence");
+    let zombie = store(&redis, &prefix, "zombie").await;
+    let owner = store(&redis, &prefix, "owner").await;
+    let old = zombie.claim("t", 0, false).await.unwrap();
+    let new = owner.claim("t", 0, false).await.unwrap();
+    assert!(new.generation > old.generation, "generations only grow");
+
+    let batch = |last| Flushed {
+        key: "u".into(),
+        first_offset: 1,
+        last_offset: last,
+    };
+    owner.record_flushed(&new, &[batch(10)]).await.unwrap();
+    let pending = PendingSummary {
+        key: "u".into(),
+        first_ts: 1,
+        last_ts: 2,
+        count: 1,
+        flush_at: 3,
+        first_offset: 12,
+    };
+    owner
+        .publish_pending(&new, &[pending.clone()])
+        .await
+        .unwrap();
+
+    // Every write of the zombie is refused and changes nothing.
+    assert!(matches!(
+        zombie.record_flushed(&old, &[batch(99)]).await,
+        Err(StoreError::Stale(_))
+    ));
+    assert!(matches!(
+        zombie.publish_pending(&old, &[pending]).await,
+        Err(StoreError::Stale(_))
+    ));
+    assert!(matches!(
+        zombie.admit(&old, &[cand("u", 50, Some("e"))]).await,
+        Err(StoreError::Stale(_))
+    ));
+    // Nor can it take the partition back quietly after an outage.
+    assert!(matches!(
+        zombie.claim("t", 0, true).await,
+        Err(StoreError::Stale(_))
+    ));
+    let mut c = redis.conn().await;
+    let flushed: String = c.get(format!("{prefix}:flushed:u")).await.unwrap();
+    assert_eq!(flushed, "0:10");
+    assert!(
+        owner.read_pending("u").await.unwrap().is_some(),
+        "pending not deleted by the zombie"
+    );
+    let event: Option<String> = c.get(format!("{prefix}:event:e")).await.unwrap();
+    assert_eq!(event, None, "the refused admit wrote nothing");
+
+    // The rightful owner may resume after an outage; the generation still grows even if the
+    // owner record is lost (Redis restarted without persistence).
+    let resumed = owner.claim("t", 0, true).await.unwrap();
+    assert!(resumed.generation > new.generation);
+    let _: () = c.del(format!("{prefix}:owner:t:0")).await.unwrap();
+    let again = owner.claim("t", 0, false).await.unwrap();
+    assert!(again.generation > resumed.generation);
+}
+
+#[tokio::test]
+async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("flushed");
+    let s = store(&redis, &prefix, "a").await;
+    let f = s.claim("t", 3, false).await.unwrap();
+    let batch = |key: &str, first, last| Flushed {
+        key: key.into(),
+        first_offset: first,
+        last_offset: last,
+    };
+    s.record_flushed(&f, &[batch("u", 10, 15)]).await.unwrap();
+    let mut c = redis.conn().await;
+    let key = format!("{prefix}:flushed:u");
+    let _: () = c.pexpire(&key, 5_000).await.unwrap();
+    s.record_flushed(&f, &[batch("u", 8, 12)]).await.unwrap();
+    let v: String = c.get(&key).await.unwrap();
+    assert_eq!(v, "3:15", "never moves back");
+    let ttl: i64 = c.pttl(&key).await.unwrap();
+    assert!(ttl > 600_000_000, "TTL refreshed to retention, got {ttl}");
+    s.record_flushed(&f, &[batch("u", 16, 20)]).await.unwrap();
+    let v: String = c.get(&key).await.unwrap();
+    assert_eq!(v, "3:20");
+}
+
+#[tokio::test]
+async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replays() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("admit");
+    let s = store(&redis, &prefix, "a").await;
+    let f = s.claim("t", 0, false).await.unwrap();
+    s.record_flushed(
+        &f,
+        &[Flushed {
+            key: "u".into(),
+            first_offset: 3,
+            last_offset: 5,
+        }],
+    )
+    .await
+    .unwrap();
+    let v = s
+        .admit(
+            &f,
+            &[
+                cand("u", 3, Some("e3")),
+                cand("u", 5, None),
+                cand("u", 6, Some("e6")),
+                cand("v", 7, Some("e6")),
+                cand("v", 8, None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        vec![
+            Verdict::Emitted,
+            Verdict::Emitted,
+            Verdict::New,
+            Verdict::Duplicate,
+            Verdict::New
+        ]
+    );
+    // Replaying offset 6 (same partition, same offset) is not a duplicate.
+    let v = s.admit(&f, &[cand("u", 6, Some("e6"))]).await.unwrap();
+    assert_eq!(v, vec![Verdict::New]);
+    let mut c = redis.conn().await;
+    let ttl: i64 = c.pttl(format!("{prefix}:event:e6")).await.unwrap();
+    assert!(ttl > 3_000_000, "event TTL set: {ttl}");
+}
+
+#[tokio::test]
+async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("pending");
+    let s = store(&redis, &prefix, "host-1").await;
+    let f = s.claim("t", 1, false).await.unwrap();
+    let w = |first_offset, count| PendingSummary {
+        key: "u".into(),
+        first_ts: 1_000,
+        last_ts: 2_000,
+        count,
+        flush_at: 4_200,
+        first_offset,
+    };
+    s.publish_pending(&f, &[w(5, 1)]).await.unwrap();
+    let mut c = redis.conn().await;
+    let key = format!("{prefix}:pending:u");
+    let _: () = c.pexpire(&key, 50).await.unwrap();
+    s.publish_pending(&f, &[w(5, 2)]).await.unwrap();
+    let view = s.read_pending("u").await.unwrap().expect("pending");
+    assert_eq!(view.count, 2);
+    assert_eq!(view.owner, "host-1");
+    assert_eq!(view.partition, 1);
+    assert_eq!(view.flush_at, 4_200);
+    assert!(
+        view.ttl_ms > 15_000,
+        "TTL refreshed on every write: {}",
+        view.ttl_ms
+    );
+
+    // A newer window of the same key opened before the older batch was acknowledged.
+    s.publish_pending(&f, &[w(9, 1)]).await.unwrap();
+    let old = Flushed {
+        key: "u".into(),
+        first_offset: 5,
+        last_offset: 7,
+    };
+    s.record_flushed(&f, &[old]).await.unwrap();
+    assert!(
+        s.read_pending("u").await.unwrap().is_some(),
+        "newer window kept"
+    );
+    let new = Flushed {
+        key: "u".into(),
+        first_offset: 9,
+        last_offset: 9,
+    };
+    s.record_flushed(&f, &[new]).await.unwrap();
+    assert!(
+        s.read_pending("u").await.unwrap().is_none(),
+        "its own flush deletes it"
+    );
+}
+
+#[tokio::test]
+async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("monitor");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let url = redis.url.clone();
+    let p = prefix.clone();
+    let follower = tokio::spawn(async move {
+        let _ = lull::store::monitor::follow(&url, &p, |e| {
+            let _ = tx.send(e);
+        })
+        .await;
+    });
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("someone-else")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // MONITOR starts asynchronously: keep writing until it shows up.
+    let key = format!("{prefix}:pending:probe");
+    let seen = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let _: () = c.set(&key, "1").await.unwrap();
+            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a traced command");
+    assert_eq!(seen.args[0].to_ascii_uppercase(), "SET");
+    assert_eq!(seen.args[1], key);
+    assert_eq!(seen.client_name.as_deref(), Some("someone-else"));
+    // A script call from a lull store is attributed to its script and its named client.
+    let s = store(&redis, &prefix, "traced").await;
+    let f = s.claim("t", 0, false).await.unwrap();
+    s.publish_pending(
+        &f,
+        &[PendingSummary {
+            key: "probe2".into(),
+            first_ts: 1,
+            last_ts: 1,
+            count: 1,
+            flush_at: 1,
+            first_offset: 1,
+        }],
+    )
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let e = rx.recv().await.expect("monitor alive");
+            if e.args.iter().any(|a| a.ends_with(":pending:probe2")) && e.script.is_some() {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("script command traced");
+    assert_eq!(e.script, Some("pending"));
+    assert!(
+        e.client_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("lull:traced:")),
+        "{e:?}"
+    );
+    follower.abort();
+}
