@@ -57,7 +57,7 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         first_offset: 12,
     };
     owner
-        .publish_pending(&new, &[pending.clone()])
+        .publish_pending(&new, std::slice::from_ref(&pending))
         .await
         .unwrap();
 
