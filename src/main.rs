@@ -45,6 +45,19 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Show a user's open window from Redis: is this user mid-burst, and when does the batch go
+    /// out? Prints "none" when there is no open window. Needs REDIS_URL.
+    Pending {
+        /// The user (grouping key).
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow every Redis command on lull's keys, from any process, as a per-key timeline (who
+    /// updated a window, who flushed it, which TTL was set). Uses Redis MONITOR, which costs the
+    /// server throughput: for debugging only. Needs REDIS_URL; Ctrl-C to stop.
+    Monitor,
     /// Run librdkafka's mock Kafka cluster as a process of its own, for local development and
     /// tests. It keeps everything in memory (nothing on disk; all data is gone when it stops) and
     /// keeps only about 5 MiB per partition. Runs until SIGINT/SIGTERM.
@@ -58,6 +71,9 @@ enum Command {
         /// Also write the bootstrap address to this file (written once the broker is ready).
         #[arg(long)]
         bootstrap_file: Option<std::path::PathBuf>,
+        /// Another topic to create (repeatable), with the same partition count.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
     },
 }
 
@@ -106,11 +122,14 @@ fn main() -> ExitCode {
                 partitions,
                 replication,
             } => topics(config, partitions, replication).await,
+            Command::Pending { key, json } => pending(config, key, json).await,
+            Command::Monitor => monitor(config).await,
             Command::DevBroker {
                 partitions,
                 brokers,
                 bootstrap_file,
-            } => dev_broker(config, partitions, brokers, bootstrap_file).await,
+                topics,
+            } => dev_broker(config, partitions, brokers, bootstrap_file, topics).await,
         }
     })
 }
@@ -198,17 +217,19 @@ async fn dev_broker(
     partitions: i32,
     brokers: i32,
     bootstrap_file: Option<std::path::PathBuf>,
+    extra_topics: Vec<String>,
 ) -> ExitCode {
     init_tracing(config.log_format, "warn");
     if partitions < 1 || brokers < 1 {
         eprintln!("--partitions and --brokers must be at least 1");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let topics = [
+    let mut topics = vec![
         (config.input_topic.clone(), partitions),
         (config.output_topic.clone(), partitions),
         (config.dlq_topic.clone(), partitions),
     ];
+    topics.extend(extra_topics.into_iter().map(|t| (t, partitions)));
     let broker = match lull::mock::MockBroker::start(brokers, &topics) {
         Ok(b) => b,
         Err(e) => {
@@ -243,5 +264,104 @@ async fn dev_broker(
             eprintln!("cannot wait for signals: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn pending(config: Config, key: String, json: bool) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    if config.redis_url.is_none() {
+        eprintln!("REDIS_URL is not set: lull keeps pending windows only in memory without it");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let health = std::sync::Arc::new(lull::health::Health::new());
+    let store = match lull::store::Store::connect(&config, health).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let view = match store.read_pending(&key).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(v) = view else {
+        if json {
+            println!("null");
+        } else {
+            println!("{key}: none (no open window)");
+        }
+        return ExitCode::SUCCESS;
+    };
+    if json {
+        match serde_json::to_string(&v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let at = |ms: i64| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+        )
+        .to_string()
+    };
+    let in_ms = v.flush_at - lull::output::now_ms();
+    println!(
+        "{key}: mid-burst, {} fragment(s) on {}/{} held by {}",
+        v.count, config.input_topic, v.partition, v.owner
+    );
+    println!("  first fragment  {}", at(v.first_ts));
+    println!("  last fragment   {}", at(v.last_ts));
+    if in_ms >= 0 {
+        println!(
+            "  batch expected  {} (in {:.1} s)",
+            at(v.flush_at),
+            in_ms as f64 / 1000.0
+        );
+    } else {
+        println!(
+            "  batch expected  {} (due; being delivered)",
+            at(v.flush_at)
+        );
+    }
+    println!(
+        "  summary expires in {:.1} s if its owner dies",
+        v.ttl_ms as f64 / 1000.0
+    );
+    ExitCode::SUCCESS
+}
+
+async fn monitor(config: Config) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    let Some(url) = config.redis_url.clone() else {
+        eprintln!("REDIS_URL is not set");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    eprintln!(
+        "following Redis commands on {}:* (MONITOR slows Redis down; debugging only; Ctrl-C to stop)",
+        config.redis_prefix
+    );
+    let prefix = config.redis_prefix.clone();
+    let follow = lull::store::monitor::follow(url.expose(), &prefix, |e| {
+        for line in lull::store::monitor::timeline(&e, &prefix) {
+            println!("{line}");
+        }
+    });
+    tokio::select! {
+        r = follow => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("redis MONITOR failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = lull::shutdown::next_signal() => ExitCode::SUCCESS,
     }
 }

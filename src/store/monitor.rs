@@ -37,26 +37,76 @@ impl MonitorEvent {
             .map(String::as_str)
             .filter(move |a| a.starts_with(prefix))
     }
+}
 
-    /// A one-line, human-readable rendering.
-    pub fn render(&self) -> String {
-        let secs = self.time as i64;
-        let micros = ((self.time - secs as f64) * 1e6).round() as u64;
-        let t = humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(secs.max(0) as u64)
-                + std::time::Duration::from_micros(micros),
-        );
-        let who = match &self.client_name {
-            Some(n) => format!("{n} ({})", self.client),
-            None => self.client.clone(),
-        };
-        let via = self
-            .script
-            .map(|s| format!(" [{s}.lua]"))
-            .unwrap_or_default();
-        format!("{t}  {who}{via}  {}", self.args.join(" "))
+/// What a command did to one key, in words, for the timeline of `lull monitor`.
+fn describe(command: &str, args: &[String], key: &str) -> String {
+    let after = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+            .unwrap_or("?")
+    };
+    let kind = key.split(':').next().unwrap_or("");
+    match (command, kind) {
+        ("HSET", "pending") => format!(
+            "window updated: {} fragments, flush at {}",
+            after("count"),
+            after("flush_at")
+        ),
+        ("HSET", "owner") => format!(
+            "partition claimed by {} (generation {})",
+            after("instance"),
+            after("generation")
+        ),
+        ("DEL", "pending") => "window closed: its batch was acknowledged".to_string(),
+        ("SET", "flushed") => format!("flushed up to {}", args.get(2).map_or("?", String::as_str)),
+        ("SET", "event") => format!(
+            "event first seen at {}",
+            args.get(2).map_or("?", String::as_str)
+        ),
+        ("PEXPIRE", _) => format!("TTL set to {} ms", args.get(2).map_or("?", String::as_str)),
+        ("GET" | "HGET" | "HMGET" | "HGETALL" | "PTTL" | "EXISTS", _) => "read".to_string(),
+        _ => args.join(" "),
     }
+}
+
+/// The timeline lines of one event: one per lull key it touches, each saying what happened to
+/// the key and who did it.
+pub fn timeline(event: &MonitorEvent, prefix: &str) -> Vec<String> {
+    let command = event
+        .args
+        .first()
+        .map(|c| c.to_ascii_uppercase())
+        .unwrap_or_default();
+    let needle = format!("{prefix}:");
+    let secs = event.time as i64;
+    let micros = ((event.time - secs as f64) * 1e6).round() as u64;
+    let t = humantime::format_rfc3339_micros(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(secs.max(0) as u64)
+            + std::time::Duration::from_micros(micros),
+    );
+    let who = match &event.client_name {
+        Some(n) => format!("{n} ({})", event.client),
+        None => event.client.clone(),
+    };
+    let via = event
+        .script
+        .map(|s| format!(" via {s}.lua"))
+        .unwrap_or_default();
+    event
+        .args
+        .iter()
+        .filter_map(|a| a.strip_prefix(&needle))
+        .map(|key| {
+            format!(
+                "{t}  {key:<32}  {:<48}  by {who}{via}",
+                describe(&command, &event.args, key)
+            )
+        })
+        .collect()
 }
 
 /// Parses one MONITOR line: `1700000000.123456 [0 127.0.0.1:6000] "SET" "k" "v"`.
@@ -203,6 +253,28 @@ pub fn spawn_trace(url: String, prefix: String, instance: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeline_says_what_happened_to_each_key() {
+        let e = MonitorEvent {
+            time: 1_700_000_000.5,
+            client: "127.0.0.1:5000".into(),
+            client_name: Some("lull:host-1:42".into()),
+            script: Some("flush"),
+            args: vec![
+                "SET".into(),
+                "lull:flushed:user-1".into(),
+                "3:15".into(),
+                "PX".into(),
+                "1000".into(),
+            ],
+        };
+        let lines = timeline(&e, "lull");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("flushed:user-1"));
+        assert!(lines[0].contains("flushed up to 3:15"));
+        assert!(lines[0].contains("by lull:host-1:42 (127.0.0.1:5000) via flush.lua"));
+    }
 
     #[test]
     fn parses_monitor_lines() {

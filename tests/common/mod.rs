@@ -78,14 +78,21 @@ impl Cluster {
 
     /// A reader of every partition of `topic` from the beginning (no group, no commits).
     pub fn collector(&self, topic: &str) -> Collector {
+        Collector::on(self.broker.bootstrap(), topic, self.partitions)
+    }
+}
+
+impl Collector {
+    /// A reader of `partitions` partitions of `topic` at `bootstrap`, from the beginning.
+    pub fn on(bootstrap: &str, topic: &str, partitions: i32) -> Collector {
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", "test-collector")
             .set("enable.auto.commit", "false")
             .create()
             .expect("collector");
         let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
+        for p in 0..partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .expect("partition");
         }
