@@ -59,12 +59,16 @@ const MAX_IN_FLIGHT: usize = 5_000;
 /// Messages taken from the inbox in one step, so acknowledgements and timers are not starved.
 const READ_CHUNK: usize = 512;
 
-/// Acknowledged batches are written to Redis at least this often (and at once past
-/// [`RECORD_BATCH`] keys), so one script call covers many batches.
-const RECORD_EVERY: Duration = Duration::from_millis(20);
+/// Open-window summaries and acknowledged batches are written to Redis together, in one round
+/// trip, at least this often (and at once past [`SYNC_BATCH`] keys).
+const SYNC_EVERY: Duration = Duration::from_millis(50);
 
-/// See [`RECORD_EVERY`].
-const RECORD_BATCH: usize = 256;
+/// See [`SYNC_EVERY`].
+const SYNC_BATCH: usize = 256;
+
+/// With Redis, how long a chunk may wait for more input before it is admitted in one call: a
+/// quarter of the grace period at most, so no fragment can turn late while it waits.
+const ADMIT_LINGER: Duration = Duration::from_millis(10);
 
 /// How long a revoked worker waits for deliveries already in flight before it stops.
 const REVOKE_SETTLE: Duration = Duration::from_secs(1);
@@ -178,7 +182,10 @@ struct State {
     unrecorded: HashMap<Arc<str>, BTreeMap<i64, (i64, bool)>>,
     /// Acknowledged batches ready to be written to Redis, one per key (the latest).
     to_record: HashMap<Arc<str>, Flushed>,
-    record_at: Option<Instant>,
+    /// Keys whose open window changed since its summary was last published.
+    dirty: HashSet<Arc<str>>,
+    /// When the next Redis sync (summaries and acknowledged batches) is due.
+    sync_at: Option<Instant>,
     /// Gauge values this worker has added, so it can take them back.
     reported_windows: i64,
     reported_bytes: i64,
@@ -203,7 +210,8 @@ impl Worker {
             fence: None,
             unrecorded: HashMap::new(),
             to_record: HashMap::new(),
-            record_at: None,
+            dirty: HashSet::new(),
+            sync_at: None,
             reported_windows: 0,
             reported_bytes: 0,
         };
@@ -238,7 +246,7 @@ impl Worker {
                 && st.in_flight.is_empty()
                 && st.failed.is_empty()
             {
-                self.record(st, true).await?;
+                self.sync(st, true).await?;
                 return Ok(());
             }
             let deadline = if st.caught_up && drain_deadline.is_none() {
@@ -286,10 +294,21 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
+                    if self.store.is_some() && chunk.len() < READ_CHUNK {
+                        // One admit call per chunk: let a thin stream gather a little first.
+                        let linger = ADMIT_LINGER.min(self.config.grace / 4);
+                        let until = Instant::now() + linger;
+                        while chunk.len() < READ_CHUNK {
+                            match tokio::time::timeout_at(until, self.inbox.recv()).await {
+                                Ok(Some(next)) => chunk.push(next),
+                                _ => break,
+                            }
+                        }
+                    }
                     self.take_chunk(st, chunk).await?;
                 }
-                _ = sleep_until_opt(st.record_at), if st.record_at.is_some() => {
-                    self.record(st, true).await?;
+                _ = sleep_until_opt(st.sync_at), if st.sync_at.is_some() => {
+                    self.sync(st, true).await?;
                 }
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     warn!(
@@ -301,7 +320,7 @@ impl Worker {
                 }
             }
             self.route_batches(st);
-            self.record(st, false).await?;
+            self.sync(st, false).await?;
             self.publish(st);
         }
     }
@@ -324,7 +343,7 @@ impl Worker {
                 _ => break,
             }
         }
-        if let Err(Stop::Fenced(why)) = self.record(st, true).await {
+        if let Err(Stop::Fenced(why)) = self.sync(st, true).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
         }
     }
@@ -403,7 +422,7 @@ impl Worker {
         };
 
         let mut verdicts = verdicts.into_iter().flatten();
-        let mut touched: HashSet<String> = HashSet::new();
+        let mut touched = false;
         for item in items {
             match item {
                 Item::Eof => {
@@ -419,7 +438,8 @@ impl Worker {
                     match verdicts.next().unwrap_or(Verdict::New) {
                         Verdict::New => {
                             if self.store.is_some() {
-                                touched.insert(f.key.clone());
+                                st.dirty.insert(Arc::from(f.key.as_str()));
+                                touched = true;
                             }
                             st.engine.push(f, now, &mut st.batches);
                         }
@@ -444,27 +464,8 @@ impl Worker {
         metrics().fragments_late.inc_by(stats.late);
         metrics().fragments_clamped.inc_by(stats.clamped);
 
-        if touched.is_empty() {
-            return Ok(());
-        }
-        let windows: Vec<PendingSummary> = touched
-            .into_iter()
-            .filter_map(|key| {
-                st.engine.summary(&key).map(|w| PendingSummary {
-                    key,
-                    first_ts: w.first_ts,
-                    last_ts: w.last_ts,
-                    count: w.count,
-                    flush_at: w.flush_at,
-                    first_offset: w.first_offset,
-                })
-            })
-            .collect();
-        if let Some((store, fence)) = self.usable_fence(st) {
-            match store.publish_pending(fence, &windows).await {
-                Err(StoreError::Stale(why)) => return Err(Stop::Fenced(why)),
-                Ok(()) | Err(StoreError::Unavailable(_)) => {}
-            }
+        if touched && st.sync_at.is_none() {
+            st.sync_at = Some(Instant::now() + SYNC_EVERY);
         }
         Ok(())
     }
@@ -707,32 +708,48 @@ impl Worker {
                     last_offset,
                 },
             );
-            if st.record_at.is_none() {
-                st.record_at = Some(Instant::now() + RECORD_EVERY);
+            if st.sync_at.is_none() {
+                st.sync_at = Some(Instant::now() + SYNC_EVERY);
             }
         }
     }
 
-    /// Writes acknowledged batches to Redis: when due (or `now`), in one call. If Redis is
-    /// down they wait, and are written after it recovers.
-    async fn record(&self, st: &mut State, now: bool) -> Result<(), Stop> {
-        if st.to_record.is_empty() {
-            st.record_at = None;
+    /// Writes to Redis, in one round trip, the summaries of windows that changed and the
+    /// acknowledged batches: when due (or `now`). If Redis is down they wait, and are written
+    /// after it recovers.
+    async fn sync(&self, st: &mut State, now: bool) -> Result<(), Stop> {
+        if st.to_record.is_empty() && st.dirty.is_empty() {
+            st.sync_at = None;
             return Ok(());
         }
-        if !now && st.to_record.len() < RECORD_BATCH {
+        if !now && st.to_record.len() + st.dirty.len() < SYNC_BATCH {
             return Ok(());
         }
-        st.record_at = Some(Instant::now() + RECORD_EVERY);
+        st.sync_at = Some(Instant::now() + SYNC_EVERY);
         self.ensure_fence(st).await?;
         let Some((store, fence)) = self.usable_fence(st) else {
             return Ok(());
         };
+        let windows: Vec<PendingSummary> = st
+            .dirty
+            .iter()
+            .filter_map(|key| {
+                st.engine.summary(key).map(|w| PendingSummary {
+                    key: key.to_string(),
+                    first_ts: w.first_ts,
+                    last_ts: w.last_ts,
+                    count: w.count,
+                    flush_at: w.flush_at,
+                    first_offset: w.first_offset,
+                })
+            })
+            .collect();
         let batches: Vec<Flushed> = st.to_record.values().cloned().collect();
-        match store.record_flushed(fence, &batches).await {
+        match store.sync(fence, &windows, &batches).await {
             Ok(()) => {
                 st.to_record.clear();
-                st.record_at = None;
+                st.dirty.clear();
+                st.sync_at = None;
                 Ok(())
             }
             Err(StoreError::Stale(why)) => Err(Stop::Fenced(why)),

@@ -468,21 +468,7 @@ impl Store {
             return Ok(());
         }
         let script = Script::Pending;
-        let mut inv = script.get().prepare_invoke();
-        inv.key(&fence.owner_key)
-            .arg(fence.generation)
-            .arg(&self.instance)
-            .arg(fence.partition)
-            .arg(self.ttl.pending)
-            .arg(self.ttl.owner);
-        for w in windows {
-            inv.key(self.keys.pending(&w.key))
-                .arg(w.first_ts)
-                .arg(w.last_ts)
-                .arg(w.count)
-                .arg(w.flush_at)
-                .arg(w.first_offset);
-        }
+        let inv = self.pending_invocation(fence, windows);
         let _: i64 = self.run(script, inv, windows.len()).await?;
         Ok(())
     }
@@ -497,7 +483,101 @@ impl Store {
             return Ok(());
         }
         let script = Script::Flush;
-        let mut inv = script.get().prepare_invoke();
+        let inv = self.flush_invocation(fence, batches);
+        let _: i64 = self.run(script, inv, batches.len()).await?;
+        Ok(())
+    }
+
+    /// Publishes open-window summaries and records acknowledged batches in one round trip: the
+    /// two scripts go out as one pipeline. Scripts in a pipeline are not re-loaded by redis-rs on
+    /// NOSCRIPT (after a Redis restart or SCRIPT FLUSH), so this loads them and retries once.
+    pub async fn sync(
+        self: &Arc<Self>,
+        fence: &Fence,
+        windows: &[PendingSummary],
+        batches: &[Flushed],
+    ) -> Result<(), StoreError> {
+        match (windows.is_empty(), batches.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, true) => return self.publish_pending(fence, windows).await,
+            (true, false) => return self.record_flushed(fence, batches).await,
+            (false, false) => {}
+        }
+        if self.is_degraded() {
+            return Err(StoreError::Unavailable("degraded".into()));
+        }
+        let pending = self.pending_invocation(fence, windows);
+        let flush = self.flush_invocation(fence, batches);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&pending).invoke_script(&flush);
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.degrade(&e);
+                return Err(e);
+            }
+        };
+        let started = Instant::now();
+        let mut result = pipe.query_async::<(i64, i64)>(&mut conn).await;
+        if matches!(&result, Err(e) if e.code() == Some("NOSCRIPT")) {
+            debug!("scripts missing on the server (restart or SCRIPT FLUSH): loading them again");
+            result = match scripts::load_all(&mut conn).await {
+                Ok(()) => pipe.query_async::<(i64, i64)>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+        }
+        metrics()
+            .redis_call_seconds
+            .with_label_values(&["sync"])
+            .observe(started.elapsed().as_secs_f64());
+        debug!(
+            windows = windows.len(),
+            batches = batches.len(),
+            instance = %self.instance,
+            pid = std::process::id(),
+            "redis pipeline pending+flush"
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let error = redis_error(&e);
+                if matches!(error, StoreError::Unavailable(_)) {
+                    self.degrade(&error);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn pending_invocation(
+        &self,
+        fence: &Fence,
+        windows: &[PendingSummary],
+    ) -> redis::ScriptInvocation<'static> {
+        let mut inv = Script::Pending.get().prepare_invoke();
+        inv.key(&fence.owner_key)
+            .arg(fence.generation)
+            .arg(&self.instance)
+            .arg(fence.partition)
+            .arg(self.ttl.pending)
+            .arg(self.ttl.owner);
+        for w in windows {
+            inv.key(self.keys.pending(&w.key))
+                .arg(w.first_ts)
+                .arg(w.last_ts)
+                .arg(w.count)
+                .arg(w.flush_at)
+                .arg(w.first_offset);
+        }
+        inv
+    }
+
+    fn flush_invocation(
+        &self,
+        fence: &Fence,
+        batches: &[Flushed],
+    ) -> redis::ScriptInvocation<'static> {
+        let mut inv = Script::Flush.get().prepare_invoke();
         inv.key(&fence.owner_key)
             .arg(fence.generation)
             .arg(fence.partition)
@@ -509,8 +589,7 @@ impl Store {
                 .arg(b.last_offset)
                 .arg(b.first_offset);
         }
-        let _: i64 = self.run(script, inv, batches.len()).await?;
-        Ok(())
+        inv
     }
 
     /// Reads a user's open-window summary, if any.
