@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs lull's whole test suite on a fresh machine that has only the Rust toolchain.
 #
-# It installs what the tests need (redis-server from apt when missing), starts a private Redis on
+# It installs what the tests need (redis-server and openssl from apt when missing), starts a private Redis on
 # a free loopback port (no persistence, its own temporary directory), checks formatting and
 # lints, runs every test (cargo-nextest when installed, else cargo test), and stops Redis again,
 # whatever happens. Kafka needs nothing: the tests use librdkafka's in-process mock cluster.
@@ -10,15 +10,17 @@ cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-ensure_redis() {
-    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
-        return
-    fi
-    log "installing redis-server"
+ensure_packages() {
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ "${#missing[@]}" -eq 0 ] && return
+    log "installing ${missing[*]}"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 free_port() {
@@ -45,7 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ensure_redis
+ensure_packages
 redis_dir=$(mktemp -d)
 redis_port=$(free_port)
 log "starting a private redis-server on 127.0.0.1:$redis_port"

@@ -235,3 +235,109 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
         "dev-broker exits cleanly on SIGTERM"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_shows_an_open_window_or_none() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("cli-pending");
+    let run = |key: &str| {
+        lull()
+            .args(["pending", key])
+            .env("REDIS_URL", &redis.url)
+            .env("LULL_REDIS_PREFIX", &prefix)
+            .output()
+            .expect("lull pending runs")
+    };
+    let out = run("nobody");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nobody: none (no open window)"
+    );
+
+    let mut config = lull::config::Config::defaults();
+    config.redis_url = Some(lull::config::Secret::new(redis.url.clone()));
+    config.redis_prefix = prefix.clone();
+    config.instance_id = "host-7".into();
+    let store =
+        lull::store::Store::connect(&config, std::sync::Arc::new(lull::health::Health::new()))
+            .await
+            .unwrap();
+    let fence = store.claim("chat.fragments", 2, false).await.unwrap();
+    let now = lull::output::now_ms();
+    store
+        .publish_pending(
+            &fence,
+            &[lull::store::PendingSummary {
+                key: "typist".into(),
+                first_ts: now - 1_000,
+                last_ts: now,
+                count: 3,
+                flush_at: now + 2_200,
+                first_offset: 40,
+            }],
+        )
+        .await
+        .unwrap();
+    let out = run("typist");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text.starts_with("typist: mid-burst, 3 fragment(s) on chat.fragments/2 held by host-7"),
+        "{text}"
+    );
+    assert!(text.contains("batch expected"), "{text}");
+
+    let out = lull()
+        .args(["pending", "typist", "--json"])
+        .env("REDIS_URL", &redis.url)
+        .env("LULL_REDIS_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["first_offset"], 40);
+
+    let out = lull().args(["pending", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "REDIS_URL is required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("cli-monitor");
+    let mut child = lull()
+        .arg("monitor")
+        .env("REDIS_URL", &redis.url)
+        .env("LULL_REDIS_PREFIX", &prefix)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lull monitor starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = redis.conn().await;
+    let key = format!("{prefix}:flushed:someone");
+    let end = Instant::now() + DEADLINE;
+    let line = loop {
+        let _: () = redis::AsyncCommands::set(&mut conn, &key, "0:99")
+            .await
+            .unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(Instant::now() < end, "monitor printed nothing");
+    };
+    assert!(line.contains("flushed:someone"), "{line}");
+    assert!(line.contains("flushed up to 0:99"), "{line}");
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}

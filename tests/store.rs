@@ -294,3 +294,77 @@ async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
     );
     follower.abort();
 }
+
+#[tokio::test]
+async fn a_rediss_url_reaches_redis_over_tls() {
+    let dir = std::env::temp_dir().join(format!("lull-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(made.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut server = std::process::Command::new(bin)
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("cert.pem"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let end = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < end, "TLS redis did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Config::defaults();
+    // A self-signed test certificate: `#insecure` skips verification (never do that in production).
+    c.redis_url = Some(Secret::new(format!("rediss://127.0.0.1:{port}/#insecure")));
+    c.redis_prefix = unique_prefix("tls");
+    let s = Store::connect(&c, Arc::new(Health::new()))
+        .await
+        .expect("store");
+    assert!(!s.is_degraded(), "connected over TLS");
+    let fence = s
+        .claim("t", 0, false)
+        .await
+        .expect("a script call over TLS");
+    assert!(fence.generation > 0);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
