@@ -1,6 +1,6 @@
 -- claim.lua — take ownership of an input partition, with a fencing generation.
 --
--- KEYS[1]  {prefix}:owner:{topic}:{partition}   hash: instance, generation, claimed_at
+-- KEYS[1]  {prefix}:owner:{topic}:{partition}   hash: instance, generation, claimed_at_us
 -- ARGV[1]  instance id of the caller
 -- ARGV[2]  TTL of the owner key, ms (refreshed here and by every fenced write)
 -- ARGV[3]  "assign": Kafka just gave the caller this partition; take it unconditionally.
@@ -9,16 +9,19 @@
 -- Returns  the caller's new generation (integer), or 0 when a "resume" finds another owner.
 --
 -- Invariant: generations only grow, even when the key expired or Redis lost it: the new one is
--- max(previous + 1, Redis server time in ms). Every other script refuses a write that does not
--- carry the current generation, so a stale ("zombie") owner cannot touch the new owner's state.
+-- max(previous + 1, Redis server time in microseconds). A claim is a round trip, so claims never
+-- come faster than one per microsecond and the clock stays ahead of the counter. (Microseconds
+-- since 1970 stay below 2^53, exact in Lua's doubles.) Every other script refuses a write that
+-- does not carry the current generation, so a stale ("zombie") owner cannot touch the new
+-- owner's state.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = redis.call('HMGET', KEYS[1], 'instance', 'generation')
 if ARGV[3] == 'resume' and cur[1] and cur[1] ~= ARGV[1] then
   return 0
 end
 local gen = math.max((tonumber(cur[2]) or 0) + 1, now)
 redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'generation', string.format('%.0f', gen),
-  'claimed_at', string.format('%.0f', now))
+  'claimed_at_us', string.format('%.0f', now))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return gen

@@ -127,6 +127,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown may take to deliver what is due and commit.
     pub drain_timeout: Duration,
+    /// Global budget of bytes held in open windows and unacknowledged output
+    /// (`LULL_MAX_OPEN_BYTES`); at the budget lull stops fetching until it is below again.
+    pub max_open_bytes: usize,
     /// How long an event id is remembered for duplicate detection (`LULL_EVENT_TTL_MS`).
     pub event_ttl: Duration,
     /// How long a key's flushed watermark (and a partition's owner record) is kept after its
@@ -441,6 +444,8 @@ impl Config {
         );
         let drain_timeout = r.millis("LULL_DRAIN_TIMEOUT_MS", 10_000, 1);
         let event_ttl = r.millis("LULL_EVENT_TTL_MS", 3_600_000, 1_000);
+        let max_open_bytes =
+            r.number("LULL_MAX_OPEN_BYTES", 268_435_456, 1_048_576, "bytes") as usize;
         let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", 604_800_000, 60_000);
 
         let mut kafka = BTreeMap::new();
@@ -472,6 +477,16 @@ impl Config {
                 "LULL_MAX_FRAGMENT_BYTES",
                 &max_fragment_bytes.to_string(),
                 &format!("at most LULL_MAX_BATCH_BYTES ({max_batch_bytes})"),
+            );
+        }
+        if max_open_bytes < max_batch_bytes.saturating_mul(2) {
+            r.problem(
+                "LULL_MAX_OPEN_BYTES",
+                &max_open_bytes.to_string(),
+                &format!(
+                    "at least twice LULL_MAX_BATCH_BYTES ({})",
+                    max_batch_bytes * 2
+                ),
             );
         }
         let distinct = [&input_topic, &output_topic, &dlq_topic];
@@ -520,6 +535,7 @@ impl Config {
             drain_timeout,
             event_ttl,
             flushed_ttl,
+            max_open_bytes,
             kafka,
         })
     }
@@ -586,6 +602,10 @@ impl Config {
             (
                 "LULL_DRAIN_TIMEOUT_MS".into(),
                 self.drain_timeout.as_millis().to_string(),
+            ),
+            (
+                "LULL_MAX_OPEN_BYTES".into(),
+                self.max_open_bytes.to_string(),
             ),
             (
                 "LULL_EVENT_TTL_MS".into(),

@@ -30,12 +30,12 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::Config;
-use crate::health::Health;
+use crate::health::{Budget, Health};
 use crate::metrics::metrics;
-use crate::partition::{Inbound, PartitionShared, Worker};
+use crate::partition::{inbound_size, Inbound, PartitionShared, Worker};
 use crate::sink::{Sink, SinkError};
 use crate::store::Store;
 
@@ -61,6 +61,7 @@ pub enum ConsumeError {
 
 /// One assigned partition, as the loop sees it.
 struct PartitionHandle {
+    partition: i32,
     tx: mpsc::Sender<Inbound>,
     /// Messages fetched while the inbox was full, in order.
     backlog: VecDeque<Inbound>,
@@ -77,6 +78,7 @@ struct Spawner {
     topic: Arc<str>,
     sink: Sink,
     store: Option<Arc<Store>>,
+    budget: Arc<Budget>,
     shutdown: CancellationToken,
     /// Set by the first worker that fails fatally; the process then stops.
     failure: Arc<Mutex<Option<SinkError>>>,
@@ -110,23 +112,29 @@ impl LullContext {
             sink: s.sink.clone(),
             store: s.store.clone(),
             shared: shared.clone(),
+            health: self.health.clone(),
+            budget: s.budget.clone(),
             inbox,
             revoked: revoked.clone(),
             shutdown: s.shutdown.clone(),
         };
         let failure = s.failure.clone();
         let shutdown = s.shutdown.clone();
-        let task = s.runtime.spawn(async move {
-            if let Err(e) = worker.run().await {
-                error!(partition, error = %e, "partition worker failed; stopping");
-                let mut slot = failure
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                slot.get_or_insert(e);
-                shutdown.cancel();
+        let task = s.runtime.spawn(
+            async move {
+                if let Err(e) = worker.run().await {
+                    error!(partition, error = %e, "partition worker failed; stopping");
+                    let mut slot = failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    slot.get_or_insert(e);
+                    shutdown.cancel();
+                }
             }
-        });
+            .in_current_span(),
+        );
         PartitionHandle {
+            partition,
             tx,
             backlog: VecDeque::new(),
             paused: false,
@@ -155,6 +163,10 @@ impl ClientContext for LullContext {
         match error {
             // End of partition is lull's "caught up" signal, not a problem.
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) => {
+                self.health.set_kafka_reachable(false);
+                warn!(error = %error, reason, "kafka unreachable");
+            }
             other => warn!(error = %other, reason, "kafka client error"),
         }
     }
@@ -172,6 +184,7 @@ impl ConsumerContext for LullContext {
             let mut reg = self.registry();
             for elem in tpl.elements_for_topic(topic) {
                 if let Some(h) = reg.remove(&elem.partition()) {
+                    debug_assert_eq!(h.partition, elem.partition());
                     h.revoked.cancel();
                     let mark = h.shared.watermark.load(Ordering::Acquire);
                     if mark >= 0 && mark > h.shared.committed.load(Ordering::Acquire) {
@@ -182,6 +195,14 @@ impl ConsumerContext for LullContext {
             }
             metrics().assigned_partitions.set(reg.len() as i64);
             self.health.set_assigned(reg.len());
+            if reg.is_empty() {
+                self.health.set_in_group(false);
+            }
+            for h in &handles {
+                let _ = metrics()
+                    .consumer_lag
+                    .remove_label_values(&[&h.partition.to_string()]);
+            }
             metrics()
                 .backpressure_paused
                 .set(reg.values().filter(|h| h.paused).count() as i64);
@@ -215,6 +236,7 @@ impl ConsumerContext for LullContext {
                 }
                 metrics().assigned_partitions.set(reg.len() as i64);
                 self.health.set_assigned(reg.len());
+                self.health.set_in_group(true);
                 info!(partitions = ?partitions, "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
@@ -270,10 +292,12 @@ pub async fn run(
     config: Arc<Config>,
     sink: Sink,
     store: Option<Arc<Store>>,
+    budget: Arc<Budget>,
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> Result<(), ConsumeError> {
     let failure = Arc::new(Mutex::new(None));
+    let budget_for_loop = budget.clone();
     let context = LullContext {
         partitions: Mutex::new(HashMap::new()),
         spawner: Spawner {
@@ -282,6 +306,7 @@ pub async fn run(
             topic: Arc::from(config.input_topic.as_str()),
             sink: sink.clone(),
             store,
+            budget,
             shutdown: shutdown.clone(),
             failure: failure.clone(),
         },
@@ -304,7 +329,11 @@ pub async fn run(
     let mut backlog_tick = tokio::time::interval(BACKLOG_RETRY);
     backlog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commit_task: Option<JoinHandle<()>> = None;
+    let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_task: Option<JoinHandle<()>> = None;
     let mut any_backlog = false;
+    let mut budget_paused = false;
 
     loop {
         health.polled();
@@ -315,9 +344,20 @@ pub async fn run(
                 if commit_task.as_ref().is_none_or(|t| t.is_finished()) {
                     commit_task = spawn_commit(&consumer, &config.input_topic);
                 }
+                report_progress(consumer.context());
             }
-            _ = backlog_tick.tick(), if any_backlog => {
-                any_backlog = drain_backlogs(&consumer);
+            _ = probe_tick.tick() => {
+                if probe_task.as_ref().is_none_or(|t| t.is_finished()) {
+                    probe_task = Some(spawn_probe(&consumer, &config.input_topic, &health));
+                }
+            }
+            _ = backlog_tick.tick(), if any_backlog || budget_paused => {
+                if budget_paused && budget_for_loop.used() < budget_for_loop.limit() / 10 * 9 {
+                    budget_paused = false;
+                    pause_all(&consumer, false);
+                    info!(used = budget_for_loop.used(), "below the memory budget again: fetching resumed");
+                }
+                any_backlog = drain_backlogs(&consumer, budget_paused);
             }
             received = consumer.recv() => {
                 let (partition, inbound, at_end) = match received {
@@ -332,8 +372,16 @@ pub async fn run(
                         continue;
                     }
                 };
+                if let Inbound::Message(m) = &inbound {
+                    budget_for_loop.add(inbound_size(m));
+                }
                 if dispatch(&consumer, partition, inbound) {
                     any_backlog = true;
+                }
+                if !budget_paused && budget_for_loop.exhausted() {
+                    budget_paused = true;
+                    pause_all(&consumer, true);
+                    warn!(used = budget_for_loop.used(), limit = budget_for_loop.limit(), "memory budget reached (LULL_MAX_OPEN_BYTES): fetching paused");
                 }
                 // librdkafka reports end-of-partition only with the next, empty, fetch (up to
                 // fetch.wait.max.ms later); the cached high watermark says so at once.
@@ -344,6 +392,10 @@ pub async fn run(
         }
     }
 
+    health.set_shutting_down();
+    if let Some(t) = probe_task.take() {
+        t.abort();
+    }
     info!("stopping: draining partition workers");
     let handles: Vec<JoinHandle<()>> = {
         let mut reg = consumer.context().registry();
@@ -430,7 +482,7 @@ fn dispatch(consumer: &LullConsumer, partition: i32, inbound: Inbound) -> bool {
 
 /// Moves backlogged items into inboxes that have room, resuming partitions whose backlog is
 /// empty; returns whether any backlog remains.
-fn drain_backlogs(consumer: &LullConsumer) -> bool {
+fn drain_backlogs(consumer: &LullConsumer, budget_paused: bool) -> bool {
     let mut reg = consumer.context().registry();
     let mut remaining = false;
     for (&partition, h) in reg.iter_mut() {
@@ -448,7 +500,7 @@ fn drain_backlogs(consumer: &LullConsumer) -> bool {
             }
         }
         if h.backlog.is_empty() {
-            if h.paused {
+            if h.paused && !budget_paused {
                 set_paused(consumer, partition, false);
                 h.paused = false;
                 metrics().backpressure_paused.dec();
@@ -495,7 +547,82 @@ fn reached_high_watermark(
             &mut high,
         )
     };
-    err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-        && high >= 0
-        && offset + 1 >= high
+    let known =
+        err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0;
+    if let Some(h) = consumer.context().registry().get(&partition) {
+        h.shared.read_next.store(offset + 1, Ordering::Release);
+        if known {
+            h.shared.high.store(high, Ordering::Release);
+        }
+    }
+    known && offset + 1 >= high
+}
+
+/// How often the brokers' reachability is checked (for readiness).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Checks on a blocking thread that the brokers answer a metadata request.
+fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) -> JoinHandle<()> {
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    let health = health.clone();
+    tokio::task::spawn_blocking(move || {
+        let ok = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(3))
+            .is_ok();
+        if ok != health.kafka_reachable() {
+            if ok {
+                info!("kafka reachable");
+            } else {
+                warn!("kafka unreachable: metadata request failed");
+            }
+        }
+        health.set_kafka_reachable(ok);
+    })
+}
+
+/// Publishes consumer lag per partition and the age of the oldest open window.
+fn report_progress(ctx: &LullContext) {
+    let now = crate::output::now_ms();
+    let reg = ctx.registry();
+    let mut oldest = i64::MAX;
+    for (p, h) in reg.iter() {
+        let (next, high) = (
+            h.shared.read_next.load(Ordering::Acquire),
+            h.shared.high.load(Ordering::Acquire),
+        );
+        if next >= 0 && high >= 0 {
+            metrics()
+                .consumer_lag
+                .with_label_values(&[&p.to_string()])
+                .set((high - next).max(0));
+        }
+        let ts = h.shared.oldest_open_ts.load(Ordering::Acquire);
+        if ts != i64::MIN {
+            oldest = oldest.min(ts);
+        }
+    }
+    let age = if oldest == i64::MAX {
+        0.0
+    } else {
+        (now - oldest).max(0) as f64 / 1000.0
+    };
+    metrics().oldest_open_window_age.set(age);
+}
+
+/// Pauses (or resumes) fetching on every assigned partition, for the memory budget. Resuming
+/// leaves partitions whose own backlog is not drained yet paused.
+fn pause_all(consumer: &LullConsumer, pause: bool) {
+    let mut reg = consumer.context().registry();
+    for (&partition, h) in reg.iter_mut() {
+        if pause && !h.paused {
+            set_paused(consumer, partition, true);
+            h.paused = true;
+            metrics().backpressure_paused.inc();
+        } else if !pause && h.paused && h.backlog.is_empty() {
+            set_paused(consumer, partition, false);
+            h.paused = false;
+            metrics().backpressure_paused.dec();
+        }
+    }
 }

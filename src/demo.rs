@@ -240,6 +240,8 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     )?;
     config.brokers = broker.bootstrap().to_string();
     config.group_id = format!("lull-demo-{}", std::process::id());
+    // The demo must not collide with a `lull run` on the same machine.
+    config.http_addr.set_port(0);
 
     println!("lull demo");
     println!(

@@ -3,7 +3,9 @@
 //! The metrics registry is process-wide; this is per run, so several workers in one process (as
 //! in the integration tests) can each be asked "do you own partitions yet?".
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::output::now_ms;
 
@@ -15,6 +17,11 @@ pub struct Health {
     messages: AtomicU64,
     /// 0 = no Redis configured, 1 = connected, 2 = degraded.
     redis: AtomicU8,
+    in_group: AtomicBool,
+    kafka_reachable: AtomicBool,
+    producer_failing: AtomicBool,
+    shutting_down: AtomicBool,
+    http_addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Health {
@@ -67,8 +74,106 @@ impl Health {
         }
     }
 
+    /// Records group membership: set by every assignment (even an empty one), cleared when the
+    /// last partition is revoked.
+    pub fn set_in_group(&self, v: bool) {
+        self.in_group.store(v, Ordering::Release);
+    }
+
+    /// Whether this instance is a member of the consumer group.
+    pub fn in_group(&self) -> bool {
+        self.in_group.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome of the last broker reachability check.
+    pub fn set_kafka_reachable(&self, v: bool) {
+        self.kafka_reachable.store(v, Ordering::Release);
+    }
+
+    /// Whether the brokers answered the last check.
+    pub fn kafka_reachable(&self) -> bool {
+        self.kafka_reachable.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome of the latest delivery.
+    pub fn set_producer_ok(&self, ok: bool) {
+        self.producer_failing.store(!ok, Ordering::Release);
+    }
+
+    /// Whether the latest delivery succeeded (true before any).
+    pub fn producer_ok(&self) -> bool {
+        !self.producer_failing.load(Ordering::Acquire)
+    }
+
+    /// Records that a graceful shutdown began.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Whether a graceful shutdown is under way.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Records where the HTTP endpoints listen.
+    pub fn set_http_addr(&self, addr: SocketAddr) {
+        *self
+            .http_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+    }
+
+    /// Where the HTTP endpoints listen, once bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        *self
+            .http_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Unix milliseconds of the last poll loop turn; 0 if never.
     pub fn last_poll_ms(&self) -> i64 {
         self.last_poll_ms.load(Ordering::Acquire)
+    }
+}
+
+/// The global memory budget: input bytes waiting for their partition worker, fragment bytes held
+/// in open windows, and output bytes not yet acknowledged, across every partition of the process
+/// (`LULL_MAX_OPEN_BYTES`). librdkafka's own prefetch comes on top, bounded per partition by
+/// `queued.max.messages.kbytes`.
+#[derive(Debug)]
+pub struct Budget {
+    limit: i64,
+    used: AtomicI64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            used: AtomicI64::new(0),
+        }
+    }
+
+    /// Adds `delta` bytes (negative to give back); `lull_held_bytes` follows.
+    pub fn add(&self, delta: i64) {
+        let now = self.used.fetch_add(delta, Ordering::AcqRel) + delta;
+        crate::metrics::metrics().held_bytes.set(now);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> i64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// Whether the budget is used up: workers stop reading until it is not.
+    pub fn exhausted(&self) -> bool {
+        self.used() >= self.limit
     }
 }

@@ -9,6 +9,9 @@ use crate::config::Config;
 /// How long a fetch may wait at the broker for data; see [`consumer_config`].
 pub const FETCH_WAIT_MAX_MS: u32 = 100;
 
+/// librdkafka's own prefetch per partition, outside lull's memory budget (its default is 64 MiB).
+pub const QUEUED_MAX_KBYTES: u32 = 8_192;
+
 /// Settings shared by every client: brokers, client id and the pass-through properties.
 fn base(config: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -38,7 +41,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string());
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string());
     with_pass_through(c, config)
 }
 

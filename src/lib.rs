@@ -21,7 +21,8 @@
 //!   pending-window summaries), its Lua scripts and MONITOR tracing.
 //! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
 //! * [`metrics`]: the metric families.
-//! * [`health`]: per-run facts (partitions owned, poll loop liveness).
+//! * [`health`]: per-run facts (partitions owned, poll loop liveness) and the memory budget.
+//! * [`http`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
 //! * [`topics`]: creating the input, output and dead-letter topics.
 //! * [`demo`]: the self-contained demonstration with its own end-to-end check.
@@ -32,6 +33,7 @@ pub mod consumer;
 pub mod demo;
 pub mod fragment;
 pub mod health;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod mock;
@@ -59,6 +61,9 @@ pub enum RunError {
     /// The consumer failed to start, or a worker failed fatally.
     #[error(transparent)]
     Consume(#[from] consumer::ConsumeError),
+    /// The HTTP endpoints could not be served (address in use, no permission).
+    #[error("cannot serve HTTP on {0} (LULL_HTTP_ADDR): {1}")]
+    Http(std::net::SocketAddr, #[source] std::io::Error),
     /// `REDIS_URL` cannot be used at all (an unreachable server is not an error: lull degrades).
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -78,6 +83,19 @@ pub async fn run_with_health(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let sink = sink::Sink::new(&config)?;
+    let addr = http::serve(
+        config.http_addr,
+        health.clone(),
+        config.instance_id.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| RunError::Http(config.http_addr, e))?;
+    health.set_http_addr(addr);
+    let budget = Arc::new(health::Budget::new(config.max_open_bytes));
+    metrics::metrics()
+        .budget_bytes
+        .set(i64::try_from(config.max_open_bytes).unwrap_or(i64::MAX));
     let store = match &config.redis_url {
         None => {
             tracing::info!("REDIS_URL is unset: running without shared state");
@@ -96,7 +114,15 @@ pub async fn run_with_health(
             Some(store)
         }
     };
-    let result = consumer::run(config.clone(), sink.clone(), store, shutdown, health).await;
+    let result = consumer::run(
+        config.clone(),
+        sink.clone(),
+        store,
+        budget,
+        shutdown,
+        health,
+    )
+    .await;
     let flush_sink = sink.clone();
     let timeout = config.drain_timeout;
     let _ = tokio::task::spawn_blocking(move || flush_sink.flush(timeout)).await;

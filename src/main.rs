@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, Instrument};
 
 use lull::config::{Config, LogFormat};
 
@@ -116,7 +116,16 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run => run(config).await,
+            Command::Run => {
+                init_tracing(config.log_format, "info");
+                // Every line this run logs, from any task, carries the instance id and pid.
+                let span = tracing::info_span!(
+                    "lull",
+                    instance = %config.instance_id,
+                    pid = std::process::id()
+                );
+                run(config).instrument(span).await
+            }
             Command::Demo(args) => demo(config, args).await,
             Command::Topics {
                 partitions,
@@ -135,7 +144,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    init_tracing(config.log_format, "info");
     info!(
         instance = %config.instance_id,
         pid = std::process::id(),
@@ -151,7 +159,7 @@ async fn run(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let drain = config.drain_timeout;
-    let worker = lull::run(config, token.clone());
+    let worker = lull::run(config, token.clone()).in_current_span();
     tokio::pin!(worker);
     let result = tokio::select! {
         r = &mut worker => r,

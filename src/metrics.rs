@@ -60,6 +60,14 @@ pub struct Metrics {
     pub redis_degraded: IntGauge,
     /// Partition workers stopped because Redis showed another instance owns their partition.
     pub fenced_off: IntCounter,
+    /// Age of the oldest open window (now minus its first fragment's timestamp).
+    pub oldest_open_window_age: prometheus::Gauge,
+    /// Messages behind the end of each assigned partition.
+    pub consumer_lag: prometheus::IntGaugeVec,
+    /// Bytes held against the memory budget (open windows plus unacknowledged output).
+    pub held_bytes: IntGauge,
+    /// The memory budget, `LULL_MAX_OPEN_BYTES`.
+    pub budget_bytes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -247,6 +255,41 @@ impl Metrics {
                 &registry,
                 "lull_fenced_off_total",
                 "Partition workers stopped because another instance owns their partition in Redis.",
+            ),
+            oldest_open_window_age: {
+                let g = prometheus::Gauge::new(
+                    "lull_oldest_open_window_age_seconds",
+                    "Age of the oldest open window: the delivery SLO signal.",
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
+            consumer_lag: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "lull_consumer_lag",
+                        "Messages between lull's position and the end of each assigned partition.",
+                    ),
+                    &["partition"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
+            held_bytes: gauge(
+                &registry,
+                "lull_held_bytes",
+                "Bytes held against the memory budget: queued input, open windows, unacknowledged output.",
+            ),
+            budget_bytes: gauge(
+                &registry,
+                "lull_memory_budget_bytes",
+                "The memory budget, LULL_MAX_OPEN_BYTES.",
             ),
             registry,
         }

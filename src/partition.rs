@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TimestampSource};
 use crate::fragment::{self, Fragment, Invalid, RawMessage};
+use crate::health::{Budget, Health};
 use crate::metrics::metrics;
 use crate::offsets::OffsetTracker;
 use crate::output::{self, now_ms, Record, Rejected};
@@ -70,6 +71,9 @@ const SYNC_BATCH: usize = 256;
 /// quarter of the grace period at most, so no fragment can turn late while it waits.
 const ADMIT_LINGER: Duration = Duration::from_millis(10);
 
+/// How often a worker held back by the memory budget looks whether it may read again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(20);
+
 /// How long a revoked worker waits for deliveries already in flight before it stops.
 const REVOKE_SETTLE: Duration = Duration::from_secs(1);
 
@@ -89,6 +93,12 @@ pub struct PartitionShared {
     pub watermark: AtomicI64,
     /// The last offset committed successfully; `-1` if none.
     pub committed: AtomicI64,
+    /// One past the last offset the consumer loop handed over; `-1` if none.
+    pub read_next: AtomicI64,
+    /// The partition's high watermark as last seen by the client; `-1` if unknown.
+    pub high: AtomicI64,
+    /// First timestamp of the oldest open window; `i64::MIN` if none is open.
+    pub oldest_open_ts: AtomicI64,
 }
 
 impl Default for PartitionShared {
@@ -96,6 +106,9 @@ impl Default for PartitionShared {
         Self {
             watermark: AtomicI64::new(-1),
             committed: AtomicI64::new(-1),
+            read_next: AtomicI64::new(-1),
+            high: AtomicI64::new(-1),
+            oldest_open_ts: AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -114,6 +127,10 @@ pub struct Worker {
     pub store: Option<Arc<Store>>,
     /// Shared with the consumer loop.
     pub shared: Arc<PartitionShared>,
+    /// Per-run health (producer state).
+    pub health: Arc<Health>,
+    /// The process-wide memory budget.
+    pub budget: Arc<Budget>,
     /// Messages from the consumer loop.
     pub inbox: mpsc::Receiver<Inbound>,
     /// Cancelled when the partition is revoked: stop at once, produce nothing more.
@@ -186,9 +203,12 @@ struct State {
     dirty: HashSet<Arc<str>>,
     /// When the next Redis sync (summaries and acknowledged batches) is due.
     sync_at: Option<Instant>,
-    /// Gauge values this worker has added, so it can take them back.
+    /// Payload bytes of output records not yet acknowledged.
+    record_bytes: i64,
+    /// Gauge and budget values this worker has added, so it can take them back.
     reported_windows: i64,
     reported_bytes: i64,
+    reported_held: i64,
 }
 
 impl Worker {
@@ -212,8 +232,10 @@ impl Worker {
             to_record: HashMap::new(),
             dirty: HashSet::new(),
             sync_at: None,
+            record_bytes: 0,
             reported_windows: 0,
             reported_bytes: 0,
+            reported_held: 0,
         };
         debug!(partition = self.partition, "partition worker started");
         let result = match self.event_loop(&mut st).await {
@@ -231,6 +253,14 @@ impl Worker {
         };
         metrics().open_windows.sub(st.reported_windows);
         metrics().open_window_bytes.sub(st.reported_bytes);
+        self.budget.add(-st.reported_held);
+        // Whatever is left in the inbox was counted against the budget by the consumer loop.
+        self.inbox.close();
+        while let Ok(item) = self.inbox.try_recv() {
+            if let Inbound::Message(m) = item {
+                self.budget.add(-inbound_size(&m));
+            }
+        }
         debug!(partition = self.partition, "partition worker stopped");
         result
     }
@@ -249,7 +279,11 @@ impl Worker {
                 self.sync(st, true).await?;
                 return Ok(());
             }
-            let deadline = if st.caught_up && drain_deadline.is_none() {
+            // Over the memory budget the consumer has paused fetching; partition time then
+            // follows the wall clock so windows still close and free memory, even in catch-up
+            // (batch boundaries may then differ from a replay: memory comes first).
+            let starved = self.budget.exhausted();
+            let deadline = if (st.caught_up || starved) && drain_deadline.is_none() {
                 st.engine.next_deadline().map(wall_to_instant)
             } else {
                 None
@@ -310,6 +344,7 @@ impl Worker {
                 _ = sleep_until_opt(st.sync_at), if st.sync_at.is_some() => {
                     self.sync(st, true).await?;
                 }
+                _ = tokio::time::sleep(BUDGET_RECHECK), if starved => {}
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     warn!(
                         partition = self.partition,
@@ -391,6 +426,7 @@ impl Worker {
             match inbound {
                 Inbound::Eof => items.push(Item::Eof),
                 Inbound::Message(m) => {
+                    self.budget.add(-inbound_size(&m));
                     metrics().fragments_received.inc();
                     st.tracker.read(m.offset());
                     items.push(self.parse(m, now));
@@ -524,6 +560,7 @@ impl Worker {
             failed_at: SystemTime::now(),
         });
         st.tracker.hold(m.offset());
+        st.record_bytes += record_size(&record);
         st.outbox.push_back(Pending {
             record,
             kind: Kind::DeadLetter,
@@ -554,6 +591,7 @@ impl Worker {
                 "batch flushed"
             );
             st.tracker.hold(record.first_offset);
+            st.record_bytes += record_size(&record);
             if self.store.is_some() {
                 st.unrecorded
                     .entry(batch.key.clone())
@@ -624,6 +662,8 @@ impl Worker {
         match result {
             Some(Ok(_)) => {
                 st.attempt = 0;
+                self.health.set_producer_ok(true);
+                st.record_bytes -= record_size(&pending.record);
                 let first = pending.record.first_offset;
                 st.tracker.release(first);
                 let m = metrics();
@@ -652,6 +692,7 @@ impl Worker {
                 if error.is_fatal() {
                     return Err(Stop::Fatal(error));
                 }
+                self.health.set_producer_ok(false);
                 if st.failed.is_empty() {
                     warn!(partition = self.partition, error = %error, "delivery failed; holding new output until in-flight records settle");
                 }
@@ -764,12 +805,32 @@ impl Worker {
         }
         let windows = st.engine.open_windows() as i64;
         let bytes = st.engine.open_bytes() as i64;
+        let held = bytes + st.record_bytes;
         let m = metrics();
         m.open_windows.add(windows - st.reported_windows);
         m.open_window_bytes.add(bytes - st.reported_bytes);
+        self.budget.add(held - st.reported_held);
         st.reported_windows = windows;
         st.reported_bytes = bytes;
+        st.reported_held = held;
+        self.shared.oldest_open_ts.store(
+            st.engine.oldest_open_ts().unwrap_or(i64::MIN),
+            Ordering::Release,
+        );
     }
+}
+
+/// Bytes an input message holds while it waits for its worker (counted against the budget
+/// from dispatch until the worker takes it).
+pub fn inbound_size(m: &OwnedMessage) -> i64 {
+    (m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)) as i64
+}
+
+/// Bytes a record holds until it is acknowledged.
+fn record_size(r: &Record) -> i64 {
+    let key = r.key.as_ref().map_or(0, Vec::len);
+    let payload = r.payload.as_ref().map_or(0, Vec::len);
+    (key + payload) as i64
 }
 
 /// The tokio instant at which the wall clock reads `wall_ms`.

@@ -443,9 +443,11 @@ impl WindowEngine {
         self.open_bytes
     }
 
-    /// Timestamp of the oldest first fragment among open windows (for the age metric).
+    /// First timestamp of the window holding the lowest offset — the oldest open window, for the
+    /// age metric (one ordered-map lookup, not a scan).
     pub fn oldest_open_ts(&self) -> Option<i64> {
-        self.windows.values().map(|w| w.first_ts).min()
+        let (_, key) = self.by_offset.first_key_value()?;
+        self.windows.get(key).map(|w| w.first_ts)
     }
 
     /// The highest timestamp seen, or wall-clock time handed to `advance`.

@@ -150,6 +150,7 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
         .env("LULL_KAFKA_SASL_PASSWORD", "hunter2")
         .env("LULL_KAFKA_SECURITY_PROTOCOL", "plaintext")
         .env("LULL_LOG_FORMAT", "json")
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

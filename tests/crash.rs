@@ -53,6 +53,7 @@ fn start_worker(bootstrap: &str, redis: &str, prefix: &str, instance: &str) -> P
         .env("LULL_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
         .env("LULL_DRAIN_TIMEOUT_MS", "3000")
         .env("LULL_LOG_FORMAT", "json")
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -288,6 +289,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     cfg.output_topic = "chat.batches.undisturbed".into();
     cfg.quiet = Duration::from_millis(2000);
     cfg.grace = Duration::from_millis(300);
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
     let reference = Running::start(cfg);
     let mut replay = collector_cluster.collector("chat.batches.undisturbed");
     replay

@@ -56,6 +56,7 @@ impl Cluster {
         c.quiet = Duration::from_millis(300);
         c.grace = Duration::from_millis(250);
         c.drain_timeout = Duration::from_secs(3);
+        c.http_addr = "127.0.0.1:0".parse().expect("address");
         c.kafka.insert(
             "session.timeout.ms".into(),
             KafkaProperty::Plain("6000".into()),
@@ -202,12 +203,43 @@ pub struct OutMsg {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
+    /// The value parsed once on arrival (`Null` if it is not JSON).
+    parsed: serde_json::Value,
 }
 
 impl OutMsg {
+    /// Copies a consumed message, parsing its value once.
+    fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        OutMsg {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            parsed: m
+                .payload()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+
     /// The value parsed as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).expect("JSON value")
+    pub fn json(&self) -> &serde_json::Value {
+        assert!(!self.parsed.is_null(), "not a JSON value");
+        &self.parsed
     }
 
     /// The event ids of a batch's fragments, in order.
@@ -228,7 +260,8 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Reads until `done(seen)` holds; panics after [`DEADLINE`] with what it saw.
+    /// Reads until `done(seen)` holds; panics after [`DEADLINE`] with what it saw. Messages are
+    /// taken in bunches and the condition checked between bunches, so long runs stay linear.
     pub async fn until(&mut self, what: &str, done: impl Fn(&[OutMsg]) -> bool) -> &[OutMsg] {
         let end = Instant::now() + DEADLINE;
         while !done(&self.seen) {
@@ -239,37 +272,20 @@ impl Collector {
                 self.seen.len(),
                 self.seen
                     .iter()
-                    .map(
-                        |m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default())
-                            .into_owned()
-                    )
+                    .take(5)
+                    .map(|m| {
+                        let v = String::from_utf8_lossy(m.value.as_deref().unwrap_or_default());
+                        v.chars().take(300).collect::<String>()
+                    })
                     .collect::<Vec<_>>()
             );
-            if let Ok(Ok(m)) =
-                tokio::time::timeout(left.min(Duration::from_millis(200)), self.consumer.recv())
-                    .await
-            {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.seen.push(OutMsg {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+            let mut wait = left.min(Duration::from_millis(200));
+            for _ in 0..1_000 {
+                match tokio::time::timeout(wait, self.consumer.recv()).await {
+                    Ok(Ok(m)) => self.seen.push(OutMsg::from_message(&m)),
+                    _ => break,
+                }
+                wait = Duration::from_millis(1);
             }
         }
         &self.seen
@@ -408,4 +424,36 @@ pub fn unique_prefix(name: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A plain HTTP/1.1 GET: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: lull\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line in a Prometheus text page (`name{labels}` as written), if any.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
