@@ -25,6 +25,7 @@
 //! * [`http`]: `/metrics`, `/health/live`, `/health/ready`.
 //! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
 //! * [`topics`]: creating the input, output and dead-letter topics.
+//! * [`verify`]: the delivery audit of input, output and dead-letter topics.
 //! * [`demo`]: the self-contained demonstration with its own end-to-end check.
 //! * [`shutdown`]: SIGINT/SIGTERM handling.
 
@@ -44,6 +45,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod store;
 pub mod topics;
+pub mod verify;
 pub mod window;
 
 use std::sync::Arc;

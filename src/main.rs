@@ -45,6 +45,20 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Audit delivery: read the input, output and DLQ topics and report fragments lost,
+    /// duplicated or altered, batches breaking the configured boundaries, and latency. Exits 1 on
+    /// any loss, duplicate or alteration.
+    Verify {
+        /// Only fragments with a timestamp at or after this (Unix ms or RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only fragments with a timestamp before this (Unix ms or RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a user's open window from Redis: is this user mid-burst, and when does the batch go
     /// out? Prints "none" when there is no open window. Needs REDIS_URL.
     Pending {
@@ -132,6 +146,7 @@ fn main() -> ExitCode {
                 replication,
             } => topics(config, partitions, replication).await,
             Command::Pending { key, json } => pending(config, key, json).await,
+            Command::Verify { from, to, json } => verify(config, from, to, json).await,
             Command::Monitor => monitor(config).await,
             Command::DevBroker {
                 partitions,
@@ -371,5 +386,68 @@ async fn monitor(config: Config) -> ExitCode {
             }
         },
         _ = lull::shutdown::next_signal() => ExitCode::SUCCESS,
+    }
+}
+
+async fn verify(config: Config, from: Option<String>, to: Option<String>, json: bool) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    let mut opts = lull::verify::VerifyOptions::default();
+    for (arg, slot) in [(from, &mut opts.from_ms), (to, &mut opts.to_ms)] {
+        if let Some(s) = arg {
+            match lull::verify::parse_time(&s) {
+                Ok(ms) => *slot = Some(ms),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+    }
+    let report = match tokio::task::spawn_blocking(move || lull::verify::run(&config, &opts)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            eprintln!("verify failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("verify failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("{e}"),
+        }
+    } else {
+        let r = &report;
+        println!("fragments in          {}", r.fragments_in);
+        println!("  in exactly one batch  {}", r.in_batches);
+        println!("  lost                  {}", r.lost);
+        println!("  duplicated            {}", r.duplicated);
+        println!("  still open            {}", r.still_open);
+        println!("  dropped duplicates    {}", r.dropped_duplicates);
+        println!("batches               {}", r.batches);
+        println!("  altered fragments     {}", r.altered);
+        println!("  repeated batch ids    {}", r.repeated_batch_ids);
+        println!("  boundary violations   {}", r.boundary_violations);
+        println!(
+            "invalid input         {} ({} in the DLQ)",
+            r.invalid_in, r.dead_lettered
+        );
+        println!(
+            "latency (flush - last fragment)  p50 {} ms, p99 {} ms, max {} ms",
+            r.latency_ms.0, r.latency_ms.1, r.latency_ms.2
+        );
+        for e in &r.examples {
+            println!("  ! {e}");
+        }
+        println!("{}", if r.ok() { "OK" } else { "FAILED" });
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -286,7 +286,7 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
     let cluster = Cluster::start(1);
     let mut cfg = cluster.config("dlq");
     cfg.max_fragment_bytes = 200;
-    let lull = Running::start(cfg);
+    let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     let producer = cluster.producer();
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(300));
@@ -346,6 +346,11 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
         "user_id works as the key"
     );
     lull.stop().await;
+    let r = verify_clean(&cfg).await;
+    assert_eq!(
+        (r.fragments_in, r.in_batches, r.invalid_in, r.dead_lettered),
+        (2, 2, 4, 4)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,6 +301,12 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
         shapes(&replay.seen),
         "batch ids and contents as undisturbed"
     );
+    let mut audit = lull::config::Config::defaults();
+    audit.brokers = bootstrap.clone();
+    audit.quiet = Duration::from_millis(2000);
+    audit.grace = Duration::from_millis(300);
+    let r = verify_clean(&audit).await;
+    assert_eq!((r.in_batches, r.boundary_violations), (total, 0));
 
     eprintln!(
         "crash test: fragments {total}, batches {}, lost {}, duplicated {}",

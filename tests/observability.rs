@@ -205,7 +205,7 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
             sent += 1;
         }
     }
-    let lull = Running::start(cfg);
+    let lull = Running::start(cfg.clone());
     let sampler = {
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
@@ -256,4 +256,7 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     assert!(max_held > 0);
     assert!(paused > 0, "fetching was paused at the budget");
     lull.stop().await;
+    let r = verify_clean(&cfg).await;
+    assert_eq!(r.in_batches, sent + 1);
+    assert_eq!(r.boundary_violations, 0);
 }

@@ -153,7 +153,8 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     let cluster = Cluster::start(1);
     let mut redis = RedisServer::private();
     let prefix = unique_prefix("outage");
-    let lull = Running::start(with_redis(cluster.config("outage"), &redis, &prefix));
+    let cfg = with_redis(cluster.config("outage"), &redis, &prefix);
+    let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     assert_eq!(lull.health.redis(), Some(true));
     let producer = cluster.producer();
@@ -209,4 +210,6 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
         "flushed watermark written after recovery"
     );
     lull.stop().await;
+    let r = verify_clean(&cfg).await;
+    assert_eq!(r.in_batches, 30);
 }

@@ -457,3 +457,16 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok())?
     })
 }
+
+/// Runs `lull verify` over `config`'s topics and asserts a clean report; returns it.
+pub async fn verify_clean(config: &lull::config::Config) -> lull::verify::VerifyReport {
+    let config = config.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        lull::verify::run(&config, &lull::verify::VerifyOptions::default())
+    })
+    .await
+    .expect("verify task")
+    .expect("verify runs");
+    assert!(report.ok(), "verify found problems: {report:#?}");
+    report
+}

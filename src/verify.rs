@@ -1,0 +1,395 @@
+//! `lull verify`: a delivery audit of the input, output and dead-letter topics.
+//!
+//! It reads the three topics up to their current ends and checks, fragment by fragment, what the
+//! design promises: every valid input fragment is in exactly one batch, byte-for-byte unchanged,
+//! in order; every invalid one is in the dead-letter topic; every batch keeps the configured
+//! boundaries. It is the honest version of "hash it in Redis and count": Kafka is the log of
+//! record on both sides, so nothing needs to be written on the way.
+//!
+//! Matching: a batch names its input partition, offset range and key; its fragments must be a
+//! subsequence, in order and with identical bytes, of that key's valid input messages in that
+//! range. A batch fragment that matches nothing is *altered*; an input fragment matched by no batch
+//! is *lost* (or *still open*, if it is younger than max wait + grace, or *dropped duplicate*, if
+//! its event id was seen earlier); matched by more than one batch, *duplicated*.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::{Config, TimestampSource};
+use crate::fragment::{self, RawMessage};
+use crate::output::now_ms;
+
+/// What to audit.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Only input fragments with a timestamp at or after this (Unix ms).
+    pub from_ms: Option<i64>,
+    /// Only input fragments with a timestamp before this (Unix ms).
+    pub to_ms: Option<i64>,
+    /// Give up reading after this long (default 60 s).
+    pub read_timeout: Option<Duration>,
+}
+
+/// The audit's findings.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct VerifyReport {
+    /// Valid input fragments in range.
+    pub fragments_in: usize,
+    /// Of those, found in exactly one batch.
+    pub in_batches: usize,
+    /// Valid fragments in no batch (and not still open, not dropped duplicates).
+    pub lost: usize,
+    /// Fragments found in more than one batch.
+    pub duplicated: usize,
+    /// Batch fragments whose bytes match no input fragment.
+    pub altered: usize,
+    /// Batch ids that appear more than once.
+    pub repeated_batch_ids: usize,
+    /// Fragments younger than max wait + grace, in no batch yet.
+    pub still_open: usize,
+    /// Fragments whose event id was seen earlier, in no batch (dropped as duplicates).
+    pub dropped_duplicates: usize,
+    /// Invalid input messages in range.
+    pub invalid_in: usize,
+    /// Of those, found in the dead-letter topic.
+    pub dead_lettered: usize,
+    /// Batches read.
+    pub batches: usize,
+    /// Batches breaking the configured boundaries (gap > quiet, span > max wait, caps).
+    pub boundary_violations: usize,
+    /// Flush time minus last fragment time, percentiles in ms: p50, p99, max.
+    pub latency_ms: (i64, i64, i64),
+    /// A few examples of each problem, for the operator.
+    pub examples: Vec<String>,
+}
+
+impl VerifyReport {
+    /// No loss, no duplicate, no alteration, and every invalid message dead-lettered.
+    pub fn ok(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.altered == 0
+            && self.repeated_batch_ids == 0
+            && self.dead_lettered == self.invalid_in
+    }
+}
+
+/// Why the audit could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Kafka could not be read.
+    #[error("cannot read Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A topic did not reach its end in time.
+    #[error("timed out reading {0}")]
+    Timeout(String),
+}
+
+struct Input {
+    offset: i64,
+    key: Option<String>,
+    value: Vec<u8>,
+    ts: i64,
+    event_id: Option<String>,
+    valid: bool,
+}
+
+#[derive(Deserialize)]
+struct BatchView<'a> {
+    batch_id: String,
+    key: String,
+    reason: String,
+    flushed_at: i64,
+    source: SourceView,
+    #[serde(borrow)]
+    fragments: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SourceView {
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+}
+
+/// Reads every message of `topic` up to the end it has now: (partition, message) pairs.
+fn read_all(
+    config: &Config,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<rdkafka::message::OwnedMessage>, VerifyError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("lull-verify-{}", std::process::id()))
+        .set("enable.auto.commit", "false");
+    for (k, v) in &config.kafka {
+        if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("heartbeat.") {
+            cc.set(k, v.value());
+        }
+    }
+    let consumer: BaseConsumer = cc.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    drop(tpl);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut done: HashSet<i32> = HashSet::new();
+    while done.len() < ends.len() {
+        if std::time::Instant::now() > deadline {
+            return Err(VerifyError::Timeout(topic.to_string()));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let p = m.partition();
+                if m.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
+                    done.insert(p);
+                }
+                if m.offset() < ends.get(&p).copied().unwrap_or(0) {
+                    out.push(m.detach());
+                }
+            }
+            Some(Err(e)) => return Err(VerifyError::Kafka(e)),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Audits the configured topics.
+pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
+    let inputs_raw = read_all(config, &config.input_topic, timeout)?;
+    let outputs = read_all(config, &config.output_topic, timeout)?;
+    let dead = read_all(config, &config.dlq_topic, timeout)?;
+
+    // Input, per partition, in offset order.
+    let mut inputs: BTreeMap<i32, Vec<Input>> = BTreeMap::new();
+    for m in &inputs_raw {
+        let ts = m.timestamp().to_millis().unwrap_or(0);
+        let event_header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "event_id").and_then(|h| h.value));
+        let parsed = fragment::parse(
+            RawMessage {
+                key: m.key(),
+                value: m.payload(),
+                event_id_header: event_header,
+                offset: m.offset(),
+                ts,
+            },
+            config.max_fragment_bytes,
+        );
+        let (key, event_id, valid) = match &parsed {
+            Ok(f) => (
+                Some(f.key.clone()),
+                f.event_id.as_deref().map(str::to_string),
+                true,
+            ),
+            Err(_) => (None, None, false),
+        };
+        inputs.entry(m.partition()).or_default().push(Input {
+            offset: m.offset(),
+            key,
+            value: m.payload().unwrap_or_default().to_vec(),
+            ts,
+            event_id,
+            valid,
+        });
+    }
+    for list in inputs.values_mut() {
+        list.sort_by_key(|i| i.offset);
+    }
+    let in_range =
+        |ts: i64| opts.from_ms.is_none_or(|f| ts >= f) && opts.to_ms.is_none_or(|t| ts < t);
+
+    let mut report = VerifyReport::default();
+    let mut matched: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut latency = Vec::new();
+    let quiet = config.quiet.as_millis() as i64;
+    let max_wait = config.max_wait.as_millis() as i64;
+    for m in &outputs {
+        let Some(payload) = m.payload() else {
+            continue;
+        };
+        let Ok(b) = serde_json::from_slice::<BatchView<'_>>(payload) else {
+            report.altered += 1;
+            report.examples.push(format!(
+                "output {}/{}: not a batch",
+                m.partition(),
+                m.offset()
+            ));
+            continue;
+        };
+        report.batches += 1;
+        *ids.entry(b.batch_id.clone()).or_default() += 1;
+        let candidates: Vec<&Input> = inputs
+            .get(&b.source.partition)
+            .map(|list| {
+                list.iter()
+                    .filter(|i| {
+                        i.valid
+                            && i.offset >= b.source.first_offset
+                            && i.offset <= b.source.last_offset
+                            && i.key.as_deref() == Some(b.key.as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut next = 0;
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for frag in &b.fragments {
+            let want = frag.get().as_bytes();
+            bytes += want.len();
+            let found = candidates[next.min(candidates.len())..]
+                .iter()
+                .position(|c| c.value.trim_ascii() == want);
+            match found {
+                Some(k) => {
+                    let c = candidates[next + k];
+                    next += k + 1;
+                    times.push(c.ts);
+                    *matched.entry((b.source.partition, c.offset)).or_default() += 1;
+                }
+                None => {
+                    report.altered += 1;
+                    if report.examples.len() < 20 {
+                        report
+                            .examples
+                            .push(format!("{}: a fragment matches no input", b.batch_id));
+                    }
+                }
+            }
+        }
+        if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
+            latency.push(b.flushed_at - last);
+            let gap_ok = config.timestamp == TimestampSource::Arrival
+                || times.windows(2).all(|w| w[1] - w[0] <= quiet);
+            let span_ok = last - first <= max_wait;
+            let caps_ok = b.fragments.len() <= config.max_fragments
+                && (bytes <= config.max_batch_bytes || b.fragments.len() == 1);
+            let passthrough_ok = b.reason != "passthrough" || b.fragments.len() == 1;
+            if !(gap_ok && span_ok && caps_ok && passthrough_ok) {
+                report.boundary_violations += 1;
+                if report.examples.len() < 20 {
+                    report
+                        .examples
+                        .push(format!("{}: breaks the configured boundaries", b.batch_id));
+                }
+            }
+        }
+    }
+    report.repeated_batch_ids = ids.values().filter(|&&n| n > 1).count();
+
+    let dead_letters: HashSet<(i32, i64)> = dead
+        .iter()
+        .filter_map(|m| {
+            let h = m.headers()?;
+            let get = |name: &str| {
+                h.iter()
+                    .find(|x| x.key == name)
+                    .and_then(|x| x.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+            };
+            Some((
+                get("x-original-partition")? as i32,
+                get("x-original-offset")?,
+            ))
+        })
+        .collect();
+
+    let open_after = now_ms() - max_wait - config.grace.as_millis() as i64 - 5_000;
+    for (&p, list) in &inputs {
+        let mut seen_events: HashSet<&str> = HashSet::new();
+        for i in list {
+            let first_sighting = i.event_id.as_deref().is_none_or(|e| seen_events.insert(e));
+            if !in_range(i.ts) {
+                continue;
+            }
+            if !i.valid {
+                report.invalid_in += 1;
+                if dead_letters.contains(&(p, i.offset)) {
+                    report.dead_lettered += 1;
+                } else if report.examples.len() < 20 {
+                    report
+                        .examples
+                        .push(format!("{p}/{}: invalid but not in the DLQ", i.offset));
+                }
+                continue;
+            }
+            report.fragments_in += 1;
+            match matched.get(&(p, i.offset)).copied().unwrap_or(0) {
+                0 if !first_sighting => report.dropped_duplicates += 1,
+                0 if i.ts > open_after => report.still_open += 1,
+                0 => {
+                    report.lost += 1;
+                    if report.examples.len() < 20 {
+                        report
+                            .examples
+                            .push(format!("{p}/{}: in no batch", i.offset));
+                    }
+                }
+                1 => report.in_batches += 1,
+                _ => {
+                    report.in_batches += 1;
+                    report.duplicated += 1;
+                    if report.examples.len() < 20 {
+                        report
+                            .examples
+                            .push(format!("{p}/{}: in more than one batch", i.offset));
+                    }
+                }
+            }
+        }
+    }
+    latency.sort_unstable();
+    report.latency_ms = (
+        percentile(&latency, 50.0),
+        percentile(&latency, 99.0),
+        latency.last().copied().unwrap_or(0),
+    );
+    Ok(report)
+}
+
+/// Parses `--from`/`--to`: Unix milliseconds or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(crate::output::unix_ms)
+        .map_err(|e| format!("{s}: expected Unix milliseconds or an RFC 3339 time ({e})"))
+}

@@ -1,0 +1,80 @@
+//! `lull verify` catches what it exists to catch: a duplicated batch, an altered fragment, a lost
+//! fragment — and reports a clean run as clean.
+
+mod common;
+
+use common::*;
+
+const IN: &str = "chat.fragments";
+const OUT: &str = "chat.batches";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_duplicates_alterations_and_losses() {
+    let cluster = Cluster::start(1);
+    let cfg = cluster.config("verify");
+    let lull = Running::start(cfg.clone());
+    lull.assigned(1).await;
+    let producer = cluster.producer();
+    for seq in 0..3 {
+        send(&producer, IN, Some("v"), &fragment("v", seq), None, None).await;
+    }
+    let mut out = cluster.collector(OUT);
+    let batch = out.until("the batch", |s| !s.is_empty()).await[0].clone();
+    lull.stop().await;
+    let clean = verify_clean(&cfg).await;
+    assert_eq!(
+        (clean.fragments_in, clean.in_batches, clean.batches),
+        (3, 3, 1)
+    );
+
+    // The same batch produced twice (as a consumer of the output would see after a replay).
+    let raw = batch.value.clone().unwrap();
+    send(&producer, OUT, Some("v"), &raw, None, None).await;
+    // A batch whose fragment was changed on the way.
+    let altered = String::from_utf8(raw.clone())
+        .unwrap()
+        .replace("v says 1", "v says 9");
+    let altered = altered.replace("chat.fragments/0/0", "chat.fragments/0/0x");
+    send(&producer, OUT, Some("v"), altered.as_bytes(), None, None).await;
+    // A fragment nobody batched, old enough that it cannot be still open.
+    let old = lull::output::now_ms() - 600_000;
+    send(
+        &producer,
+        IN,
+        Some("gone"),
+        &fragment("gone", 0),
+        None,
+        Some(old),
+    )
+    .await;
+
+    let cfg2 = cfg.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        lull::verify::run(&cfg2, &lull::verify::VerifyOptions::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.repeated_batch_ids, 1, "{report:#?}");
+    assert_eq!(
+        report.duplicated, 3,
+        "every fragment of the repeated batch: {report:#?}"
+    );
+    assert_eq!(report.altered, 1, "{report:#?}");
+    assert_eq!(report.lost, 1, "{report:#?}");
+
+    // The CLI says so with its exit code.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lull"))
+        .arg("verify")
+        .env_clear()
+        .env("KAFKA_BROKERS", cluster.broker.bootstrap())
+        .env("LULL_QUIET_MS", "300")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("lost                  1"), "{text}");
+    assert!(text.trim_end().ends_with("FAILED"), "{text}");
+}
