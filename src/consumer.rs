@@ -345,6 +345,8 @@ pub async fn run(
                     commit_task = spawn_commit(&consumer, &config.input_topic);
                 }
                 report_progress(consumer.context());
+                let ready = crate::http::readiness(&health, &config.instance_id).ready;
+                metrics().ready.set(i64::from(ready));
             }
             _ = probe_tick.tick() => {
                 if probe_task.as_ref().is_none_or(|t| t.is_finished()) {

@@ -578,3 +578,79 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// `lull simulate`'s knobs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Simulated users.
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Fragments to send in total (about; spread over the users).
+    #[arg(long, default_value_t = 1_000)]
+    pub fragments: usize,
+    /// The quiet period the typing is planned around: gaps inside a burst stay under 2/5 of it,
+    /// pauses between bursts are 2-4 times it.
+    #[arg(long, default_value_t = 500)]
+    pub quiet_ms: u64,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
+/// how many fragments were acknowledged. For trying lull (or anything else) against a real broker.
+pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, DemoError> {
+    let demo = DemoArgs {
+        users: args.users,
+        fragments: args.fragments,
+        quiet_ms: args.quiet_ms,
+        partitions: 1,
+        samples: 0,
+        seed: args.seed,
+        backlog: false,
+    };
+    let (events, bursts) = plan(&demo);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "2")
+        .create()?;
+    eprintln!(
+        "typing {} fragments in {} bursts for {} users into {}",
+        events.len(),
+        bursts,
+        args.users,
+        config.input_topic
+    );
+    let start = Instant::now();
+    let mut deliveries = FuturesUnordered::new();
+    let run = format!("{:x}", crate::output::now_ms());
+    for e in &events {
+        tokio::time::sleep_until(start + Duration::from_millis(e.at_ms)).await;
+        let user = user_name(e.user);
+        let payload = serde_json::json!({
+            "user_id": user,
+            "event_id": format!("{run}-{user}-{}", e.seq),
+            "seq": e.seq,
+            "text": e.text,
+        })
+        .to_string();
+        let record = FutureRecord::to(&config.input_topic)
+            .key(&user)
+            .payload(&payload);
+        match producer.send_result(record) {
+            Ok(d) => deliveries.push(d),
+            Err((err, _)) => return Err(DemoError::Kafka(err)),
+        }
+        while let Some(Some(d)) = futures_util::FutureExt::now_or_never(deliveries.next()) {
+            if let Ok(Err((err, _))) = d {
+                return Err(DemoError::Kafka(err));
+            }
+        }
+    }
+    while let Some(d) = deliveries.next().await {
+        if let Ok(Err((err, _))) = d {
+            return Err(DemoError::Kafka(err));
+        }
+    }
+    Ok(events.len())
+}

@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Type simulated users' bursts into LULL_INPUT_TOPIC on KAFKA_BROKERS, in real time (to try
+    /// a running lull against a real broker).
+    Simulate(lull::demo::SimulateArgs),
     /// Audit delivery: read the input, output and DLQ topics and report fragments lost,
     /// duplicated or altered, batches breaking the configured boundaries, and latency. Exits 1 on
     /// any loss, duplicate or alteration.
@@ -147,6 +150,19 @@ fn main() -> ExitCode {
             } => topics(config, partitions, replication).await,
             Command::Pending { key, json } => pending(config, key, json).await,
             Command::Verify { from, to, json } => verify(config, from, to, json).await,
+            Command::Simulate(args) => {
+                init_tracing(config.log_format, "warn");
+                match lull::demo::simulate(&config, &args).await {
+                    Ok(n) => {
+                        println!("typed {n} fragments");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("simulate failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Command::Monitor => monitor(config).await,
             Command::DevBroker {
                 partitions,

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub held_bytes: IntGauge,
     /// The memory budget, `LULL_MAX_OPEN_BYTES`.
     pub budget_bytes: IntGauge,
+    /// 1 while `/health/ready` would answer ready, else 0.
+    pub ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -290,6 +292,11 @@ impl Metrics {
                 &registry,
                 "lull_memory_budget_bytes",
                 "The memory budget, LULL_MAX_OPEN_BYTES.",
+            ),
+            ready: gauge(
+                &registry,
+                "lull_ready",
+                "1 while this instance is ready (see /health/ready), else 0.",
             ),
             registry,
         }
