@@ -63,6 +63,9 @@ export LULL_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export LULL_TEST_REDIS_SERVER
 LULL_TEST_REDIS_SERVER=$(command -v redis-server)
 
+log "ecosystem/check.sh (deployment assets)"
+bash ecosystem/check.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
