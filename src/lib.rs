@@ -26,9 +26,11 @@
 //! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
 //! * [`topics`]: creating the input, output and dead-letter topics.
 //! * [`verify`]: the delivery audit of input, output and dead-letter topics.
+//! * [`bench`]: the end-to-end benchmark (`lull bench`).
 //! * [`demo`]: the self-contained demonstration with its own end-to-end check.
 //! * [`shutdown`]: SIGINT/SIGTERM handling.
 
+pub mod bench;
 pub mod config;
 pub mod consumer;
 pub mod demo;

@@ -233,6 +233,15 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
     let in_range =
         |ts: i64| opts.from_ms.is_none_or(|f| ts >= f) && opts.to_ms.is_none_or(|t| ts < t);
 
+    // Valid input of each (partition, key), in offset order: a batch's candidates are a range.
+    let mut by_key: HashMap<(i32, &str), Vec<&Input>> = HashMap::new();
+    for (&p, list) in &inputs {
+        for i in list.iter().filter(|i| i.valid) {
+            if let Some(k) = i.key.as_deref() {
+                by_key.entry((p, k)).or_default().push(i);
+            }
+        }
+    }
     let mut report = VerifyReport::default();
     let mut matched: HashMap<(i32, i64), usize> = HashMap::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
@@ -254,19 +263,14 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         };
         report.batches += 1;
         *ids.entry(b.batch_id.clone()).or_default() += 1;
-        let candidates: Vec<&Input> = inputs
-            .get(&b.source.partition)
+        let candidates: &[&Input] = by_key
+            .get(&(b.source.partition, b.key.as_str()))
             .map(|list| {
-                list.iter()
-                    .filter(|i| {
-                        i.valid
-                            && i.offset >= b.source.first_offset
-                            && i.offset <= b.source.last_offset
-                            && i.key.as_deref() == Some(b.key.as_str())
-                    })
-                    .collect()
+                let lo = list.partition_point(|i| i.offset < b.source.first_offset);
+                let hi = list.partition_point(|i| i.offset <= b.source.last_offset);
+                &list[lo..hi]
             })
-            .unwrap_or_default();
+            .unwrap_or(&[]);
         let mut next = 0;
         let mut times = Vec::new();
         let mut bytes = 0;

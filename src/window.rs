@@ -155,11 +155,26 @@ impl OpenWindow {
     }
 }
 
+/// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
+fn close_of(cfg: &WindowConfig, w: &OpenWindow) -> (i64, FlushReason) {
+    let quiet = w.last_ts.saturating_add(cfg.quiet_ms);
+    let cap = w.first_ts.saturating_add(cfg.max_wait_ms);
+    if cap < quiet {
+        (cap, FlushReason::MaxWait)
+    } else {
+        (quiet, FlushReason::Quiet)
+    }
+}
+
+/// The map of open windows: a fast hash with a random per-process seed, so user-chosen keys
+/// cannot be crafted into collisions.
+type WindowMap = HashMap<Arc<str>, OpenWindow, foldhash::fast::RandomState>;
+
 /// Every open window of one partition and the partition's clock.
 #[derive(Debug)]
 pub struct WindowEngine {
     cfg: WindowConfig,
-    windows: HashMap<Arc<str>, OpenWindow>,
+    windows: WindowMap,
     /// `(due, first_offset)` of every open window: the one timer structure of the partition.
     deadlines: BTreeSet<(i64, i64)>,
     /// First offset of every open window -> its key: the low watermark and the id index.
@@ -174,7 +189,7 @@ impl WindowEngine {
     pub fn new(cfg: WindowConfig) -> Self {
         Self {
             cfg,
-            windows: HashMap::new(),
+            windows: WindowMap::default(),
             deadlines: BTreeSet::new(),
             by_offset: BTreeMap::new(),
             partition_time: i64::MIN,
@@ -190,13 +205,7 @@ impl WindowEngine {
 
     /// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
     fn close_of(&self, w: &OpenWindow) -> (i64, FlushReason) {
-        let quiet = w.last_ts.saturating_add(self.cfg.quiet_ms);
-        let cap = w.first_ts.saturating_add(self.cfg.max_wait_ms);
-        if cap < quiet {
-            (cap, FlushReason::MaxWait)
-        } else {
-            (quiet, FlushReason::Quiet)
-        }
+        close_of(&self.cfg, w)
     }
 
     fn due_of(&self, w: &OpenWindow) -> i64 {
@@ -205,16 +214,18 @@ impl WindowEngine {
 
     /// Adds one fragment (fragments of a partition must come in offset order); batches that
     /// close because of it are appended to `out`. `now_ms` is the wall clock, used only to clamp
-    /// timestamps from the future.
+    /// timestamps from the future. The fragment's `key` moves into the window's map entry (the
+    /// stored fragment keeps an empty key: the batch carries it once).
     pub fn push(&mut self, mut f: Fragment, now_ms: i64, out: &mut Vec<Batch>) {
         if f.ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
             f.ts = now_ms;
             self.stats.clamped += 1;
         }
+        let key = std::mem::take(&mut f.key);
+        let ts = f.ts;
         if !self.cfg.batching {
-            let ts = f.ts;
             out.push(Batch {
-                key: Arc::from(f.key.as_str()),
+                key: Arc::from(key),
                 reason: FlushReason::Passthrough,
                 first_ts: ts,
                 last_ts: ts,
@@ -224,53 +235,123 @@ impl WindowEngine {
             self.partition_time = self.partition_time.max(ts);
             return;
         }
-        let ts = f.ts;
         let size = f.size();
+        let cfg = self.cfg;
 
-        // Rule 1 and the byte cap: does the fragment join the key's open window?
-        let verdict = self.windows.get(f.key.as_str()).map(|w| {
-            let (close, reason) = self.close_of(w);
-            if ts > close {
-                Some(reason)
-            } else if w.bytes + size > self.cfg.max_batch_bytes {
-                Some(FlushReason::MaxBytes)
-            } else {
-                None
+        // One lookup: join the key's open window in place, unless rule 1 or the byte cap says
+        // the window must go out first.
+        let cut = match self.windows.get_mut(key.as_str()) {
+            Some(w) => {
+                let (close, reason) = close_of(&cfg, w);
+                if ts > close {
+                    Some(reason)
+                } else if w.bytes + size > cfg.max_batch_bytes {
+                    Some(FlushReason::MaxBytes)
+                } else {
+                    w.first_ts = w.first_ts.min(ts);
+                    w.last_ts = w.last_ts.max(ts);
+                    w.bytes += size;
+                    self.open_bytes += size;
+                    w.fragments.push(f);
+                    let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
+                    // A later due time is picked up lazily; an earlier one (an out-of-order
+                    // straggler moved first_ts back) is rescheduled now, never flushed late.
+                    if due < w.scheduled {
+                        let first = w.first_offset();
+                        self.deadlines.remove(&(w.scheduled, first));
+                        self.deadlines.insert((due, first));
+                        w.scheduled = due;
+                    }
+                    let full = if w.fragments.len() >= cfg.max_fragments {
+                        Some(FlushReason::MaxFragments)
+                    } else if w.bytes >= cfg.max_batch_bytes {
+                        Some(FlushReason::MaxBytes)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = full {
+                        self.flush_key(&key, reason, out);
+                    }
+                    self.advance(ts, out);
+                    return;
+                }
             }
-        });
-        let joined_key = match verdict {
-            Some(None) => {
-                let key = self.by_key_arc(&f.key);
-                self.join(&key, f);
-                key
-            }
-            Some(Some(reason)) => {
-                let key = self.by_key_arc(&f.key);
-                self.flush_key(&key, reason, out);
-                self.open(key.clone(), f);
-                key
-            }
+            None => None,
+        };
+        let key: Arc<str> = match cut {
+            Some(reason) => match self.windows.remove_entry(key.as_str()) {
+                Some((stored, w)) => {
+                    self.flush_window(stored.clone(), w, reason, out);
+                    stored
+                }
+                None => Arc::from(key),
+            },
             None => {
                 if self.partition_time != i64::MIN
-                    && self.partition_time > ts.saturating_add(self.cfg.grace_ms)
+                    && self.partition_time > ts.saturating_add(cfg.grace_ms)
                 {
                     self.stats.late += 1;
                 }
-                let key: Arc<str> = Arc::from(f.key.as_str());
-                self.open(key.clone(), f);
-                key
+                Arc::from(key)
             }
         };
-
-        // Caps: a full window flushes at once.
-        if let Some(w) = self.windows.get(&joined_key) {
-            if w.fragments.len() >= self.cfg.max_fragments {
-                self.flush_key(&joined_key, FlushReason::MaxFragments, out);
-            } else if w.bytes >= self.cfg.max_batch_bytes {
-                self.flush_key(&joined_key, FlushReason::MaxBytes, out);
-            }
+        self.open(key.clone(), f);
+        // Caps: a window that is full with its first fragment flushes at once.
+        if cfg.max_fragments <= 1 || size >= cfg.max_batch_bytes {
+            let reason = if cfg.max_fragments <= 1 {
+                FlushReason::MaxFragments
+            } else {
+                FlushReason::MaxBytes
+            };
+            self.flush_key(&key, reason, out);
         }
         self.advance(ts, out);
+    }
+
+    fn open(&mut self, key: Arc<str>, f: Fragment) {
+        let offset = f.offset;
+        let mut w = OpenWindow {
+            first_ts: f.ts,
+            last_ts: f.ts,
+            bytes: f.size(),
+            fragments: vec![f],
+            scheduled: 0,
+        };
+        let due = self.due_of(&w);
+        w.scheduled = due;
+        self.open_bytes += w.bytes;
+        self.deadlines.insert((due, offset));
+        self.by_offset.insert(offset, key.clone());
+        self.windows.insert(key, w);
+    }
+
+    fn flush_key(&mut self, key: &str, reason: FlushReason, out: &mut Vec<Batch>) {
+        if let Some((stored, w)) = self.windows.remove_entry(key) {
+            self.flush_window(stored, w, reason, out);
+        }
+    }
+
+    /// Emits a window already removed from the map, and forgets its deadline and offset.
+    fn flush_window(
+        &mut self,
+        key: Arc<str>,
+        w: OpenWindow,
+        reason: FlushReason,
+        out: &mut Vec<Batch>,
+    ) {
+        let first = w.first_offset();
+        self.deadlines.remove(&(w.scheduled, first));
+        self.by_offset.remove(&first);
+        self.open_bytes -= w.bytes;
+        let (close, _) = close_of(&self.cfg, &w);
+        out.push(Batch {
+            key,
+            reason,
+            first_ts: w.first_ts,
+            last_ts: w.last_ts,
+            close_time: close,
+            fragments: w.fragments,
+        });
     }
 
     /// Accounts for a fragment that is in the log but not batched (already delivered before a
@@ -295,78 +376,6 @@ impl WindowEngine {
             first_offset: w.first_offset(),
             flush_at: self.due_of(w),
         })
-    }
-
-    /// The key as stored in the map (shares its allocation).
-    fn by_key_arc(&self, key: &str) -> Arc<str> {
-        match self.windows.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(key),
-        }
-    }
-
-    fn open(&mut self, key: Arc<str>, f: Fragment) {
-        let offset = f.offset;
-        let w = OpenWindow {
-            first_ts: f.ts,
-            last_ts: f.ts,
-            bytes: f.size(),
-            fragments: vec![f],
-            scheduled: 0,
-        };
-        let due = self.due_of(&w);
-        self.open_bytes += w.bytes;
-        self.deadlines.insert((due, offset));
-        self.by_offset.insert(offset, key.clone());
-        self.windows.insert(
-            key,
-            OpenWindow {
-                scheduled: due,
-                ..w
-            },
-        );
-    }
-
-    fn join(&mut self, key: &Arc<str>, f: Fragment) {
-        let cfg = self.cfg;
-        let Some(w) = self.windows.get_mut(key) else {
-            return;
-        };
-        w.first_ts = w.first_ts.min(f.ts);
-        w.last_ts = w.last_ts.max(f.ts);
-        w.bytes += f.size();
-        self.open_bytes += f.size();
-        w.fragments.push(f);
-        let quiet = w.last_ts.saturating_add(cfg.quiet_ms);
-        let cap = w.first_ts.saturating_add(cfg.max_wait_ms);
-        let due = quiet.min(cap).saturating_add(cfg.grace_ms);
-        // A later due time is picked up lazily; an earlier one (an out-of-order straggler moved
-        // first_ts back) must be rescheduled now so the window is never flushed late.
-        if due < w.scheduled {
-            let first = w.first_offset();
-            self.deadlines.remove(&(w.scheduled, first));
-            self.deadlines.insert((due, first));
-            w.scheduled = due;
-        }
-    }
-
-    fn flush_key(&mut self, key: &Arc<str>, reason: FlushReason, out: &mut Vec<Batch>) {
-        let Some(w) = self.windows.remove(key) else {
-            return;
-        };
-        let first = w.first_offset();
-        self.deadlines.remove(&(w.scheduled, first));
-        self.by_offset.remove(&first);
-        self.open_bytes -= w.bytes;
-        let (close, _) = self.close_of(&w);
-        out.push(Batch {
-            key: key.clone(),
-            reason,
-            first_ts: w.first_ts,
-            last_ts: w.last_ts,
-            close_time: close,
-            fragments: w.fragments,
-        });
     }
 
     /// Moves partition time forward to `time_ms` (never back) and flushes every window whose
@@ -723,12 +732,13 @@ mod properties {
         ) {
             let frags = build(&log);
             let batches = catch_up(cfg, &frags);
+            let key_of: BTreeMap<i64, &str> = frags.iter().map(|f| (f.offset, f.key.as_str())).collect();
             let mut seen: Vec<i64> = Vec::new();
             for b in &batches {
                 prop_assert!(!b.fragments.is_empty());
                 let offs: Vec<i64> = b.fragments.iter().map(|f| f.offset).collect();
                 prop_assert!(offs.windows(2).all(|w| w[0] < w[1]), "offset order in batch");
-                prop_assert!(b.fragments.iter().all(|f| *f.key == *b.key), "one key per batch");
+                prop_assert!(offs.iter().all(|o| key_of[o] == &*b.key), "one key per batch, its own");
                 seen.extend(offs);
             }
             seen.sort_unstable();

@@ -1,0 +1,528 @@
+//! `lull bench`: the end-to-end benchmark, on the embedded mock cluster (and Redis when
+//! `REDIS_URL` is set), with the real worker, producer and commits.
+//!
+//! Two phases, each on fresh topics, each checked with [`crate::verify`] (a run with any lost or
+//! duplicated fragment fails):
+//! * **throughput** — a backlog of bursts is written first; the worker then reads it in catch-up,
+//!   timed from partition assignment until every fragment is in an acknowledged batch;
+//! * **live** — users type in real time for a while; flush lateness (flush − close − grace) and
+//!   end-to-end latency are measured from the batches, with hdrhistogram.
+//!
+//! `--compare` repeats the throughput phase with batching off, for reference. The report is JSON.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Batching, Config};
+use crate::metrics::metrics;
+use crate::mock::MockBroker;
+
+/// The load model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Users in the throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub users: usize,
+    /// Fragments in the throughput phase.
+    #[arg(long, default_value_t = 400_000)]
+    pub fragments: usize,
+    /// Largest burst (bursts are 1..=this fragments).
+    #[arg(long, default_value_t = 5)]
+    pub burst: usize,
+    /// Gap between fragments of a burst, ms (at most; the quiet period must be longer).
+    #[arg(long, default_value_t = 150)]
+    pub gap_ms: u64,
+    /// Bytes of `text` per fragment.
+    #[arg(long, default_value_t = 60)]
+    pub payload: usize,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: i32,
+    /// Quiet period, ms.
+    #[arg(long, default_value_t = 500)]
+    pub quiet_ms: u64,
+    /// Users typing in the live phase (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    pub live_users: usize,
+    /// Length of the live phase, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub live_seconds: u64,
+    /// Also run the throughput phase with LULL_BATCHING=off.
+    #[arg(long)]
+    pub compare: bool,
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PhaseReport {
+    /// What ran.
+    pub phase: String,
+    /// Batching on or off.
+    pub batching: bool,
+    /// Fragments processed.
+    pub fragments: usize,
+    /// Batches delivered.
+    pub batches: usize,
+    /// Wall time of the timed part, seconds.
+    pub seconds: f64,
+    /// Fragments per second sustained.
+    pub fragments_per_sec: f64,
+    /// Batches per second.
+    pub batches_per_sec: f64,
+    /// CPU seconds of the whole process during the timed part.
+    pub cpu_seconds: f64,
+    /// Flush lateness, ms: p50, p99, max (live phase).
+    pub flush_lateness_ms: Option<(u64, u64, u64)>,
+    /// Last fragment to flush, ms: p50, p99, max (live phase).
+    pub end_to_end_ms: Option<(u64, u64, u64)>,
+    /// Most windows open at once (sampled).
+    pub peak_open_windows: i64,
+    /// Held bytes (queued input, windows, unacknowledged output) per open window at that peak.
+    pub held_bytes_per_open_window: Option<f64>,
+    /// Redis round trips per fragment (script calls and pipelines), when Redis is on.
+    pub redis_round_trips_per_fragment: Option<f64>,
+    /// From `lull verify`: lost and duplicated fragments (must be 0).
+    pub lost: usize,
+    /// See `lost`.
+    pub duplicated: usize,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Logical CPUs of this machine.
+    pub cpus: usize,
+    /// Peak resident memory of the process, bytes.
+    pub peak_rss_bytes: u64,
+    /// Redis in use.
+    pub redis: bool,
+    /// The phases.
+    pub phases: Vec<PhaseReport>,
+    /// Every phase lost and duplicated nothing.
+    pub correct: bool,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The mock cluster did not start.
+    #[error(transparent)]
+    Mock(#[from] crate::mock::MockError),
+    /// A Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The worker failed.
+    #[error("worker: {0}")]
+    Worker(String),
+    /// The audit failed to run.
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
+    /// The phase did not finish in time.
+    #[error("{0} did not finish within the time limit")]
+    Timeout(String),
+}
+
+fn cpu_seconds() -> f64 {
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn acked_fragments() -> u64 {
+    metrics().batch_fragments.get_sample_sum() as u64
+}
+
+fn redis_calls() -> u64 {
+    let m = metrics();
+    ["claim", "admit", "pending", "flush", "sync"]
+        .iter()
+        .map(|s| {
+            m.redis_call_seconds
+                .with_label_values(&[s])
+                .get_sample_count()
+        })
+        .sum()
+}
+
+/// Fresh topics for one phase, and the config pointing at them.
+fn phase_config(base: &Config, broker: &MockBroker, name: &str, batching: bool) -> Config {
+    let mut c = base.clone();
+    c.brokers = broker.bootstrap().to_string();
+    c.input_topic = format!("bench.{name}.in");
+    c.output_topic = format!("bench.{name}.out");
+    c.dlq_topic = format!("bench.{name}.dlq");
+    c.group_id = format!("bench-{name}-{}", std::process::id());
+    c.batching = if batching {
+        Batching::On
+    } else {
+        Batching::Off
+    };
+    c.http_addr.set_port(0);
+    if c.redis_url.is_some() {
+        c.redis_prefix = format!(
+            "{}:bench-{}-{}",
+            base.redis_prefix,
+            std::process::id(),
+            name
+        );
+    }
+    c
+}
+
+/// A fragment value of about `payload` bytes of text.
+fn value(user: usize, seq: usize, payload: usize) -> String {
+    serde_json::json!({
+        "user_id": format!("u{user}"),
+        "event_id": format!("u{user}-{seq}"),
+        "text": "x".repeat(payload),
+    })
+    .to_string()
+}
+
+/// Starts the worker and waits until it owns every partition.
+async fn start_worker(
+    config: &Config,
+    partitions: i32,
+) -> Result<
+    (
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), crate::RunError>>,
+    ),
+    BenchError,
+> {
+    let token = CancellationToken::new();
+    let health = Arc::new(crate::health::Health::new());
+    let handle = tokio::spawn(crate::run_with_health(
+        config.clone(),
+        token.clone(),
+        health.clone(),
+    ));
+    let end = Instant::now() + Duration::from_secs(60);
+    while health.assigned_partitions() < partitions as usize {
+        if handle.is_finished() || Instant::now() > end {
+            return Err(BenchError::Worker("never got its partitions".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((token, handle))
+}
+
+async fn stop_worker(
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), crate::RunError>>,
+) -> Result<(), BenchError> {
+    token.cancel();
+    match handle.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BenchError::Worker(e.to_string())),
+        Err(e) => Err(BenchError::Worker(e.to_string())),
+    }
+}
+
+fn producer(config: &Config) -> Result<FutureProducer, BenchError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+/// Writes the backlog, then times the worker through it.
+async fn throughput(
+    args: &BenchArgs,
+    config: &Config,
+    name: &str,
+) -> Result<PhaseReport, BenchError> {
+    let p = producer(config)?;
+    // Bursts: each user types 1..=burst fragments `gap_ms` apart, then pauses well past quiet.
+    let base = crate::output::now_ms() - 3_600_000;
+    let mut pending = FuturesUnordered::new();
+    let mut seqs = vec![0usize; args.users.max(1)];
+    let mut t = 0i64;
+    let mut written = 0;
+    let mut user = 0;
+    while written < args.fragments {
+        let burst = 1 + (user * 7 + written) % args.burst.max(1);
+        for i in 0..burst {
+            if written == args.fragments {
+                break;
+            }
+            let seq = seqs[user];
+            seqs[user] += 1;
+            let v = value(user, seq, args.payload);
+            let key = format!("u{user}");
+            let mut record = FutureRecord::to(&config.input_topic)
+                .key(&key)
+                .payload(&v)
+                .timestamp(base + t + i as i64 * args.gap_ms as i64);
+            loop {
+                match p.send_result(record) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        record = back;
+                        pending.next().await;
+                    }
+                }
+            }
+            written += 1;
+        }
+        user = (user + 1) % args.users.max(1);
+        if user == 0 {
+            t += (args.quiet_ms as i64) * 3;
+        }
+    }
+    while let Some(d) = pending.next().await {
+        if let Ok(Err((e, _))) = d {
+            return Err(BenchError::Kafka(e));
+        }
+    }
+
+    let acked_before = acked_fragments();
+    let batches_before: u64 = metrics().batch_fragments.get_sample_count();
+    let redis_before = redis_calls();
+    let (token, handle) = start_worker(config, args.partitions).await?;
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    let mut peak_windows = 0;
+    let mut peak_held = 0;
+    let deadline = start + Duration::from_secs(600);
+    while acked_fragments() - acked_before < args.fragments as u64 {
+        let w = metrics().open_windows.get();
+        if w > peak_windows {
+            peak_windows = w;
+            peak_held = metrics().held_bytes.get();
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(name.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let batches = (metrics().batch_fragments.get_sample_count() - batches_before) as usize;
+    let redis = redis_calls() - redis_before;
+    stop_worker(token, handle).await?;
+
+    let audit_cfg = config.clone();
+    let audit = tokio::task::spawn_blocking(move || {
+        crate::verify::run(&audit_cfg, &crate::verify::VerifyOptions::default())
+    })
+    .await
+    .map_err(|e| BenchError::Worker(e.to_string()))??;
+    Ok(PhaseReport {
+        phase: name.to_string(),
+        batching: config.batching == Batching::On,
+        fragments: args.fragments,
+        batches,
+        seconds,
+        fragments_per_sec: args.fragments as f64 / seconds,
+        batches_per_sec: batches as f64 / seconds,
+        cpu_seconds: cpu,
+        flush_lateness_ms: None,
+        end_to_end_ms: None,
+        peak_open_windows: peak_windows,
+        held_bytes_per_open_window: (peak_windows > 0)
+            .then(|| peak_held as f64 / peak_windows as f64),
+        redis_round_trips_per_fragment: config
+            .redis_url
+            .is_some()
+            .then(|| redis as f64 / args.fragments as f64),
+        lost: audit.lost,
+        duplicated: audit.duplicated,
+    })
+}
+
+/// Users type in real time; lateness and latency come from the batches.
+async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
+    let p = producer(config)?;
+    let (token, handle) = start_worker(config, args.partitions).await?;
+    let users = args.live_users.max(1);
+    let burst = args.burst.max(1);
+    // Each user repeats: a burst of `burst` fragments `gap_ms` apart, then a pause of 2-3x quiet.
+    let cycle_ms = burst as u64 * args.gap_ms + args.quiet_ms * 5 / 2;
+    let rate = users as f64 * burst as f64 / (cycle_ms as f64 / 1000.0);
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    let end = start + Duration::from_secs(args.live_seconds);
+    let redis_before = redis_calls();
+    let mut pending = FuturesUnordered::new();
+    let mut sent = 0usize;
+    let mut seqs = vec![0usize; users];
+    let mut peak_windows = 0;
+    let mut peak_held = 0;
+    // Users are spread evenly over the cycle; user u types fragment i of a burst at
+    // offset(u) + i * gap within each cycle.
+    while Instant::now() < end {
+        let elapsed = start.elapsed().as_millis() as u64;
+        let due = ((elapsed as f64 / 1000.0) * rate) as usize;
+        while sent < due {
+            let slot = sent % (users * burst);
+            let (u, _i) = (slot / burst, slot % burst);
+            let seq = seqs[u];
+            seqs[u] += 1;
+            let v = value(u, seq, args.payload);
+            let key = format!("u{u}");
+            let record = FutureRecord::to(&config.input_topic).key(&key).payload(&v);
+            match p.send_result(record) {
+                Ok(d) => pending.push(d),
+                Err(_) => break,
+            }
+            sent += 1;
+        }
+        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(pending.next()) {}
+        let w = metrics().open_windows.get();
+        if w > peak_windows {
+            peak_windows = w;
+            peak_held = metrics().held_bytes.get();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while pending.next().await.is_some() {}
+    // Let every window close, then stop.
+    let quiet_end = Instant::now() + config.max_wait + config.grace + Duration::from_secs(2);
+    while Instant::now() < quiet_end && metrics().open_windows.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let redis = redis_calls() - redis_before;
+    stop_worker(token, handle).await?;
+
+    // Read the batches back for lateness and latency.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{}-read", config.group_id))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[config.output_topic.as_str()])?;
+    let mut lateness = Histogram::<u64>::new(3).map_err(|e| BenchError::Worker(e.to_string()))?;
+    let mut e2e = Histogram::<u64>::new(3).map_err(|e| BenchError::Worker(e.to_string()))?;
+    let mut batches = 0usize;
+    let mut fragments = 0usize;
+    let quiet = config.quiet.as_millis() as i64;
+    let max_wait = config.max_wait.as_millis() as i64;
+    let grace = config.grace.as_millis() as i64;
+    while fragments < sent {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await else {
+            break;
+        };
+        let Some(v) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+        else {
+            continue;
+        };
+        batches += 1;
+        fragments += v["count"].as_u64().unwrap_or(0) as usize;
+        let (first, last, at) = (
+            v["first_ts"].as_i64().unwrap_or(0),
+            v["last_ts"].as_i64().unwrap_or(0),
+            v["flushed_at"].as_i64().unwrap_or(0),
+        );
+        if v["reason"] == "quiet" || v["reason"] == "max_wait" {
+            let close = (last + quiet).min(first + max_wait);
+            let _ = lateness.record((at - close - grace).max(0) as u64);
+        }
+        let _ = e2e.record((at - last).max(0) as u64);
+    }
+    drop(consumer);
+    let audit_cfg = config.clone();
+    let audit = tokio::task::spawn_blocking(move || {
+        crate::verify::run(&audit_cfg, &crate::verify::VerifyOptions::default())
+    })
+    .await
+    .map_err(|e| BenchError::Worker(e.to_string()))??;
+    let q = |h: &Histogram<u64>| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
+    Ok(PhaseReport {
+        phase: "live".into(),
+        batching: true,
+        fragments: sent,
+        batches,
+        seconds,
+        fragments_per_sec: sent as f64 / args.live_seconds as f64,
+        batches_per_sec: batches as f64 / seconds,
+        cpu_seconds: cpu,
+        flush_lateness_ms: Some(q(&lateness)),
+        end_to_end_ms: Some(q(&e2e)),
+        peak_open_windows: peak_windows,
+        held_bytes_per_open_window: (peak_windows > 0)
+            .then(|| peak_held as f64 / peak_windows as f64),
+        redis_round_trips_per_fragment: config
+            .redis_url
+            .is_some()
+            .then(|| redis as f64 / sent.max(1) as f64),
+        lost: audit.lost,
+        duplicated: audit.duplicated,
+    })
+}
+
+/// Runs the benchmark.
+pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchError> {
+    let mut base = base;
+    base.quiet = Duration::from_millis(args.quiet_ms.max(1));
+    if base.max_wait < base.quiet {
+        base.max_wait = base.quiet;
+    }
+    let mut topics = Vec::new();
+    let mut names = vec![("throughput", true)];
+    if args.compare {
+        names.push(("passthrough", false));
+    }
+    if args.live_users > 0 {
+        names.push(("live", true));
+    }
+    for (name, _) in &names {
+        for suffix in ["in", "out", "dlq"] {
+            topics.push((format!("bench.{name}.{suffix}"), args.partitions.max(1)));
+        }
+    }
+    let broker = MockBroker::start(1, &topics)?;
+    let mut phases = Vec::new();
+    for (name, batching) in names {
+        let config = phase_config(&base, &broker, name, batching);
+        eprintln!("bench: {name} phase");
+        let report = if name == "live" {
+            live(&args, &config).await?
+        } else {
+            throughput(&args, &config, name).await?
+        };
+        phases.push(report);
+    }
+    let correct = phases.iter().all(|p| p.lost == 0 && p.duplicated == 0);
+    Ok(BenchReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        peak_rss_bytes: peak_rss(),
+        redis: base.redis_url.is_some(),
+        phases,
+        correct,
+    })
+}
