@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Also run the throughput phase with LULL_BATCHING=off.
     #[arg(long)]
     pub compare: bool,
+    /// Brokers in the mock cluster (each serves its requests on one thread; partitions are
+    /// spread over them).
+    #[arg(long, default_value_t = 1)]
+    pub brokers: i32,
 }
 
 /// One phase's figures.
@@ -505,7 +509,7 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
             topics.push((format!("bench.{name}.{suffix}"), args.partitions.max(1)));
         }
     }
-    let broker = MockBroker::start(1, &topics)?;
+    let broker = MockBroker::start(args.brokers.max(1), &topics)?;
     let mut phases = Vec::new();
     for (name, batching) in names {
         let config = phase_config(&base, &broker, name, batching);

@@ -87,6 +87,8 @@ struct Spawner {
 /// The consumer context: owns the partition registry, shared by the callbacks and the loop.
 pub struct LullContext {
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    /// Last high watermark seen per partition (lag and "caught up" checks).
+    cached_high: Mutex<HashMap<i32, i64>>,
     spawner: Spawner,
     health: Arc<Health>,
 }
@@ -300,6 +302,7 @@ pub async fn run(
     let budget_for_loop = budget.clone();
     let context = LullContext {
         partitions: Mutex::new(HashMap::new()),
+        cached_high: Mutex::new(HashMap::new()),
         spawner: Spawner {
             runtime: Handle::current(),
             config: config.clone(),
@@ -335,8 +338,8 @@ pub async fn run(
     let mut any_backlog = false;
     let mut budget_paused = false;
 
+    health.polled();
     loop {
-        health.polled();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -344,6 +347,8 @@ pub async fn run(
                 if commit_task.as_ref().is_none_or(|t| t.is_finished()) {
                     commit_task = spawn_commit(&consumer, &config.input_topic);
                 }
+                // The tick is a branch of this very loop: it proves the loop turns (liveness).
+                health.polled();
                 report_progress(consumer.context());
                 let ready = crate::http::readiness(&health, &config.instance_id).ready;
                 metrics().ready.set(i64::from(ready));
@@ -537,6 +542,19 @@ fn reached_high_watermark(
     partition: i32,
     offset: i64,
 ) -> bool {
+    // Far below the end last seen (catch-up): no need to ask librdkafka or to lock the registry
+    // for every message; the worker tracks its own position.
+    let cached = consumer
+        .context()
+        .cached_high
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&partition)
+        .copied()
+        .unwrap_or(-1);
+    if cached >= 0 && offset + 1 < cached && (cached - offset) % 1024 != 0 {
+        return false;
+    }
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is borrowed, `topic` is a valid
     // NUL-terminated string, and the out-pointers point at live locals.
@@ -551,6 +569,14 @@ fn reached_high_watermark(
     };
     let known =
         err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0;
+    if known {
+        consumer
+            .context()
+            .cached_high
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(partition, high);
+    }
     if let Some(h) = consumer.context().registry().get(&partition) {
         h.shared.read_next.store(offset + 1, Ordering::Release);
         if known {
