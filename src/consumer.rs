@@ -192,6 +192,11 @@ impl ConsumerContext for LullContext {
                     if mark >= 0 && mark > h.shared.committed.load(Ordering::Acquire) {
                         marks.push((elem.partition(), mark));
                     }
+                    for item in &h.backlog {
+                        if let Inbound::Message(m) = item {
+                            self.spawner.budget.add(-inbound_size(m));
+                        }
+                    }
                     handles.push(h);
                 }
             }
@@ -361,6 +366,7 @@ pub async fn run(
             _ = backlog_tick.tick(), if any_backlog || budget_paused => {
                 if budget_paused && budget_for_loop.used() < budget_for_loop.limit() / 10 * 9 {
                     budget_paused = false;
+                    budget_for_loop.set_paused(false);
                     pause_all(&consumer, false);
                     info!(used = budget_for_loop.used(), "below the memory budget again: fetching resumed");
                 }
@@ -387,6 +393,7 @@ pub async fn run(
                 }
                 if !budget_paused && budget_for_loop.exhausted() {
                     budget_paused = true;
+                    budget_for_loop.set_paused(true);
                     pause_all(&consumer, true);
                     warn!(used = budget_for_loop.used(), limit = budget_for_loop.limit(), "memory budget reached (LULL_MAX_OPEN_BYTES): fetching paused");
                 }
@@ -466,6 +473,7 @@ fn dispatch(consumer: &LullConsumer, partition: i32, inbound: Inbound) -> bool {
     let mut reg = consumer.context().registry();
     // Not (or no longer) ours: the owner reads it from the committed offset.
     let Some(h) = reg.get_mut(&partition) else {
+        release(consumer, &inbound);
         return false;
     };
     if !h.backlog.is_empty() {
@@ -483,7 +491,17 @@ fn dispatch(consumer: &LullConsumer, partition: i32, inbound: Inbound) -> bool {
             }
             true
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(item)) => {
+            release(consumer, &item);
+            false
+        }
+    }
+}
+
+/// Gives back the budget an item took at dispatch, when it will never reach a worker.
+fn release(consumer: &LullConsumer, item: &Inbound) {
+    if let Inbound::Message(m) = item {
+        consumer.context().spawner.budget.add(-inbound_size(m));
     }
 }
 
@@ -501,7 +519,9 @@ fn drain_backlogs(consumer: &LullConsumer, budget_paused: bool) -> bool {
                     break;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    h.backlog.clear();
+                    for item in h.backlog.drain(..) {
+                        release(consumer, &item);
+                    }
                     break;
                 }
             }

@@ -145,6 +145,10 @@ impl Health {
 pub struct Budget {
     limit: i64,
     used: AtomicI64,
+    /// Set while the consumer has paused fetching for the budget. Workers then let partition
+    /// time follow the wall clock: with fetching paused no input can move it, and windows must
+    /// still close, or memory held between the resume threshold and the limit would never free.
+    paused: AtomicBool,
 }
 
 impl Budget {
@@ -153,6 +157,7 @@ impl Budget {
         Self {
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
             used: AtomicI64::new(0),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -172,8 +177,19 @@ impl Budget {
         self.limit
     }
 
-    /// Whether the budget is used up: workers stop reading until it is not.
+    /// Whether the budget is used up.
     pub fn exhausted(&self) -> bool {
         self.used() >= self.limit
+    }
+
+    /// Records whether fetching is paused for the budget.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    /// Whether windows must close by the wall clock to free memory: fetching is paused for the
+    /// budget (from the limit until usage is back under 90 % of it), or the limit is reached.
+    pub fn starved(&self) -> bool {
+        self.paused.load(Ordering::Acquire) || self.exhausted()
     }
 }

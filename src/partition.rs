@@ -282,7 +282,7 @@ impl Worker {
             // Over the memory budget the consumer has paused fetching; partition time then
             // follows the wall clock so windows still close and free memory, even in catch-up
             // (batch boundaries may then differ from a replay: memory comes first).
-            let starved = self.budget.exhausted();
+            let starved = self.budget.starved();
             let deadline = if (st.caught_up || starved) && drain_deadline.is_none() {
                 st.engine.next_deadline().map(wall_to_instant)
             } else {
