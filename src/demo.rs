@@ -154,6 +154,19 @@ fn user_name(user: usize) -> String {
     format!("user-{user:04}")
 }
 
+/// The key and JSON value of a planned fragment; `run` prefixes its event id.
+fn fragment_json(e: &Planned, run: &str) -> (String, String) {
+    let user = user_name(e.user);
+    let payload = serde_json::json!({
+        "user_id": user,
+        "event_id": format!("{run}{user}-{}", e.seq),
+        "seq": e.seq,
+        "text": e.text,
+    })
+    .to_string();
+    (user, payload)
+}
+
 #[derive(Deserialize)]
 struct BatchView {
     key: String,
@@ -284,17 +297,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         .set("compression.type", "lz4")
         .create()?;
     let total = events.len();
-    let fragment_of = |e: &Planned| {
-        let user = user_name(e.user);
-        let payload = serde_json::json!({
-            "user_id": user,
-            "event_id": format!("{user}-{}", e.seq),
-            "seq": e.seq,
-            "text": e.text,
-        })
-        .to_string();
-        (user, payload)
-    };
+    let fragment_of = |e: &Planned| fragment_json(e, "");
     let mut produced = 0;
     let mut next = 0;
     let mut read_started: Option<std::time::Instant> = None;
@@ -623,17 +626,10 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
     );
     let start = Instant::now();
     let mut deliveries = FuturesUnordered::new();
-    let run = format!("{:x}", crate::output::now_ms());
+    let run = format!("{:x}-", crate::output::now_ms());
     for e in &events {
         tokio::time::sleep_until(start + Duration::from_millis(e.at_ms)).await;
-        let user = user_name(e.user);
-        let payload = serde_json::json!({
-            "user_id": user,
-            "event_id": format!("{run}-{user}-{}", e.seq),
-            "seq": e.seq,
-            "text": e.text,
-        })
-        .to_string();
+        let (user, payload) = fragment_json(e, &run);
         let record = FutureRecord::to(&config.input_topic)
             .key(&user)
             .payload(&payload);
