@@ -368,3 +368,54 @@ async fn a_rediss_url_reaches_redis_over_tls() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_password_in_the_url_authenticates_and_never_shows() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut server = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--requirepass",
+            "s3cret-pw",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let end = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < end, "redis did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Config::defaults();
+    c.redis_prefix = unique_prefix("auth");
+    c.redis_url = Some(Secret::new(format!(
+        "redis://:s3cret-pw@127.0.0.1:{port}/0"
+    )));
+    let s = Store::connect(&c, Arc::new(Health::new()))
+        .await
+        .expect("store");
+    assert!(!s.is_degraded(), "authenticated");
+    assert!(s.claim("t", 0, false).await.is_ok());
+    assert!(!format!("{c:?} {:?}", c.summary()).contains("s3cret-pw"));
+
+    // A wrong password degrades (lull keeps batching) and the error does not echo the secret.
+    c.redis_url = Some(Secret::new(format!("redis://:wrong-pw@127.0.0.1:{port}/0")));
+    let s = Store::connect(&c, Arc::new(Health::new()))
+        .await
+        .expect("store");
+    assert!(s.is_degraded());
+    let err = s.claim("t", 0, false).await.unwrap_err().to_string();
+    assert!(!err.contains("wrong-pw"), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
