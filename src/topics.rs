@@ -50,10 +50,33 @@ pub async fn create(
         .create()
         .map_err(TopicsError::Client)?;
     let names = [&config.input_topic, &config.output_topic, &config.dlq_topic];
+    // Topics that exist already are left alone, and need no CreateTopics request at all (which
+    // an ACL may forbid, and librdkafka's mock cluster behind `lull dev-broker` does not serve).
+    let existing: Vec<String> = {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(15))
+            .map_err(TopicsError::Request)?;
+        metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name().to_string())
+            .collect()
+    };
+    let mut out: Vec<(String, TopicOutcome)> = names
+        .iter()
+        .filter(|n| existing.contains(n))
+        .map(|n| (n.to_string(), TopicOutcome::Exists))
+        .collect();
     let new: Vec<NewTopic<'_>> = names
         .iter()
+        .filter(|n| !existing.contains(n))
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
         .collect();
+    if new.is_empty() {
+        return Ok(out);
+    }
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(15)))
         .request_timeout(Some(Duration::from_secs(15)));
@@ -61,7 +84,6 @@ pub async fn create(
         .create_topics(new.iter(), &opts)
         .await
         .map_err(TopicsError::Request)?;
-    let mut out = Vec::new();
     for r in results {
         match r {
             Ok(name) => out.push((name, TopicOutcome::Created)),

@@ -140,6 +140,18 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
     let mut broker = Guard(broker);
     let bootstrap = wait_file(&bootstrap_file);
 
+    // `lull topics` against the dev broker: its topics exist already, nothing to create.
+    let topics = lull()
+        .args(["topics", "--partitions", "2"])
+        .env("KAFKA_BROKERS", &bootstrap)
+        .output()
+        .expect("lull topics runs");
+    let listed = String::from_utf8_lossy(&topics.stdout);
+    assert_eq!(topics.status.code(), Some(0), "{listed}");
+    for t in ["chat.fragments", "chat.batches", "chat.fragments.dlq"] {
+        assert!(listed.contains(&format!("exists  {t}")), "{listed}");
+    }
+
     let worker = lull()
         .arg("run")
         .env("KAFKA_BROKERS", &bootstrap)
