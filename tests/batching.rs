@@ -522,3 +522,40 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
     );
     lull.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
+    let cluster = Cluster::start(1);
+    let mut cfg = cluster.config("arrival");
+    cfg.timestamp = lull::config::TimestampSource::Arrival;
+    let lull = Running::start(cfg);
+    lull.assigned(1).await;
+    let producer = cluster.producer();
+    // A producer whose clock is an hour behind, and whose timestamps are a minute apart: by
+    // Kafka time these would be three separate, long-late fragments.
+    let skewed = lull::output::now_ms() - 3_600_000;
+    let before = lull::output::now_ms();
+    for seq in 0..3 {
+        let ts = skewed + seq as i64 * 60_000;
+        send(
+            &producer,
+            IN,
+            Some("clock"),
+            &fragment("clock", seq),
+            None,
+            Some(ts),
+        )
+        .await;
+    }
+    let mut out = cluster.collector(OUT);
+    out.until("the batch", |s| !s.is_empty()).await;
+    out.settle(Duration::from_millis(800)).await;
+    assert_eq!(out.seen.len(), 1, "one burst by arrival time");
+    let v = out.seen[0].json();
+    assert_eq!(v["count"], 3);
+    assert!(
+        v["first_ts"].as_i64().unwrap() >= before,
+        "stamped with lull's clock: {v}"
+    );
+    lull.stop().await;
+}
