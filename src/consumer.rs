@@ -87,8 +87,7 @@ struct Spawner {
 /// The consumer context: owns the partition registry, shared by the callbacks and the loop.
 pub struct LullContext {
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
-    /// Last high watermark seen per partition (lag and "caught up" checks).
-    cached_high: Mutex<HashMap<i32, i64>>,
+
     spawner: Spawner,
     health: Arc<Health>,
 }
@@ -307,7 +306,7 @@ pub async fn run(
     let budget_for_loop = budget.clone();
     let context = LullContext {
         partitions: Mutex::new(HashMap::new()),
-        cached_high: Mutex::new(HashMap::new()),
+
         spawner: Spawner {
             runtime: Handle::current(),
             config: config.clone(),
@@ -373,22 +372,18 @@ pub async fn run(
                 any_backlog = drain_backlogs(&consumer, budget_paused);
             }
             received = consumer.recv() => {
-                let (partition, inbound, at_end) = match received {
+                let (partition, inbound) = match received {
                     Ok(m) => {
                         health.message_read();
-                        let at_end = reached_high_watermark(&consumer, &topic_c, m.partition(), m.offset());
-                        (m.partition(), Inbound::Message(m.detach()), at_end)
+                        (m.partition(), Inbound::Message(m.detach()))
                     }
-                    Err(KafkaError::PartitionEOF(p)) => (p, Inbound::Eof, false),
+                    Err(KafkaError::PartitionEOF(p)) => (p, Inbound::Eof),
                     Err(e) => {
                         warn!(error = %e, "consumer error");
                         continue;
                     }
                 };
-                if let Inbound::Message(m) = &inbound {
-                    budget_for_loop.add(inbound_size(m));
-                }
-                if dispatch(&consumer, partition, inbound) {
+                if dispatch(&consumer, &topic_c, partition, inbound) {
                     any_backlog = true;
                 }
                 if !budget_paused && budget_for_loop.exhausted() {
@@ -397,11 +392,7 @@ pub async fn run(
                     pause_all(&consumer, true);
                     warn!(used = budget_for_loop.used(), limit = budget_for_loop.limit(), "memory budget reached (LULL_MAX_OPEN_BYTES): fetching paused");
                 }
-                // librdkafka reports end-of-partition only with the next, empty, fetch (up to
-                // fetch.wait.max.ms later); the cached high watermark says so at once.
-                if at_end && dispatch(&consumer, partition, Inbound::Eof) {
-                    any_backlog = true;
-                }
+
             }
         }
     }
@@ -468,14 +459,48 @@ fn spawn_commit(consumer: &Arc<LullConsumer>, topic: &str) -> Option<JoinHandle<
     }))
 }
 
-/// Hands one item to its partition's worker; returns whether a backlog now exists.
-fn dispatch(consumer: &LullConsumer, partition: i32, inbound: Inbound) -> bool {
+/// Hands one item to its partition's worker (a message counts against the memory budget from
+/// here until the worker takes it); returns whether a backlog now exists.
+///
+/// librdkafka reports end-of-partition only with the next, empty, fetch (up to
+/// `fetch.wait.max.ms` later); when a message reaches the partition's high watermark, an
+/// [`Inbound::Eof`] follows it at once. The watermark last seen is kept in the partition's shared
+/// state: far below it (catch-up) librdkafka is not asked at all, except every 1024 offsets to
+/// keep the lag figure fresh.
+fn dispatch(consumer: &LullConsumer, topic: &CString, partition: i32, inbound: Inbound) -> bool {
     let mut reg = consumer.context().registry();
     // Not (or no longer) ours: the owner reads it from the committed offset.
     let Some(h) = reg.get_mut(&partition) else {
-        release(consumer, &inbound);
         return false;
     };
+    let mut at_end = false;
+    if let Inbound::Message(m) = &inbound {
+        consumer.context().spawner.budget.add(inbound_size(m));
+        let offset = m.offset();
+        h.shared.read_next.store(offset + 1, Ordering::Release);
+        let seen = h.shared.high.load(Ordering::Acquire);
+        if seen < 0 || offset + 1 >= seen || (seen - offset) % 1024 == 0 {
+            if let Some(high) = high_watermark(consumer, topic, partition) {
+                h.shared.high.store(high, Ordering::Release);
+                at_end = offset + 1 >= high;
+            }
+        }
+    }
+    let mut backlog = enqueue(consumer, partition, h, inbound);
+    if at_end {
+        backlog |= enqueue(consumer, partition, h, Inbound::Eof);
+    }
+    backlog
+}
+
+/// Puts one item in a partition's inbox, or behind its backlog (pausing the partition when the
+/// inbox is full); returns whether a backlog now exists.
+fn enqueue(
+    consumer: &LullConsumer,
+    partition: i32,
+    h: &mut PartitionHandle,
+    inbound: Inbound,
+) -> bool {
     if !h.backlog.is_empty() {
         h.backlog.push_back(inbound);
         return true;
@@ -554,27 +579,9 @@ fn set_paused(consumer: &LullConsumer, partition: i32, pause: bool) {
     }
 }
 
-/// Whether the message at `offset` is the last one the broker had when it answered the fetch,
-/// by librdkafka's cached high watermark (a local lookup, no request).
-fn reached_high_watermark(
-    consumer: &LullConsumer,
-    topic: &CString,
-    partition: i32,
-    offset: i64,
-) -> bool {
-    // Far below the end last seen (catch-up): no need to ask librdkafka or to lock the registry
-    // for every message; the worker tracks its own position.
-    let cached = consumer
-        .context()
-        .cached_high
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&partition)
-        .copied()
-        .unwrap_or(-1);
-    if cached >= 0 && offset + 1 < cached && (cached - offset) % 1024 != 0 {
-        return false;
-    }
+/// The partition's high watermark as librdkafka last saw it in a fetch response (a local
+/// lookup, no request); `None` while unknown.
+fn high_watermark(consumer: &LullConsumer, topic: &CString, partition: i32) -> Option<i64> {
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is borrowed, `topic` is a valid
     // NUL-terminated string, and the out-pointers point at live locals.
@@ -587,23 +594,8 @@ fn reached_high_watermark(
             &mut high,
         )
     };
-    let known =
-        err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0;
-    if known {
-        consumer
-            .context()
-            .cached_high
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(partition, high);
-    }
-    if let Some(h) = consumer.context().registry().get(&partition) {
-        h.shared.read_next.store(offset + 1, Ordering::Release);
-        if known {
-            h.shared.high.store(high, Ordering::Release);
-        }
-    }
-    known && offset + 1 >= high
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// How often the brokers' reachability is checked (for readiness).
