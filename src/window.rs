@@ -203,13 +203,8 @@ impl WindowEngine {
         &self.cfg
     }
 
-    /// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
-    fn close_of(&self, w: &OpenWindow) -> (i64, FlushReason) {
-        close_of(&self.cfg, w)
-    }
-
     fn due_of(&self, w: &OpenWindow) -> i64 {
-        self.close_of(w).0.saturating_add(self.cfg.grace_ms)
+        close_of(&self.cfg, w).0.saturating_add(self.cfg.grace_ms)
     }
 
     /// Adds one fragment (fragments of a partition must come in offset order); batches that
@@ -383,29 +378,14 @@ impl WindowEngine {
     /// is caught up.
     pub fn advance(&mut self, time_ms: i64, out: &mut Vec<Batch>) {
         self.partition_time = self.partition_time.max(time_ms);
-        while let Some(&(scheduled, first)) = self.deadlines.first() {
-            if scheduled >= self.partition_time {
+        while let Some((due, key)) = self.settle_first() {
+            if due >= self.partition_time {
                 break;
             }
-            let Some(key) = self.by_offset.get(&first).cloned() else {
-                self.deadlines.pop_first();
-                continue;
-            };
             let Some(w) = self.windows.get(&key) else {
-                self.deadlines.pop_first();
-                continue;
+                break;
             };
-            let due = self.due_of(w);
-            if due >= self.partition_time {
-                // The window grew since this entry was made: move it to its real due time.
-                self.deadlines.pop_first();
-                self.deadlines.insert((due, first));
-                if let Some(w) = self.windows.get_mut(&key) {
-                    w.scheduled = due;
-                }
-                continue;
-            }
-            let (_, reason) = self.close_of(w);
+            let (_, reason) = close_of(&self.cfg, w);
             self.flush_key(&key, reason, out);
         }
     }
@@ -414,26 +394,30 @@ impl WindowEngine {
     /// wall-clock deadline to wake up at while caught up. Flushing happens once partition time is
     /// strictly past a window's `close + grace`, hence the `+ 1`.
     pub fn next_deadline(&mut self) -> Option<i64> {
-        // Settle lazily moved entries so the deadline returned is a real one.
+        self.settle_first().map(|(due, _)| due.saturating_add(1))
+    }
+
+    /// Makes the earliest deadline entry a true one — dropping entries of flushed windows, and
+    /// moving entries whose window grew since (deadlines are moved lazily) — and returns it with
+    /// its window's key.
+    fn settle_first(&mut self) -> Option<(i64, Arc<str>)> {
         loop {
             let &(scheduled, first) = self.deadlines.first()?;
-            let due = match self.by_offset.get(&first).and_then(|k| self.windows.get(k)) {
-                Some(w) => self.due_of(w),
-                None => {
-                    self.deadlines.pop_first();
-                    continue;
-                }
+            let Some(key) = self.by_offset.get(&first).cloned() else {
+                self.deadlines.pop_first();
+                continue;
             };
+            let Some(w) = self.windows.get_mut(&key) else {
+                self.deadlines.pop_first();
+                continue;
+            };
+            let due = close_of(&self.cfg, w).0.saturating_add(self.cfg.grace_ms);
             if due == scheduled {
-                return Some(due.saturating_add(1));
+                return Some((due, key));
             }
+            w.scheduled = due;
             self.deadlines.pop_first();
             self.deadlines.insert((due, first));
-            if let Some(key) = self.by_offset.get(&first).cloned() {
-                if let Some(w) = self.windows.get_mut(&key) {
-                    w.scheduled = due;
-                }
-            }
         }
     }
 
