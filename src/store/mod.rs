@@ -354,16 +354,7 @@ impl Store {
         invocation: redis::ScriptInvocation<'_>,
         items: usize,
     ) -> Result<T, StoreError> {
-        if self.is_degraded() {
-            return Err(StoreError::Unavailable("degraded".into()));
-        }
-        let mut conn = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.degrade(&e);
-                return Err(e);
-            }
-        };
+        let mut conn = self.usable_connection().await?;
         let started = Instant::now();
         let result = invocation.invoke_async::<T>(&mut conn).await;
         let elapsed = started.elapsed();
@@ -379,13 +370,24 @@ impl Store {
             micros = elapsed.as_micros() as u64,
             "redis call"
         );
-        result.map_err(|e| {
-            let error = redis_error(&e);
-            if matches!(error, StoreError::Unavailable(_)) {
-                self.degrade(&error);
-            }
-            error
-        })
+        result.map_err(|e| self.failed(&e))
+    }
+
+    /// A connection for a call, failing fast while degraded; a failure to connect degrades.
+    async fn usable_connection(self: &Arc<Self>) -> Result<MultiplexedConnection, StoreError> {
+        if self.is_degraded() {
+            return Err(StoreError::Unavailable("degraded".into()));
+        }
+        self.connection().await.inspect_err(|e| self.degrade(e))
+    }
+
+    /// Classifies a failed call; an outage (not a fencing refusal) degrades the store.
+    fn failed(self: &Arc<Self>, e: &RedisError) -> StoreError {
+        let error = redis_error(e);
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.degrade(&error);
+        }
+        error
     }
 
     /// Takes ownership of a partition (`resume = false` right after a Kafka assignment; `true`
@@ -503,20 +505,11 @@ impl Store {
             (true, false) => return self.record_flushed(fence, batches).await,
             (false, false) => {}
         }
-        if self.is_degraded() {
-            return Err(StoreError::Unavailable("degraded".into()));
-        }
         let pending = self.pending_invocation(fence, windows);
         let flush = self.flush_invocation(fence, batches);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&pending).invoke_script(&flush);
-        let mut conn = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.degrade(&e);
-                return Err(e);
-            }
-        };
+        let mut conn = self.usable_connection().await?;
         let started = Instant::now();
         let mut result = pipe.query_async::<(i64, i64)>(&mut conn).await;
         if matches!(&result, Err(e) if e.code() == Some("NOSCRIPT")) {
@@ -537,16 +530,7 @@ impl Store {
             pid = std::process::id(),
             "redis pipeline pending+flush"
         );
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let error = redis_error(&e);
-                if matches!(error, StoreError::Unavailable(_)) {
-                    self.degrade(&error);
-                }
-                Err(error)
-            }
-        }
+        result.map(|_| ()).map_err(|e| self.failed(&e))
     }
 
     fn pending_invocation(
