@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::mock::MockBroker;
+use crate::partition::sleep_until_opt;
+use crate::verify::percentile;
 
 /// The demo's knobs (all have defaults).
 #[derive(Debug, Clone, clap::Args)]
@@ -182,14 +184,6 @@ struct BatchView {
 struct FragmentView {
     event_id: String,
     seq: usize,
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// A one-line progress bar on stderr (only when stderr is a terminal).
@@ -573,13 +567,6 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         if report.passed() { "PASS" } else { "FAIL" }
     );
     Ok(report)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// `lull simulate`'s knobs.

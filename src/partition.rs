@@ -71,6 +71,9 @@ const SYNC_BATCH: usize = 256;
 /// quarter of the grace period at most, so no fragment can turn late while it waits.
 const ADMIT_LINGER: Duration = Duration::from_millis(10);
 
+/// How failed sends and deliveries are retried: exponential backoff with jitter.
+const RETRY: Backoff = Backoff::DEFAULT;
+
 /// How often a worker held back by the memory budget looks whether it may read again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(20);
 
@@ -266,7 +269,6 @@ impl Worker {
     }
 
     async fn event_loop(&mut self, st: &mut State) -> Result<(), Stop> {
-        let backoff = Backoff::default();
         let mut drain_deadline: Option<Instant> = None;
         self.ensure_fence(st).await?;
         loop {
@@ -294,7 +296,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = self.revoked.cancelled() => {
-                    self.settle_revoked(st, &backoff).await;
+                    self.settle_revoked(st).await;
                     return Ok(());
                 }
                 _ = self.shutdown.cancelled(), if drain_deadline.is_none() => {
@@ -304,10 +306,10 @@ impl Worker {
                     }
                 }
                 Some((seq, result)) = st.deliveries.next(), if !st.deliveries.is_empty() => {
-                    self.settle(st, seq, result, &backoff)?;
+                    self.settle(st, seq, result)?;
                     // Drain every report that is ready, so one turn covers many.
                     while let Some(Some((seq, result))) = st.deliveries.next().now_or_never() {
-                        self.settle(st, seq, result, &backoff)?;
+                        self.settle(st, seq, result)?;
                     }
                 }
                 _ = sleep_until_opt(st.hold_until), if st.hold_until.is_some() => {
@@ -363,7 +365,7 @@ impl Worker {
     /// After a revocation: sends nothing more, but waits briefly for deliveries already in
     /// flight and records them in Redis, so the next owner's replay skips them instead of
     /// emitting them again.
-    async fn settle_revoked(&self, st: &mut State, backoff: &Backoff) {
+    async fn settle_revoked(&self, st: &mut State) {
         if self.store.is_none() {
             return;
         }
@@ -371,7 +373,7 @@ impl Worker {
         while !st.deliveries.is_empty() {
             match tokio::time::timeout_at(end, st.deliveries.next()).await {
                 Ok(Some((seq, result))) => {
-                    if self.settle(st, seq, result, backoff).is_err() {
+                    if self.settle(st, seq, result).is_err() {
                         break;
                     }
                 }
@@ -638,7 +640,7 @@ impl Worker {
                 Err(e) => {
                     st.attempt += 1;
                     metrics().produce_retries.inc();
-                    let delay = Backoff::default().delay(st.attempt);
+                    let delay = RETRY.delay(st.attempt);
                     warn!(partition = self.partition, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot send; retrying");
                     st.hold_until = Some(Instant::now() + delay);
                     break;
@@ -654,7 +656,6 @@ impl Worker {
         st: &mut State,
         seq: u64,
         result: Option<OwnedDeliveryResult>,
-        backoff: &Backoff,
     ) -> Result<(), Stop> {
         let Some(pending) = st.in_flight.remove(&seq) else {
             return Ok(());
@@ -707,7 +708,7 @@ impl Worker {
             for (_, p) in failed.into_iter().rev() {
                 st.outbox.push_front(p);
             }
-            let delay = backoff.delay(st.attempt);
+            let delay = RETRY.delay(st.attempt);
             info!(
                 partition = self.partition,
                 records = st.outbox.len(),
@@ -839,7 +840,8 @@ fn wall_to_instant(wall_ms: i64) -> Instant {
     Instant::now() + Duration::from_millis(delta)
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever when there is no deadline (a disabled `select!` timer).
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

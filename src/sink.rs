@@ -46,12 +46,17 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+impl Backoff {
+    /// 100 ms doubling up to 10 s: lull's policy for re-sending output.
+    pub const DEFAULT: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+    };
+}
+
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
+        Self::DEFAULT
     }
 }
 

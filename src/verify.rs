@@ -178,7 +178,8 @@ fn read_all(
     Ok(out)
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
+/// The `p`-th percentile (nearest rank) of an ascending slice; 0 when empty.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
     }
