@@ -319,38 +319,27 @@ async fn a_rediss_url_reaches_redis_over_tls() {
         .status()
         .expect("openssl (scripts/test.sh installs it)");
     assert!(made.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let mut server = std::process::Command::new(bin)
-        .args([
+    let port = free_port();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let tls_port = port.to_string();
+    let mut server = spawn_redis(
+        &[
             "--port",
             "0",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
             "--tls-auth-clients",
             "no",
-        ])
-        .args(["--tls-port", &port.to_string()])
-        .arg("--tls-cert-file")
-        .arg(dir.join("cert.pem"))
-        .arg("--tls-key-file")
-        .arg(dir.join("key.pem"))
-        .arg("--tls-ca-cert-file")
-        .arg(dir.join("cert.pem"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server with TLS");
-    let end = std::time::Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < end, "TLS redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+        ],
+        port,
+    );
     let mut c = Config::defaults();
     // A self-signed test certificate: `#insecure` skips verification (never do that in production).
     c.redis_url = Some(Secret::new(format!("rediss://127.0.0.1:{port}/#insecure")));
@@ -371,31 +360,9 @@ async fn a_rediss_url_reaches_redis_over_tls() {
 
 #[tokio::test]
 async fn a_password_in_the_url_authenticates_and_never_shows() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let mut server = std::process::Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--requirepass",
-            "s3cret-pw",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let end = std::time::Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < end, "redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut server = spawn_redis(&["--port", &port_arg, "--requirepass", "s3cret-pw"], port);
     let mut c = Config::defaults();
     c.redis_prefix = unique_prefix("auth");
     c.redis_url = Some(Secret::new(format!(

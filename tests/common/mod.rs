@@ -318,7 +318,32 @@ pub struct RedisServer {
     dir: Option<std::path::PathBuf>,
 }
 
-fn free_port() -> u16 {
+/// Starts `redis-server` on loopback with no snapshots plus `args`, and waits until `port`
+/// accepts connections. The caller owns (and kills) the process.
+pub fn spawn_redis(args: &[&str], port: u16) -> std::process::Child {
+    let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let child = std::process::Command::new(&bin)
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {bin} ({e}): run the tests through scripts/test.sh")
+        });
+    let end = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < end,
+            "redis-server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -356,36 +381,18 @@ impl RedisServer {
 
     /// (Re)starts a private server on its port and waits until it answers.
     pub fn start(&mut self) {
-        let bin = std::env::var("LULL_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let dir = self.dir.as_ref().expect("a private server");
-        let child = std::process::Command::new(&bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): run the tests through scripts/test.sh")
-            });
-        self.child = Some(child);
-        let end = std::time::Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < end,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port.to_string();
+        let dir = dir.to_string_lossy().into_owned();
+        let args = [
+            "--port",
+            port.as_str(),
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.as_str(),
+        ];
+        self.child = Some(spawn_redis(&args, self.port));
     }
 
     /// Stops a private server (its data is gone: it keeps nothing on disk).
