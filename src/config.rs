@@ -204,6 +204,45 @@ impl Env for BTreeMap<String, String> {
 /// Prefix of librdkafka pass-through variables.
 const KAFKA_PREFIX: &str = "LULL_KAFKA_";
 
+/// The inclusive bounds of a numeric setting.
+type Range = (u64, u64);
+
+/// One hour, one day, thirty days and a year, in milliseconds: the upper bounds of durations.
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+const MONTH_MS: u64 = 30 * DAY_MS;
+const YEAR_MS: u64 = 365 * DAY_MS;
+
+/// One GiB: the upper bound of byte sizes of a single batch or fragment.
+const GIB: u64 = 1 << 30;
+
+/// librdkafka's own default `session.timeout.ms`, used to derive the drain timeout.
+const LIBRDKAFKA_SESSION_TIMEOUT_MS: u64 = 45_000;
+
+/// The drain timeout when neither it nor the session timeout is set.
+const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// The drain timeout used when `LULL_DRAIN_TIMEOUT_MS` is unset: [`DEFAULT_DRAIN_TIMEOUT_MS`],
+/// or half the session timeout when that is shorter, so a draining member never outlives its
+/// session (the group would move its partitions while it still delivers).
+fn derived_drain_timeout(session_ms: Option<u64>) -> u64 {
+    let session = session_ms.unwrap_or(LIBRDKAFKA_SESSION_TIMEOUT_MS);
+    DEFAULT_DRAIN_TIMEOUT_MS.min(session / 2).max(1)
+}
+
+/// Why librdkafka refuses `property=value`, if it does (unknown property, bad value, or a
+/// feature this build lacks); checked at start so a typo is one line and exit 2, not a failed
+/// client later.
+fn librdkafka_refusal(property: &str, value: &str) -> Option<String> {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set(property, value);
+    match c.create_native_config() {
+        Ok(_) => None,
+        Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) => Some(desc),
+        Err(other) => Some(other.to_string()),
+    }
+}
+
 /// Collects problems while fields are parsed, so all of them are reported together.
 struct Reader<'e, E: Env> {
     env: &'e E,
@@ -253,26 +292,28 @@ impl<E: Env> Reader<'_, E> {
         value
     }
 
-    fn number(&mut self, name: &str, default: u64, min: u64, what: &str) -> u64 {
-        let Some(v) = self.raw(name) else {
-            return default;
-        };
+    /// A whole number in `range`: every setting has an upper bound too, so an absurd value
+    /// (`u64::MAX` milliseconds) is refused here instead of overflowing a Redis TTL later.
+    fn number(&mut self, name: &str, default: u64, range: Range, what: &str) -> u64 {
+        self.number_opt(name, range, what).unwrap_or(default)
+    }
+
+    /// [`Reader::number`] for a setting whose default is derived from others: `None` if unset
+    /// (or invalid, which is reported).
+    fn number_opt(&mut self, name: &str, range: Range, what: &str) -> Option<u64> {
+        let v = self.raw(name)?;
         match v.parse::<u64>() {
-            Ok(n) if n >= min => n,
+            Ok(n) if (range.0..=range.1).contains(&n) => Some(n),
             _ => {
-                let expected = if min > 0 {
-                    format!("{what} (a whole number, at least {min})")
-                } else {
-                    format!("{what} (a whole number)")
-                };
+                let expected = format!("{what} (a whole number, {} to {})", range.0, range.1);
                 self.problem(name, &v, &expected);
-                default
+                None
             }
         }
     }
 
-    fn millis(&mut self, name: &str, default: u64, min: u64) -> Duration {
-        Duration::from_millis(self.number(name, default, min, "milliseconds"))
+    fn millis(&mut self, name: &str, default: u64, range: Range) -> Duration {
+        Duration::from_millis(self.number(name, default, range, "milliseconds"))
     }
 
     fn boolean(&mut self, name: &str, default: bool) -> bool {
@@ -383,12 +424,18 @@ impl Config {
                 ("false", Batching::Off),
             ],
         );
-        let quiet = r.millis("LULL_QUIET_MS", 2000, 1);
-        let max_wait = r.millis("LULL_MAX_WAIT_MS", 15000, 1);
-        let max_fragments = r.number("LULL_MAX_FRAGMENTS", 100, 1, "a fragment count") as usize;
-        let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", 262_144, 1, "bytes") as usize;
-        let max_fragment_bytes = r.number("LULL_MAX_FRAGMENT_BYTES", 65_536, 1, "bytes") as usize;
-        let grace = r.millis("LULL_GRACE_MS", 200, 0);
+        let quiet = r.millis("LULL_QUIET_MS", 2000, (1, DAY_MS));
+        let max_wait = r.millis("LULL_MAX_WAIT_MS", 15000, (1, DAY_MS));
+        let max_fragments = r.number(
+            "LULL_MAX_FRAGMENTS",
+            100,
+            (1, 1_000_000),
+            "a fragment count",
+        ) as usize;
+        let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", 262_144, (1, GIB), "bytes") as usize;
+        let max_fragment_bytes =
+            r.number("LULL_MAX_FRAGMENT_BYTES", 65_536, (1, GIB), "bytes") as usize;
+        let grace = r.millis("LULL_GRACE_MS", 200, (0, HOUR_MS));
         let timestamp = r.choice(
             "LULL_TIMESTAMP",
             TimestampSource::Kafka,
@@ -442,11 +489,15 @@ impl Config {
             LogFormat::Pretty,
             &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
         );
-        let drain_timeout = r.millis("LULL_DRAIN_TIMEOUT_MS", 10_000, 1);
-        let event_ttl = r.millis("LULL_EVENT_TTL_MS", 3_600_000, 1_000);
-        let max_open_bytes =
-            r.number("LULL_MAX_OPEN_BYTES", 268_435_456, 1_048_576, "bytes") as usize;
-        let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", 604_800_000, 60_000);
+        let drain_timeout = r.number_opt("LULL_DRAIN_TIMEOUT_MS", (1, HOUR_MS), "milliseconds");
+        let event_ttl = r.millis("LULL_EVENT_TTL_MS", 3_600_000, (1_000, MONTH_MS));
+        let max_open_bytes = r.number(
+            "LULL_MAX_OPEN_BYTES",
+            268_435_456,
+            (1 << 20, 1 << 40),
+            "bytes",
+        ) as usize;
+        let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", 604_800_000, (60_000, YEAR_MS));
 
         let mut kafka = BTreeMap::new();
         for (name, value) in r.env.with_prefix(KAFKA_PREFIX) {
@@ -457,7 +508,17 @@ impl Config {
                 r.problem(&name, &value, "LULL_KAFKA_<PROPERTY>=value");
                 continue;
             }
-            let value = if is_secret_property(&property) {
+            let secret = is_secret_property(&property);
+            if let Some(why) = librdkafka_refusal(&property, &value) {
+                let shown = if secret { "***" } else { value.as_str() };
+                r.problem(
+                    &name,
+                    shown,
+                    &format!("a librdkafka setting for {property} ({why})"),
+                );
+                continue;
+            }
+            let value = if secret {
                 KafkaProperty::Secret(Secret::new(value))
             } else {
                 KafkaProperty::Plain(value)
@@ -497,17 +558,22 @@ impl Config {
                 "input, output and DLQ topics to be different",
             );
         }
-        if let Some(session) = kafka.get("session.timeout.ms") {
-            if let Ok(session_ms) = session.value().parse::<u64>() {
-                if drain_timeout.as_millis() as u64 >= session_ms {
-                    r.problem(
-                        "LULL_DRAIN_TIMEOUT_MS",
-                        &drain_timeout.as_millis().to_string(),
-                        &format!("less than session.timeout.ms ({session_ms})"),
-                    );
-                }
+        let session_ms = kafka
+            .get("session.timeout.ms")
+            .and_then(|s| s.value().parse::<u64>().ok());
+        let drain_timeout = match (drain_timeout, session_ms) {
+            // Only a value the operator chose can conflict; a derived one never does.
+            (Some(drain), Some(session)) if drain >= session => {
+                r.problem(
+                    "LULL_DRAIN_TIMEOUT_MS",
+                    &drain.to_string(),
+                    &format!("less than session.timeout.ms ({session}) from LULL_KAFKA_SESSION_TIMEOUT_MS"),
+                );
+                Duration::from_millis(drain)
             }
-        }
+            (Some(drain), _) => Duration::from_millis(drain),
+            (None, session) => Duration::from_millis(derived_drain_timeout(session)),
+        };
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -686,7 +752,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines
-            .contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, at least 1)"));
+            .contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, 1 to 86400000)"));
         assert!(lines.contains(&"LULL_BATCHING=maybe: expected one of on, off, true, false"));
         assert!(lines.contains(&"LULL_TIMESTAMP=wall: expected one of kafka, arrival"));
         assert!(lines
@@ -746,5 +812,76 @@ mod tests {
         assert!(e
             .to_string()
             .contains("less than session.timeout.ms (6000)"));
+    }
+
+    #[test]
+    fn a_session_timeout_alone_derives_the_drain_timeout_below_it() {
+        let c = Config::from_env(&env(&[("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")])).unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_millis(3000));
+        let c = Config::defaults();
+        assert_eq!(c.drain_timeout, Duration::from_millis(10_000));
+        let c = Config::from_env(&env(&[("LULL_KAFKA_SESSION_TIMEOUT_MS", "60000")])).unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_millis(10_000));
+        let c = Config::from_env(&env(&[
+            ("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("LULL_DRAIN_TIMEOUT_MS", "5000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_their_bounds() {
+        let e = Config::from_env(&env(&[
+            ("LULL_FLUSHED_TTL_MS", "18446744073709551615"),
+            ("LULL_QUIET_MS", "9223372036854775807"),
+            ("LULL_GRACE_MS", "3600001"),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("LULL_FLUSHED_TTL_MS=18446744073709551615: expected milliseconds (a whole number, 60000 to 31536000000)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("LULL_QUIET_MS=9223372036854775807: expected milliseconds (a whole number, 1 to 86400000)"),
+            "{text}"
+        );
+        assert!(text.contains("LULL_GRACE_MS=3600001"), "{text}");
+    }
+
+    #[test]
+    fn a_kafka_property_librdkafka_refuses_is_one_line_naming_the_variable() {
+        let e = Config::from_env(&env(&[
+            ("LULL_KAFKA_NO_SUCH_THING", "1"),
+            ("LULL_KAFKA_ACKS", "sometimes"),
+            ("LULL_KAFKA_SASL_PASSWORD", "hunter2"),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0]
+                .starts_with("LULL_KAFKA_ACKS=sometimes: expected a librdkafka setting for acks"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "LULL_KAFKA_NO_SUCH_THING=1: expected a librdkafka setting for no.such.thing"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"));
+    }
+
+    #[test]
+    fn this_build_speaks_tls_scram_and_zstd() {
+        let c = Config::from_env(&env(&[
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("LULL_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512"),
+            ("LULL_KAFKA_COMPRESSION_TYPE", "zstd"),
+        ]));
+        assert!(c.is_ok(), "{:?}", c.err());
     }
 }

@@ -16,10 +16,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -57,6 +59,64 @@ pub enum ConsumeError {
     /// A partition worker failed in a way that cannot be retried.
     #[error("partition worker failed: {0}")]
     Worker(#[source] SinkError),
+    /// A task panicked: a bug. The process stops rather than leave its partitions stalled.
+    #[error("{task} panicked: {message}")]
+    Panicked {
+        /// Which task (e.g. `partition 3 worker`).
+        task: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// Where a supervised task that fails reports it: the first failure is kept (and returned by
+/// [`run`], so the process exits non-zero), readiness turns false at once, and the whole
+/// process shuts down. No task may die and leave a partition stalled in silence.
+#[derive(Clone)]
+struct Supervisor {
+    failure: Arc<Mutex<Option<ConsumeError>>>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    fn fail(&self, error: ConsumeError) {
+        error!(error = %error, "a supervised task failed; stopping the process");
+        self.health.set_failed();
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(error);
+        self.shutdown.cancel();
+    }
+
+    /// Checks a finished blocking task (commit, probe) for a panic.
+    fn check(&self, task: &str, handle: Option<JoinHandle<()>>) {
+        if let Some(Some(Err(e))) = handle.map(FutureExt::now_or_never) {
+            if e.is_panic() {
+                self.fail(ConsumeError::Panicked {
+                    task: task.to_string(),
+                    message: panic_message(&*e.into_panic()),
+                });
+            }
+        }
+    }
+
+    fn take(&self) -> Option<ConsumeError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// One assigned partition, as the loop sees it.
@@ -80,8 +140,8 @@ struct Spawner {
     store: Option<Arc<Store>>,
     budget: Arc<Budget>,
     shutdown: CancellationToken,
-    /// Set by the first worker that fails fatally; the process then stops.
-    failure: Arc<Mutex<Option<SinkError>>>,
+    /// Told when a worker fails or panics; the process then stops.
+    supervisor: Supervisor,
 }
 
 /// The consumer context: owns the partition registry, shared by the callbacks and the loop.
@@ -119,17 +179,16 @@ impl LullContext {
             revoked: revoked.clone(),
             shutdown: s.shutdown.clone(),
         };
-        let failure = s.failure.clone();
-        let shutdown = s.shutdown.clone();
+        let supervisor = s.supervisor.clone();
         let task = s.runtime.spawn(
             async move {
-                if let Err(e) = worker.run().await {
-                    error!(partition, error = %e, "partition worker failed; stopping");
-                    let mut slot = failure
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    slot.get_or_insert(e);
-                    shutdown.cancel();
+                match AssertUnwindSafe(worker.run()).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => supervisor.fail(ConsumeError::Worker(e)),
+                    Err(panic) => supervisor.fail(ConsumeError::Panicked {
+                        task: format!("partition {partition} worker"),
+                        message: panic_message(&*panic),
+                    }),
                 }
             }
             .in_current_span(),
@@ -302,7 +361,11 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<Health>,
 ) -> Result<(), ConsumeError> {
-    let failure = Arc::new(Mutex::new(None));
+    let supervisor = Supervisor {
+        failure: Arc::new(Mutex::new(None)),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+    };
     let budget_for_loop = budget.clone();
     let context = LullContext {
         partitions: Mutex::new(HashMap::new()),
@@ -315,7 +378,7 @@ pub async fn run(
             store,
             budget,
             shutdown: shutdown.clone(),
-            failure: failure.clone(),
+            supervisor: supervisor.clone(),
         },
         health: health.clone(),
     };
@@ -349,6 +412,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = commit_tick.tick() => {
                 if commit_task.as_ref().is_none_or(|t| t.is_finished()) {
+                    supervisor.check("offset commit", commit_task.take());
                     commit_task = spawn_commit(&consumer, &config.input_topic);
                 }
                 // The tick is a branch of this very loop: it proves the loop turns (liveness).
@@ -359,6 +423,7 @@ pub async fn run(
             }
             _ = probe_tick.tick() => {
                 if probe_task.as_ref().is_none_or(|t| t.is_finished()) {
+                    supervisor.check("kafka probe", probe_task.take());
                     probe_task = Some(spawn_probe(&consumer, &config.input_topic, &health));
                 }
             }
@@ -434,12 +499,8 @@ pub async fn run(
     let _ = final_commit.await;
     // Closing the consumer leaves the group (its partitions move at once) and may block briefly.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-    let failure = failure
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    match failure {
-        Some(e) => Err(ConsumeError::Worker(e)),
+    match supervisor.take() {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
@@ -627,15 +688,19 @@ fn report_progress(ctx: &LullContext) {
     let reg = ctx.registry();
     let mut oldest = i64::MAX;
     for (p, h) in reg.iter() {
-        let (next, high) = (
+        // Lag is measured from the commit point, not from what was read: a partition whose
+        // worker stopped moving shows a growing lag, never a reassuring zero.
+        let (mark, next, high) = (
+            h.shared.watermark.load(Ordering::Acquire),
             h.shared.read_next.load(Ordering::Acquire),
             h.shared.high.load(Ordering::Acquire),
         );
-        if next >= 0 && high >= 0 {
+        let position = if mark >= 0 { mark } else { next };
+        if position >= 0 && high >= 0 {
             metrics()
                 .consumer_lag
                 .with_label_values(&[&p.to_string()])
-                .set((high - next).max(0));
+                .set((high - position).max(0));
         }
         let ts = h.shared.oldest_open_ts.load(Ordering::Acquire);
         if ts != i64::MIN {

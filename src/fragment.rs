@@ -72,16 +72,80 @@ impl Invalid {
 }
 
 /// The fields lull reads; anything else in the object is ignored (and kept in the raw bytes).
-#[derive(Deserialize)]
+///
+/// A field may appear more than once (JSON allows it; RFC 8259 leaves the meaning open): the
+/// last one wins, as in JavaScript's `JSON.parse`, so such a value is a fragment, not a dead
+/// letter.
+#[derive(Default)]
 struct Probe<'a> {
-    #[serde(borrow, default)]
     user_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     correlation_id: Option<&'a RawValue>,
+}
+
+/// The name of an object member, sorted into the few lull reads (borrowed or escaped alike).
+enum Field {
+    UserId,
+    EventId,
+    Text,
+    CorrelationId,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "user_id" => Field::UserId,
+                    "event_id" => Field::EventId,
+                    "text" => Field::Text,
+                    "correlation_id" => Field::CorrelationId,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Names)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = Probe<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Probe<'a>, M::Error> {
+                let mut probe = Probe::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    let slot = match field {
+                        Field::UserId => &mut probe.user_id,
+                        Field::EventId => &mut probe.event_id,
+                        Field::Text => &mut probe.text,
+                        Field::CorrelationId => &mut probe.correlation_id,
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                }
+                Ok(probe)
+            }
+        }
+        d.deserialize_map(Members(std::marker::PhantomData))
+    }
 }
 
 /// The string inside a raw JSON value, if it is a string.
@@ -243,6 +307,20 @@ mod tests {
                 size: 11,
                 limit: 10
             })
+        );
+    }
+
+    #[test]
+    fn a_repeated_field_is_valid_json_and_the_last_one_wins() {
+        let value = br#"{"text":"first","user_id":"a","text":"second","user_id":"b","x":1,"x":2}"#;
+        let f = parse(msg(None, value), 1024).unwrap();
+        assert_eq!(f.key, "b");
+        assert_eq!(f.text.as_deref(), Some("second"));
+        assert_eq!(&*f.value, &value[..], "the bytes are kept as they came");
+        let escaped = br#"{"te\u0078t":"escaped name","user_id":"u"}"#;
+        assert_eq!(
+            parse(msg(None, escaped), 1024).unwrap().text.as_deref(),
+            Some("escaped name")
         );
     }
 

@@ -21,6 +21,7 @@ pub struct Health {
     kafka_reachable: AtomicBool,
     producer_failing: AtomicBool,
     shutting_down: AtomicBool,
+    failed: AtomicBool,
     http_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -113,6 +114,16 @@ impl Health {
     /// Whether a graceful shutdown is under way.
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Records that a supervised task failed: the process is going down with an error.
+    pub fn set_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether a supervised task failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Records where the HTTP endpoints listen.

@@ -34,8 +34,8 @@ pub const LIVENESS_WINDOW_MS: i64 = 30_000;
 pub struct Readiness {
     /// Whether the instance is ready.
     pub ready: bool,
-    /// Why not, when not ready (`not_in_group`, `kafka_unreachable`, `producer_failing`,
-    /// `shutting_down`).
+    /// Why not, when not ready (`worker_failed`, `not_in_group`, `kafka_unreachable`,
+    /// `producer_failing`, `shutting_down`).
     pub reasons: Vec<&'static str>,
     /// Problems that do not stop lull (`redis_degraded`).
     pub warnings: Vec<&'static str>,
@@ -66,6 +66,9 @@ struct AppState {
 pub fn readiness(health: &Health, instance: &str) -> Readiness {
     let mut reasons = Vec::new();
     let mut warnings = Vec::new();
+    if health.failed() {
+        reasons.push("worker_failed");
+    }
     if health.shutting_down() {
         reasons.push("shutting_down");
     }

@@ -20,6 +20,7 @@
 //! * [`store`]: shared state in Redis (ownership fencing, flushed watermarks, duplicates,
 //!   pending-window summaries), its Lua scripts and MONITOR tracing.
 //! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
+//! * [`headers`]: message headers as bytes (any name a producer can send).
 //! * [`metrics`]: the metric families.
 //! * [`health`]: per-run facts (partitions owned, poll loop liveness) and the memory budget.
 //! * [`http`]: `/metrics`, `/health/live`, `/health/ready`.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod fragment;
+pub mod headers;
 pub mod health;
 pub mod http;
 pub mod kafka;
@@ -71,6 +73,26 @@ pub enum RunError {
     /// `REDIS_URL` cannot be used at all (an unreachable server is not an error: lull degrades).
     #[error(transparent)]
     Store(#[from] store::StoreError),
+}
+
+impl RunError {
+    /// Whether the operator's settings are at fault (a Kafka client librdkafka refuses to create
+    /// with them, an HTTP address that cannot be bound): exit 2, like a bad value at start.
+    pub fn is_configuration(&self) -> bool {
+        use rdkafka::error::KafkaError;
+        let client = |e: &KafkaError| {
+            matches!(
+                e,
+                KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..)
+            )
+        };
+        match self {
+            RunError::Sink(sink::SinkError::Create(e)) => client(e),
+            RunError::Consume(consumer::ConsumeError::Start(e)) => client(e),
+            RunError::Http(..) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or

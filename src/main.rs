@@ -237,6 +237,11 @@ async fn run(config: Config) -> ExitCode {
             info!("stopped cleanly");
             ExitCode::SUCCESS
         }
+        Err(e) if e.is_configuration() => {
+            // One line, like every other configuration problem.
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             error!(error = %e, "lull stopped on an error");
             ExitCode::FAILURE

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::headers::RawHeader;
 use crate::window::Batch;
 
 /// Where a record goes.
@@ -27,7 +28,7 @@ pub struct Record {
     /// Message value.
     pub payload: Option<Vec<u8>>,
     /// Message headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<RawHeader>,
     /// Lowest input offset this record covers: the commit point cannot pass it until acked.
     pub first_offset: i64,
     /// Number of input fragments this record covers.
@@ -106,15 +107,15 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
     buf.push(b'}');
 
     let mut headers = vec![
-        ("lull-batch-id".to_string(), id.into_bytes()),
-        ("lull-count".to_string(), count.to_string().into_bytes()),
+        RawHeader::new("lull-batch-id", id),
+        RawHeader::new("lull-count", count.to_string()),
     ];
     if let Some(cid) = batch
         .fragments
         .first()
         .and_then(|f| f.correlation_id.as_deref())
     {
-        headers.push(("correlation_id".to_string(), cid.as_bytes().to_vec()));
+        headers.push(RawHeader::new("correlation_id", cid));
     }
     Record {
         destination: Destination::Output,
@@ -134,7 +135,7 @@ pub struct Rejected<'a> {
     /// Original value, unchanged.
     pub value: Option<&'a [u8]>,
     /// Original headers, carried over before lull's own.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a [RawHeader],
     /// Input topic.
     pub topic: &'a str,
     /// Input partition.
@@ -147,29 +148,40 @@ pub struct Rejected<'a> {
     pub failed_at: SystemTime,
 }
 
+/// The headers lull adds to a dead letter; an incoming header of the same name is replaced (see
+/// [`encode_dead_letter`]).
+pub const DEAD_LETTER_HEADERS: [&str; 5] = [
+    "x-error-message",
+    "x-original-topic",
+    "x-original-partition",
+    "x-original-offset",
+    "x-failed-at",
+];
+
 /// Encodes a refused message for the dead-letter topic with DESIGN.md's headers.
+///
+/// Every original header is kept as it came, in order (name bytes, value or null), except one
+/// that carries the very name of a header lull adds: a message dead-lettered twice (read back
+/// from a DLQ and fed in again) would otherwise carry two `x-original-offset`s, and a consumer
+/// reading "the" header (the last, in Kafka's convention) could not tell which is current. lull's
+/// own five headers come last.
 pub fn encode_dead_letter(r: Rejected<'_>) -> Record {
-    let mut headers: Vec<(String, Vec<u8>)> = r
+    let mut headers: Vec<RawHeader> = r
         .headers
         .iter()
-        .filter(|(name, _)| !name.starts_with("x-"))
+        .filter(|h| !DEAD_LETTER_HEADERS.iter().any(|n| h.name == n.as_bytes()))
         .cloned()
         .collect();
     let failed_at = humantime::format_rfc3339_millis(
         UNIX_EPOCH + Duration::from_millis(unix_ms(r.failed_at).max(0) as u64),
     )
     .to_string();
-    headers.push(("x-error-message".into(), r.error.as_bytes().to_vec()));
-    headers.push(("x-original-topic".into(), r.topic.as_bytes().to_vec()));
-    headers.push((
-        "x-original-partition".into(),
-        r.partition.to_string().into_bytes(),
-    ));
-    headers.push((
-        "x-original-offset".into(),
-        r.offset.to_string().into_bytes(),
-    ));
-    headers.push(("x-failed-at".into(), failed_at.into_bytes()));
+    let [error, topic, partition, offset, at] = DEAD_LETTER_HEADERS;
+    headers.push(RawHeader::new(error, r.error));
+    headers.push(RawHeader::new(topic, r.topic));
+    headers.push(RawHeader::new(partition, r.partition.to_string()));
+    headers.push(RawHeader::new(offset, r.offset.to_string()));
+    headers.push(RawHeader::new(at, failed_at));
     Record {
         destination: Destination::DeadLetter,
         key: r.key.map(<[u8]>::to_vec),
@@ -246,13 +258,10 @@ mod tests {
         assert_eq!(rec.key.as_deref(), Some(&b"user-42"[..]));
         assert_eq!(
             rec.headers[0],
-            ("lull-batch-id".into(), b"chat.fragments/3/1042".to_vec())
+            RawHeader::new("lull-batch-id", "chat.fragments/3/1042")
         );
-        assert_eq!(rec.headers[1], ("lull-count".into(), b"3".to_vec()));
-        assert_eq!(
-            rec.headers[2],
-            ("correlation_id".into(), b"corr-1".to_vec())
-        );
+        assert_eq!(rec.headers[1], RawHeader::new("lull-count", "3"));
+        assert_eq!(rec.headers[2], RawHeader::new("correlation_id", "corr-1"));
         assert_eq!(rec.first_offset, 1042);
     }
 
@@ -282,7 +291,15 @@ mod tests {
 
     #[test]
     fn dead_letter_keeps_the_original_and_adds_the_headers() {
-        let original = vec![("trace".to_string(), b"t-1".to_vec())];
+        let original = vec![
+            RawHeader::new("trace", "t-1"),
+            RawHeader::new("x-tenant", "acme"),
+            RawHeader {
+                name: vec![0xff, 0xfe, b'j', b'u', b'n', b'k'],
+                value: None,
+            },
+            RawHeader::new("x-original-offset", "3"),
+        ];
         let rec = encode_dead_letter(Rejected {
             key: Some(b"k"),
             value: Some(b"not json"),
@@ -296,12 +313,26 @@ mod tests {
         assert_eq!(rec.destination, Destination::DeadLetter);
         assert_eq!(rec.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(rec.payload.as_deref(), Some(&b"not json"[..]));
+        assert_eq!(
+            &rec.headers[..3],
+            &original[..3],
+            "original headers first, as they came: x- names, odd bytes and null values too"
+        );
+        assert_eq!(
+            rec.headers.len(),
+            3 + 5,
+            "the incoming x-original-offset is replaced"
+        );
         let h: std::collections::HashMap<_, _> = rec
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), String::from_utf8(v.clone()).unwrap()))
+            .map(|h| {
+                (
+                    String::from_utf8_lossy(&h.name).into_owned(),
+                    String::from_utf8(h.value.clone().unwrap_or_default()).unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(h["trace"], "t-1");
         assert_eq!(h["x-error-message"], "value is not valid JSON");
         assert_eq!(h["x-original-topic"], "chat.fragments");
         assert_eq!(h["x-original-partition"], "2");

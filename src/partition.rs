@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -516,7 +516,7 @@ impl Worker {
         };
         let event_id_header = m
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "event_id").and_then(|h| h.value));
+            .and_then(|h| crate::headers::last_value(h.as_borrowed(), b"event_id"));
         let raw = RawMessage {
             key: m.key(),
             value: m.payload(),
@@ -536,13 +536,9 @@ impl Worker {
             .fragments_invalid
             .with_label_values(&[invalid.label()])
             .inc();
-        let headers: Vec<(String, Vec<u8>)> = m
+        let headers = m
             .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
+            .map(|h| crate::headers::read(h.as_borrowed()))
             .unwrap_or_default();
         let error = invalid.to_string();
         warn!(

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::config::Config;
@@ -101,13 +100,7 @@ impl Sink {
             Destination::Output => &self.output_topic,
             Destination::DeadLetter => &self.dlq_topic,
         };
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
+        let headers = crate::headers::build(&record.headers);
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(key) = &record.key {
             fr = fr.key(key.as_slice());

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -200,7 +200,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         let ts = m.timestamp().to_millis().unwrap_or(0);
         let event_header = m
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "event_id").and_then(|h| h.value));
+            .and_then(|h| crate::headers::last_value(h.as_borrowed(), b"event_id"));
         let parsed = fragment::parse(
             RawMessage {
                 key: m.key(),
@@ -321,11 +321,9 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
     let dead_letters: HashSet<(i32, i64)> = dead
         .iter()
         .filter_map(|m| {
-            let h = m.headers()?;
+            let h = m.headers()?.as_borrowed();
             let get = |name: &str| {
-                h.iter()
-                    .find(|x| x.key == name)
-                    .and_then(|x| x.value)
+                crate::headers::last_value(h, name.as_bytes())
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.parse::<i64>().ok())
             };
