@@ -7,39 +7,85 @@
 -- ARGV[2]      partition
 -- ARGV[3]      TTL of event keys, ms
 -- ARGV[4]      TTL of the owner key, ms (refreshed)
--- ARGV[3+2i]   offset of fragment i
--- ARGV[4+2i]   "1" if fragment i has an event id, else "0"
+-- ARGV[5]      the input topic's id (base64), or "" when unknown
+-- ARGV[6]      the partition's high watermark (one past the last offset that exists)
+-- ARGV[5+2i]   offset of fragment i
+-- ARGV[6+2i]   "1" if fragment i has an event id, else "0"
 -- Returns      {v_1, ..., v_n}: 0 = new; 1 = already emitted in a batch (offset <= the key's
 --              flushed watermark on this partition): skip; 2 = duplicate event id first seen at
---              another offset: drop. Or the error "STALE <generation>" when fenced off.
+--              another offset: drop; 3 = new, and the key's flushed record belongs to another
+--              incarnation of the topic (another topic id): ignored; 4 = new, and the key's
+--              flushed record names an offset at or above the high watermark (it cannot have
+--              been read from this log): ignored. Or the error "STALE <generation>" when fenced.
 --
--- Invariants: an event key records "partition:offset" of the first sighting (SET NX), so a replay
--- of that same offset is never a duplicate; TTLs of touched event keys are refreshed.
+-- flushed:{key} is a hash {topic_id, partition, offset, ...}; an event key holds
+-- "topic_id:partition:offset" of the first sighting. Values written before topic ids existed
+-- (a "partition:offset" string) are read as records of an unknown topic id.
+--
+-- Invariants: a record is used to skip or drop only if it can describe this log: same topic id
+-- (when both are known) and an offset below the high watermark; anything else is ignored, never
+-- trusted, so a recreated topic can never lose fragments. An event key records the first
+-- sighting (SET NX), so a replay of that same offset is never a duplicate; TTLs of touched event
+-- keys are refreshed.
 local gen = redis.call('HGET', KEYS[1], 'generation')
 if gen ~= ARGV[1] then
   return redis.error_reply('STALE ' .. tostring(gen))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local partition = ARGV[2]
+local topic_id = ARGV[5]
+local high = tonumber(ARGV[6])
+
+-- Whether a record of topic id `tid` comes from another incarnation of the topic.
+local function other_topic(tid)
+  return tid ~= nil and tid ~= '' and topic_id ~= '' and tid ~= topic_id
+end
+
+-- flushed:{key} as (topic_id, partition, offset), or nil; a legacy string has no topic id.
+local function flushed(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'hash' then
+    local r = redis.call('HMGET', key, 'topic_id', 'partition', 'offset')
+    return r[1], r[2], tonumber(r[3])
+  elseif kind == 'string' then
+    local p, o = string.match(redis.call('GET', key), '^(%-?%d+):(%-?%d+)$')
+    return nil, p, tonumber(o)
+  end
+  return nil, nil, nil
+end
+
 local out = {}
 local n = (#KEYS - 1) / 2
 for i = 1, n do
-  local offset = tonumber(ARGV[3 + 2 * i])
+  local offset = tonumber(ARGV[5 + 2 * i])
   local verdict = 0
-  local flushed = redis.call('GET', KEYS[2 * i])
-  if flushed then
-    local p, o = string.match(flushed, '^(%-?%d+):(%-?%d+)$')
-    if p == partition and offset <= tonumber(o) then
+  local tid, p, o = flushed(KEYS[2 * i])
+  if p == partition and o then
+    if other_topic(tid) then
+      verdict = 3
+    elseif o >= high then
+      verdict = 4
+    elseif offset <= o then
       verdict = 1
     end
   end
-  if verdict == 0 and ARGV[4 + 2 * i] == '1' then
-    local here = partition .. ':' .. ARGV[3 + 2 * i]
+  if (verdict == 0 or verdict >= 3) and ARGV[6 + 2 * i] == '1' then
+    local here = topic_id .. ':' .. partition .. ':' .. ARGV[5 + 2 * i]
     if not redis.call('SET', KEYS[2 * i + 1], here, 'NX', 'PX', ARGV[3]) then
-      if redis.call('GET', KEYS[2 * i + 1]) ~= here then
-        verdict = 2
+      local seen = redis.call('GET', KEYS[2 * i + 1])
+      local et, ep, eo = string.match(seen, '^([^:]*):(%-?%d+):(%-?%d+)$')
+      if not ep then
+        ep, eo = string.match(seen, '^(%-?%d+):(%-?%d+)$')
       end
-      redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[3])
+      local stale = other_topic(et) or (ep == partition and tonumber(eo) and tonumber(eo) >= high)
+      if stale then
+        -- A sighting in an older incarnation of the topic: this one is the first here.
+        redis.call('SET', KEYS[2 * i + 1], here, 'PX', ARGV[3])
+      elseif not (ep == partition and eo == ARGV[5 + 2 * i]) then
+        verdict = 2
+      else
+        redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[3])
+      end
     end
   end
   out[i] = verdict

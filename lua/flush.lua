@@ -7,12 +7,18 @@
 -- ARGV[2]      partition
 -- ARGV[3]      TTL of flushed keys, ms (retention; refreshed on every flush)
 -- ARGV[4]      TTL of the owner key, ms (refreshed)
--- ARGV[3+2i]   last offset emitted for key i
--- ARGV[4+2i]   that batch's first offset
+-- ARGV[5]      the input topic's id (base64), or "" when unknown
+-- ARGV[6]      the partition's high watermark
+-- ARGV[5+2i]   last offset emitted for key i
+-- ARGV[6+2i]   that batch's first offset
 -- Returns      n, or the error "STALE <generation>" when fenced off.
 --
--- Invariants: a key's flushed watermark ("partition:offset") only moves forward on one partition
--- (a key that moved partition, after the topic was repartitioned, starts over there); a pending
+-- flushed:{key} is a hash: topic_id, partition, offset (the last offset of the key emitted).
+--
+-- Invariants: a key's flushed watermark only moves forward within one incarnation of one
+-- partition. It starts over when the record is of another partition (the key moved after the
+-- topic was repartitioned), of another topic id (the topic was recreated), at or above the high
+-- watermark (it cannot describe this log), or in the format from before topic ids. A pending
 -- summary is deleted only if it describes this batch's window or an older one, never a newer
 -- window of the same key that opened meanwhile.
 local gen = redis.call('HGET', KEYS[1], 'generation')
@@ -21,19 +27,28 @@ if gen ~= ARGV[1] then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local partition = ARGV[2]
+local topic_id = ARGV[5]
+local high = tonumber(ARGV[6])
 local n = (#KEYS - 1) / 2
 for i = 1, n do
-  local last = tonumber(ARGV[3 + 2 * i])
-  local cur = redis.call('GET', KEYS[2 * i])
-  local p, o
-  if cur then
-    p, o = string.match(cur, '^(%-?%d+):(%-?%d+)$')
+  local key = KEYS[2 * i]
+  local last = tonumber(ARGV[5 + 2 * i])
+  local kind = redis.call('TYPE', key)['ok']
+  local forward = true
+  if kind == 'hash' then
+    local cur = redis.call('HMGET', key, 'topic_id', 'partition', 'offset')
+    local same_topic = cur[1] == topic_id or cur[1] == '' or topic_id == ''
+    local o = tonumber(cur[3])
+    if same_topic and cur[2] == partition and o and o < high and last <= o then
+      forward = false
+    end
+  elseif kind ~= 'none' then
+    redis.call('DEL', key)
   end
-  if p ~= partition or last > tonumber(o) then
-    redis.call('SET', KEYS[2 * i], partition .. ':' .. ARGV[3 + 2 * i], 'PX', ARGV[3])
-  else
-    redis.call('PEXPIRE', KEYS[2 * i], ARGV[3])
+  if forward then
+    redis.call('HSET', key, 'topic_id', topic_id, 'partition', partition, 'offset', ARGV[5 + 2 * i])
   end
+  redis.call('PEXPIRE', key, ARGV[3])
   local pend = redis.call('HMGET', KEYS[2 * i + 1], 'partition', 'first_offset')
   if pend[1] == partition and tonumber(pend[2]) and tonumber(pend[2]) <= last then
     redis.call('DEL', KEYS[2 * i + 1])

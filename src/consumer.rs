@@ -540,7 +540,10 @@ fn dispatch(consumer: &LullConsumer, topic: &CString, partition: i32, inbound: I
         let offset = m.offset();
         h.shared.read_next.store(offset + 1, Ordering::Release);
         let seen = h.shared.high.load(Ordering::Acquire);
-        if seen < 0 || offset + 1 >= seen || (seen - offset) % 1024 == 0 {
+        // With Redis the worker checks stale records against the high watermark, which must
+        // then be current for every message; without, it is only needed near the end.
+        let store = consumer.context().spawner.store.is_some();
+        if store || seen < 0 || offset + 1 >= seen || (seen - offset) % 1024 == 0 {
             if let Some(high) = high_watermark(consumer, topic, partition) {
                 h.shared.high.store(high, Ordering::Release);
                 at_end = offset + 1 >= high;

@@ -160,3 +160,20 @@ pub async fn serve(
     );
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_task_makes_the_instance_unready_and_says_so() {
+        let health = Health::new();
+        health.set_in_group(true);
+        health.set_kafka_reachable(true);
+        assert!(readiness(&health, "i").ready);
+        health.set_failed();
+        let r = readiness(&health, "i");
+        assert!(!r.ready);
+        assert_eq!(r.reasons, vec!["worker_failed"]);
+    }
+}

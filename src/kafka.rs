@@ -2,7 +2,10 @@
 //! `LULL_KAFKA_*` pass-through property on top, so an operator can override anything (SASL/SSL,
 //! timeouts, `group.protocol`) without a new release.
 
-use rdkafka::ClientConfig;
+use std::time::Duration;
+
+use rdkafka::client::Client;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::Config;
 
@@ -61,4 +64,120 @@ pub fn producer_config(config: &Config) -> ClientConfig {
 /// The admin client used by `lull topics`.
 pub fn admin_config(config: &Config) -> ClientConfig {
     with_pass_through(base(config, "admin"), config)
+}
+
+/// The Kafka topic id (base64, as Kafka's tools print it) of `topic`, asked of the cluster with
+/// DescribeTopics; `Ok(None)` when the cluster has none to give (an all-zero id). Blocks for up
+/// to `timeout`: call it off the async workers.
+///
+/// A topic id names one incarnation of a topic: deleted and created again under the same name, a
+/// topic gets another. lull stores it with every fact in Redis that names offsets, so facts about
+/// an earlier incarnation are recognised and never used to skip input (see `store`).
+pub fn topic_id<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{c_char, CStr, CString};
+
+    /// Frees what librdkafka allocated for one request, whatever way the function returns.
+    struct Request {
+        queue: *mut rd::rd_kafka_queue_t,
+        options: *mut rd::rd_kafka_AdminOptions_t,
+        topics: *mut rd::rd_kafka_TopicCollection_t,
+        event: *mut rd::rd_kafka_event_t,
+    }
+    impl Drop for Request {
+        fn drop(&mut self) {
+            // SAFETY: each pointer is null or was returned by its constructor and not freed.
+            unsafe {
+                if !self.event.is_null() {
+                    rd::rd_kafka_event_destroy(self.event);
+                }
+                if !self.topics.is_null() {
+                    rd::rd_kafka_TopicCollection_destroy(self.topics);
+                }
+                if !self.options.is_null() {
+                    rd::rd_kafka_AdminOptions_destroy(self.options);
+                }
+                if !self.queue.is_null() {
+                    rd::rd_kafka_queue_destroy(self.queue);
+                }
+            }
+        }
+    }
+    let text = |p: *const c_char| {
+        // SAFETY: librdkafka returns NUL-terminated strings that live as long as the event.
+        if p.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+
+    let name = CString::new(topic).map_err(|_| "topic name contains NUL".to_string())?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let rk = client.native_ptr();
+    // SAFETY: `rk` is a live client for the duration of the borrow of `client`; every object
+    // created below is owned by `req` and freed exactly once by its Drop; the topic name array
+    // and the CString outlive the DescribeTopics call that copies them.
+    unsafe {
+        let mut req = Request {
+            queue: rd::rd_kafka_queue_new(rk),
+            options: rd::rd_kafka_AdminOptions_new(
+                rk,
+                rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+            ),
+            topics: std::ptr::null_mut(),
+            event: std::ptr::null_mut(),
+        };
+        let mut errstr = [0 as c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(
+            req.options,
+            timeout_ms,
+            errstr.as_mut_ptr(),
+            errstr.len(),
+        );
+        let mut names = [name.as_ptr()];
+        req.topics = rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1);
+        rd::rd_kafka_DescribeTopics(rk, req.topics, req.options, req.queue);
+        req.event = rd::rd_kafka_queue_poll(req.queue, timeout_ms.saturating_add(1_000));
+        if req.event.is_null() {
+            return Err("DescribeTopics timed out".into());
+        }
+        if rd::rd_kafka_event_error(req.event)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
+            return Err(text(rd::rd_kafka_event_error_string(req.event)));
+        }
+        let result = rd::rd_kafka_event_DescribeTopics_result(req.event);
+        if result.is_null() {
+            return Err("DescribeTopics returned no result".into());
+        }
+        let mut count = 0usize;
+        let descriptions = rd::rd_kafka_DescribeTopics_result_topics(result, &mut count);
+        for i in 0..count {
+            let d = *descriptions.add(i);
+            if text(rd::rd_kafka_TopicDescription_name(d)) != topic {
+                continue;
+            }
+            let error = rd::rd_kafka_TopicDescription_error(d);
+            if !error.is_null()
+                && rd::rd_kafka_error_code(error)
+                    != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                return Err(text(rd::rd_kafka_error_string(error)));
+            }
+            let id = rd::rd_kafka_TopicDescription_topic_id(d);
+            if id.is_null()
+                || (rd::rd_kafka_Uuid_most_significant_bits(id) == 0
+                    && rd::rd_kafka_Uuid_least_significant_bits(id) == 0)
+            {
+                return Ok(None);
+            }
+            return Ok(Some(text(rd::rd_kafka_Uuid_base64str(id))));
+        }
+        Err(format!("DescribeTopics did not describe {topic}"))
+    }
 }

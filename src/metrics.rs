@@ -52,6 +52,9 @@ pub struct Metrics {
     pub fragments_duplicate: IntCounter,
     /// Fragments skipped on replay because they were already emitted in a batch.
     pub fragments_skipped: IntCounter,
+    /// Flushed records in Redis ignored because they cannot describe the log being read, by
+    /// reason (`topic_id`, `beyond_high_watermark`).
+    pub redis_stale_records: IntCounterVec,
     /// Redis calls that failed (connection, timeout, server error).
     pub redis_errors: IntCounter,
     /// Duration of Redis script calls, by script.
@@ -220,6 +223,12 @@ impl Metrics {
                 "lull_fragments_duplicate_total",
                 "Fragments dropped as duplicates (event id first seen at another offset).",
             ),
+            redis_stale_records: counter_vec(
+                &registry,
+                "lull_redis_stale_records_total",
+                "Flushed records in Redis ignored because they belong to another incarnation of the input topic or lie beyond its high watermark.",
+                "reason",
+            ),
             fragments_skipped: counter(
                 &registry,
                 "lull_fragments_skipped_total",
@@ -273,7 +282,7 @@ impl Metrics {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new(
                         "lull_consumer_lag",
-                        "Messages between lull's position and the end of each assigned partition.",
+                        "Messages between lull's commit point (the oldest fragment not yet delivered) and the end of each assigned partition.",
                     ),
                     &["partition"],
                 )

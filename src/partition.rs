@@ -47,7 +47,7 @@ use crate::metrics::metrics;
 use crate::offsets::OffsetTracker;
 use crate::output::{self, now_ms, Record, Rejected};
 use crate::sink::{Backoff, Sink, SinkError};
-use crate::store::{Candidate, Fence, Flushed, PendingSummary, Store, StoreError, Verdict};
+use crate::store::{Candidate, Fence, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
 use crate::window::{Batch, FlushReason, WindowEngine};
 
 /// Output records (batches and dead letters) held per partition, queued or in flight, before the
@@ -76,6 +76,12 @@ const RETRY: Backoff = Backoff::DEFAULT;
 
 /// How often a worker held back by the memory budget looks whether it may read again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(20);
+
+/// At most one WARN per partition this often about ignored (stale) records in Redis.
+const STALE_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the input topic's id may take to learn at claim time.
+const TOPIC_ID_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a revoked worker waits for deliveries already in flight before it stops.
 const REVOKE_SETTLE: Duration = Duration::from_secs(1);
@@ -197,6 +203,12 @@ struct State {
     batches: Vec<Batch>,
     /// Redis ownership, once claimed, and the store epoch it was claimed in.
     fence: Option<(Fence, u64)>,
+    /// The input topic's Kafka id, once learnt (`None` until then, or while the cluster does not
+    /// say); written with every record so records of an older incarnation are recognised.
+    topic_id: Option<String>,
+    /// When stale records were last reported at WARN, and how many since.
+    stale_warned_at: Option<Instant>,
+    stale_unreported: u64,
     /// Per key, batches emitted and not yet recorded in Redis: first offset → (last offset,
     /// acknowledged). Only a prefix of acknowledged batches may move the flushed watermark.
     unrecorded: HashMap<Arc<str>, BTreeMap<i64, (i64, bool)>>,
@@ -231,6 +243,9 @@ impl Worker {
             caught_up: false,
             batches: Vec::new(),
             fence: None,
+            topic_id: None,
+            stale_warned_at: None,
+            stale_unreported: 0,
             unrecorded: HashMap::new(),
             to_record: HashMap::new(),
             dirty: HashSet::new(),
@@ -396,7 +411,14 @@ impl Worker {
             return Ok(());
         }
         let resume = st.fence.is_some();
-        match store.claim(&self.topic, self.partition, resume).await {
+        if st.topic_id.is_none() {
+            st.topic_id = self.learn_topic_id().await;
+        }
+        let topic_id = st.topic_id.as_deref().unwrap_or("");
+        match store
+            .claim(&self.topic, self.partition, topic_id, resume)
+            .await
+        {
             Ok(fence) => {
                 info!(
                     partition = self.partition,
@@ -410,6 +432,38 @@ impl Worker {
             Err(StoreError::Stale(why)) => Err(Stop::Fenced(why)),
             Err(StoreError::Unavailable(_)) => Ok(()),
         }
+    }
+
+    /// Asks the cluster for the input topic's id. Without one (an old broker, a denied
+    /// DescribeTopics) only the high-watermark check guards against stale records.
+    async fn learn_topic_id(&self) -> Option<String> {
+        let sink = self.sink.clone();
+        let topic = self.topic.to_string();
+        let asked =
+            tokio::task::spawn_blocking(move || sink.topic_id(&topic, TOPIC_ID_TIMEOUT)).await;
+        match asked {
+            Ok(Ok(Some(id))) => {
+                debug!(partition = self.partition, topic_id = %id, "input topic id");
+                Some(id)
+            }
+            Ok(Ok(None)) => {
+                info!(partition = self.partition, "the cluster gives no topic id for the input topic: stale redis records are recognised by the high watermark only");
+                None
+            }
+            Ok(Err(e)) => {
+                warn!(partition = self.partition, error = %e, "cannot learn the input topic id: stale redis records are recognised by the high watermark only");
+                None
+            }
+            Err(e) => {
+                warn!(partition = self.partition, error = %e, "topic id lookup failed");
+                None
+            }
+        }
+    }
+
+    /// The partition's high watermark as the consumer last saw it, never below `floor`.
+    fn high_watermark(&self, floor: i64) -> i64 {
+        self.shared.high.load(Ordering::Acquire).max(floor)
     }
 
     /// The fence to write with, when Redis is usable right now.
@@ -450,7 +504,11 @@ impl Worker {
                         _ => None,
                     })
                     .collect();
-                match store.admit(fence, &candidates).await {
+                let floor = candidates.iter().map(|c| c.offset + 1).max().unwrap_or(0);
+                match store
+                    .admit(fence, self.high_watermark(floor), &candidates)
+                    .await
+                {
                     Ok(v) => Some(v),
                     Err(StoreError::Stale(why)) => return Err(Stop::Fenced(why)),
                     Err(StoreError::Unavailable(_)) => None,
@@ -473,8 +531,12 @@ impl Worker {
                 }
                 Item::Fragment(f) => {
                     st.caught_up = false;
-                    match verdicts.next().unwrap_or(Verdict::New) {
-                        Verdict::New => {
+                    let verdict = verdicts.next().unwrap_or(Verdict::New);
+                    if let Verdict::NewPastStale(why) = verdict {
+                        self.stale_record(st, why, &f);
+                    }
+                    match verdict {
+                        Verdict::New | Verdict::NewPastStale(_) => {
                             if self.store.is_some() {
                                 st.dirty.insert(Arc::from(f.key.as_str()));
                                 touched = true;
@@ -483,6 +545,12 @@ impl Worker {
                         }
                         Verdict::Emitted => {
                             metrics().fragments_skipped.inc();
+                            debug!(
+                                partition = self.partition,
+                                offset = f.offset,
+                                reason = "already_delivered",
+                                "fragment skipped: an acknowledged batch already holds it"
+                            );
                             st.engine.skip(f.ts, now, &mut st.batches);
                         }
                         Verdict::Duplicate => {
@@ -490,7 +558,8 @@ impl Worker {
                             debug!(
                                 partition = self.partition,
                                 offset = f.offset,
-                                "duplicate event id dropped"
+                                reason = "duplicate_event_id",
+                                "fragment skipped: its event id was first seen at another offset"
                             );
                             st.engine.skip(f.ts, now, &mut st.batches);
                         }
@@ -506,6 +575,37 @@ impl Worker {
             st.sync_at = Some(Instant::now() + SYNC_EVERY);
         }
         Ok(())
+    }
+
+    /// Counts a flushed record in Redis that was ignored because it cannot describe this log,
+    /// and says so at WARN at most every [`STALE_WARN_EVERY`] per partition.
+    fn stale_record(&self, st: &mut State, why: Stale, f: &Fragment) {
+        metrics()
+            .redis_stale_records
+            .with_label_values(&[why.label()])
+            .inc();
+        st.stale_unreported += 1;
+        debug!(
+            partition = self.partition,
+            offset = f.offset,
+            reason = why.label(),
+            "flushed record in redis ignored"
+        );
+        if st
+            .stale_warned_at
+            .is_none_or(|at| at.elapsed() >= STALE_WARN_EVERY)
+        {
+            warn!(
+                partition = self.partition,
+                reason = why.label(),
+                records = st.stale_unreported,
+                topic_id = st.topic_id.as_deref().unwrap_or(""),
+                "flushed records in redis do not describe this topic (recreated topic, replaced \
+                 cluster, or a reset of offsets past them): ignored, the fragments are batched"
+            );
+            st.stale_warned_at = Some(Instant::now());
+            st.stale_unreported = 0;
+        }
     }
 
     /// Turns a message into a fragment, or the reason it goes to the dead-letter topic.
@@ -525,7 +625,11 @@ impl Worker {
             ts,
         };
         match fragment::parse(raw, self.config.max_fragment_bytes) {
-            Ok(f) => Item::Fragment(f),
+            Ok(f) => {
+                #[cfg(feature = "fault-injection")]
+                fault_injection::panic_on(&f.key);
+                Item::Fragment(f)
+            }
             Err(invalid) => Item::Invalid(m, invalid),
         }
     }
@@ -783,7 +887,11 @@ impl Worker {
             })
             .collect();
         let batches: Vec<Flushed> = st.to_record.values().cloned().collect();
-        match store.sync(fence, &windows, &batches).await {
+        let floor = batches.iter().map(|b| b.last_offset + 1).max().unwrap_or(0);
+        match store
+            .sync(fence, self.high_watermark(floor), &windows, &batches)
+            .await
+        {
             Ok(()) => {
                 st.to_record.clear();
                 st.dirty.clear();
@@ -841,5 +949,21 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Test-only faults (the `fault-injection` feature, never in a release build).
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    use std::sync::OnceLock;
+
+    /// Panics the worker when it reads a fragment of the key in `LULL_FAULT_PANIC_KEY`: the way
+    /// the tests prove that a worker that dies takes the process down loudly.
+    pub fn panic_on(key: &str) {
+        static KEY: OnceLock<Option<String>> = OnceLock::new();
+        let armed = KEY.get_or_init(|| std::env::var("LULL_FAULT_PANIC_KEY").ok());
+        if armed.as_deref() == Some(key) {
+            panic!("fault injection: a fragment of key {key} (LULL_FAULT_PANIC_KEY)");
+        }
     }
 }

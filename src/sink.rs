@@ -124,6 +124,11 @@ impl Sink {
         }
     }
 
+    /// The Kafka topic id of `topic` (see [`crate::kafka::topic_id`]); blocks.
+    pub fn topic_id(&self, topic: &str, timeout: Duration) -> Result<Option<String>, String> {
+        crate::kafka::topic_id(self.producer.client(), topic, timeout)
+    }
+
     /// Waits up to `timeout` for everything queued to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)

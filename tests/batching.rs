@@ -1,5 +1,5 @@
-//! Batching end to end, against librdkafka's mock cluster (real Kafka protocol, real consumer
-//! group, real idempotent producer): the semantics of DESIGN.md as a user sees them on the
+//! Batching end to end, against real Apache Kafka (the suite's single node; the mock cluster only
+//! where a broker must go down on command): the semantics of DESIGN.md as a user sees them on the
 //! output topic.
 
 mod common;
@@ -10,13 +10,9 @@ use std::time::Duration;
 use common::*;
 use lull::config::Batching;
 
-const IN: &str = "chat.fragments";
-const OUT: &str = "chat.batches";
-const DLQ: &str = "chat.fragments.dlq";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_fire_burst_becomes_one_batch_after_the_quiet_period() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start(2).await;
     let cfg = cluster.config("burst");
     let (quiet, grace) = (cfg.quiet.as_millis() as i64, cfg.grace.as_millis() as i64);
     let lull = Running::start(cfg);
@@ -26,7 +22,7 @@ async fn a_rapid_fire_burst_becomes_one_batch_after_the_quiet_period() {
     for seq in 0..4 {
         send(
             &producer,
-            IN,
+            &cluster.input,
             Some("user-1"),
             &fragment("user-1", seq),
             None,
@@ -35,7 +31,7 @@ async fn a_rapid_fire_burst_becomes_one_batch_after_the_quiet_period() {
         .await;
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let batches = out.until("one batch", |s| !s.is_empty()).await.to_vec();
     out.settle(Duration::from_millis(quiet as u64 * 3)).await;
     assert_eq!(
@@ -63,7 +59,10 @@ async fn a_rapid_fire_burst_becomes_one_batch_after_the_quiet_period() {
     assert_eq!(b.headers["lull-batch-id"], v["batch_id"].as_str().unwrap());
     let partition = v["source"]["partition"].as_i64().unwrap();
     let first = v["source"]["first_offset"].as_i64().unwrap();
-    assert_eq!(v["batch_id"], format!("{IN}/{partition}/{first}"));
+    assert_eq!(
+        v["batch_id"],
+        format!("{}/{partition}/{first}", cluster.input)
+    );
 
     let flushed_at = v["flushed_at"].as_i64().unwrap();
     let last_ts = v["last_ts"].as_i64().unwrap();
@@ -81,7 +80,7 @@ async fn a_rapid_fire_burst_becomes_one_batch_after_the_quiet_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_caps_a_user_who_never_pauses() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut cfg = cluster.config("maxwait");
     cfg.quiet = Duration::from_millis(400);
     cfg.max_wait = Duration::from_millis(1_000);
@@ -95,7 +94,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
         let ts = t0 + seq as i64 * 100;
         send(
             &producer,
-            IN,
+            &cluster.input,
             Some("chatty"),
             &fragment("chatty", seq),
             None,
@@ -103,7 +102,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
         )
         .await;
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let batches = out
         .until("all 30 fragments", |s| event_counts(s).len() == 30)
         .await
@@ -131,7 +130,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_and_byte_caps_flush_at_once() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut cfg = cluster.config("caps");
     cfg.quiet = Duration::from_secs(30);
     cfg.max_wait = Duration::from_secs(60);
@@ -143,7 +142,15 @@ async fn count_and_byte_caps_flush_at_once() {
 
     let producer = cluster.producer();
     for seq in 0..6 {
-        send(&producer, IN, Some("a"), &fragment("a", seq), None, None).await;
+        send(
+            &producer,
+            &cluster.input,
+            Some("a"),
+            &fragment("a", seq),
+            None,
+            None,
+        )
+        .await;
     }
     // ~100-byte fragments: two fit under 250 bytes, the third would not.
     let big = |seq: usize| {
@@ -153,9 +160,9 @@ async fn count_and_byte_caps_flush_at_once() {
     };
     // The fifth opens a third window that stays open: it proves the second pair was cut by size.
     for seq in 0..5 {
-        send(&producer, IN, Some("b"), &big(seq), None, None).await;
+        send(&producer, &cluster.input, Some("b"), &big(seq), None, None).await;
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let batches = out
         .until("cap-flushed batches", |s| {
             let c = event_counts(s);
@@ -189,21 +196,21 @@ async fn count_and_byte_caps_flush_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_partition_still_flushes_by_wall_clock() {
-    let cluster = Cluster::start(4);
+    let cluster = Cluster::start(4).await;
     let lull = Running::start(cluster.config("idle"));
     lull.assigned(4).await;
     let producer = cluster.producer();
     // One fragment, then nothing at all on any partition: only the wall clock can close it.
     send(
         &producer,
-        IN,
+        &cluster.input,
         Some("lonely"),
         &fragment("lonely", 0),
         Some(2),
         None,
     )
     .await;
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let b = out.until("the lone batch", |s| !s.is_empty()).await[0].clone();
     assert_eq!(b.json()["reason"], "quiet");
     assert_eq!(b.event_ids(), vec!["lonely-0"]);
@@ -219,7 +226,7 @@ async fn type_bursts(cluster: &Cluster, users: usize, bursts: usize, gap_ms: u64
                 let user = format!("u{u}");
                 send(
                     &producer,
-                    IN,
+                    &cluster.input,
                     Some(&user),
                     &fragment(&user, burst * 3 + i),
                     Some(0),
@@ -248,20 +255,20 @@ fn batch_shapes(batches: &[OutMsg]) -> BTreeMap<String, (String, Vec<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagged_log_read_after_the_fact_gives_the_same_batches_as_live() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut live_cfg = cluster.config("live");
     live_cfg.quiet = Duration::from_millis(400);
     live_cfg.grace = Duration::from_millis(500);
     let replay_cfg = {
         let mut c = live_cfg.clone();
         c.group_id = "replay".into();
-        c.output_topic = "chat.batches.replay".into();
+        c.output_topic = cluster.replay.clone();
         c
     };
     let live = Running::start(live_cfg);
     live.assigned(1).await;
     type_bursts(&cluster, 5, 3, 40, 1_200).await;
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let live_batches = out
         .until("live batches", |s| event_counts(s).len() == 45)
         .await
@@ -270,7 +277,7 @@ async fn a_lagged_log_read_after_the_fact_gives_the_same_batches_as_live() {
 
     // A second group reads the same log long after it was written: pure catch-up.
     let replay = Running::start(replay_cfg);
-    let mut out2 = cluster.collector("chat.batches.replay");
+    let mut out2 = cluster.collector(&cluster.replay);
     let replay_batches = out2
         .until("replayed batches", |s| event_counts(s).len() == 45)
         .await
@@ -283,7 +290,7 @@ async fn a_lagged_log_read_after_the_fact_gives_the_same_batches_as_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut cfg = cluster.config("dlq");
     cfg.max_fragment_bytes = 200;
     let lull = Running::start(cfg.clone());
@@ -299,7 +306,7 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
     let mut offsets = Vec::new();
     send(
         &producer,
-        IN,
+        &cluster.input,
         Some("good"),
         &fragment("good", 0),
         None,
@@ -307,11 +314,23 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
     )
     .await;
     for (key, value, _) in &bad {
-        offsets.push(send(&producer, IN, *key, value, None, None).await.1);
+        offsets.push(
+            send(&producer, &cluster.input, *key, value, None, None)
+                .await
+                .1,
+        );
     }
-    send(&producer, IN, None, &fragment("good", 1), None, None).await;
+    send(
+        &producer,
+        &cluster.input,
+        None,
+        &fragment("good", 1),
+        None,
+        None,
+    )
+    .await;
 
-    let mut dlq = cluster.collector(DLQ);
+    let mut dlq = cluster.collector(&cluster.dlq);
     let dead = dlq.until("4 dead letters", |s| s.len() >= 4).await.to_vec();
     for ((key, value, why), (msg, offset)) in bad.iter().zip(dead.iter().zip(&offsets)) {
         assert_eq!(msg.key.as_deref(), key.map(str::as_bytes), "key unchanged");
@@ -325,7 +344,7 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
             "{:?}",
             msg.headers
         );
-        assert_eq!(msg.headers["x-original-topic"], IN);
+        assert_eq!(msg.headers["x-original-topic"], cluster.input);
         assert_eq!(msg.headers["x-original-partition"], "0");
         assert_eq!(msg.headers["x-original-offset"], offset.to_string());
         let failed_at = &msg.headers["x-failed-at"];
@@ -335,7 +354,7 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
         );
         assert_eq!(msg.headers["trace"], "t", "original headers kept");
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let batches = out
         .until("the good batch", |s| event_counts(s).len() == 2)
         .await;
@@ -355,17 +374,25 @@ async fn invalid_input_goes_to_the_dlq_with_headers_while_valid_input_is_batched
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_off_passes_every_fragment_through() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut cfg = cluster.config("off");
     cfg.batching = Batching::Off;
     let lull = Running::start(cfg);
     lull.assigned(1).await;
     let producer = cluster.producer();
     for seq in 0..5 {
-        send(&producer, IN, Some("p"), &fragment("p", seq), None, None).await;
+        send(
+            &producer,
+            &cluster.input,
+            Some("p"),
+            &fragment("p", seq),
+            None,
+            None,
+        )
+        .await;
     }
-    send(&producer, IN, Some("p"), b"broken", None, None).await;
-    let mut out = cluster.collector(OUT);
+    send(&producer, &cluster.input, Some("p"), b"broken", None, None).await;
+    let mut out = cluster.collector(&cluster.output);
     let batches = out
         .until("5 pass-through batches", |s| s.len() >= 5)
         .await
@@ -376,15 +403,15 @@ async fn batching_off_passes_every_fragment_through() {
         assert_eq!(v["count"], 1);
         assert_eq!(b.event_ids(), vec![format!("p-{seq}")], "order kept");
     }
-    let mut dlq = cluster.collector(DLQ);
-    dlq.until("the broken one in the DLQ", |s| s.len() == 1)
+    let mut dlq = cluster.collector(&cluster.dlq);
+    dlq.until("the broken one in the &cluster.dlq", |s| s.len() == 1)
         .await;
     lull.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dropped_mid_burst_loses_nothing() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start(2).await;
     let mut cfg = cluster.config("crash");
     cfg.quiet = Duration::from_millis(1_500);
     let first = Running::start(cfg.clone());
@@ -393,7 +420,15 @@ async fn a_worker_dropped_mid_burst_loses_nothing() {
     let users: Vec<String> = (0..10).map(|u| format!("c{u}")).collect();
     for seq in 0..3 {
         for user in &users {
-            send(&producer, IN, Some(user), &fragment(user, seq), None, None).await;
+            send(
+                &producer,
+                &cluster.input,
+                Some(user),
+                &fragment(user, seq),
+                None,
+                None,
+            )
+            .await;
         }
     }
     wait_for("the first worker to read the burst", || {
@@ -408,10 +443,18 @@ async fn a_worker_dropped_mid_burst_loses_nothing() {
     second.assigned(2).await;
     for seq in 3..5 {
         for user in &users {
-            send(&producer, IN, Some(user), &fragment(user, seq), None, None).await;
+            send(
+                &producer,
+                &cluster.input,
+                Some(user),
+                &fragment(user, seq),
+                None,
+                None,
+            )
+            .await;
         }
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("every fragment in a batch", |s| event_counts(s).len() == 50)
         .await;
     out.settle(Duration::from_secs(2)).await;
@@ -439,7 +482,7 @@ async fn a_worker_dropped_mid_burst_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_split_partitions_and_batch_each_burst_once() {
-    let cluster = Cluster::start(4);
+    let cluster = Cluster::start(4).await;
     let cfg = cluster.config("pair");
     let a = Running::start(cfg.clone());
     let b = Running::start(cfg);
@@ -455,10 +498,18 @@ async fn two_workers_split_partitions_and_batch_each_burst_once() {
     let users: Vec<String> = (0..40).map(|u| format!("w{u}")).collect();
     for seq in 0..3 {
         for user in &users {
-            send(&producer, IN, Some(user), &fragment(user, seq), None, None).await;
+            send(
+                &producer,
+                &cluster.input,
+                Some(user),
+                &fragment(user, seq),
+                None,
+                None,
+            )
+            .await;
         }
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("every burst", |s| event_counts(s).len() == 120)
         .await;
     out.settle(Duration::from_secs(1)).await;
@@ -477,7 +528,8 @@ async fn two_workers_split_partitions_and_batch_each_burst_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it() {
-    let cluster = Cluster::start(1);
+    // The mock: the output broker goes down on command (the suite's real broker is shared).
+    let cluster = Cluster::mock(1);
     let mut cfg = cluster.config("outage");
     // Deliveries give up after 1.5 s, so lull's own retry path is what carries the batches over.
     cfg.kafka.insert(
@@ -489,7 +541,15 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
     let producer = cluster.producer();
     for u in 0..5 {
         let user = format!("o{u}");
-        send(&producer, IN, Some(&user), &fragment(&user, 0), None, None).await;
+        send(
+            &producer,
+            &cluster.input,
+            Some(&user),
+            &fragment(&user, 0),
+            None,
+            None,
+        )
+        .await;
     }
     wait_for("the fragments to be read", || {
         lull.health.messages_read() >= 5
@@ -497,15 +557,23 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
     .await;
     // Every broker goes away before the batches are due (quiet + grace = 550 ms) and stays away
     // well past the delivery timeout.
-    cluster.broker.with(|c| c.broker_down(1)).unwrap().unwrap();
+    cluster
+        .mock_broker()
+        .with(|c| c.broker_down(1))
+        .unwrap()
+        .unwrap();
     let retries_before = lull::metrics::metrics().produce_retries.get();
     wait_for("lull to retry the failed deliveries", || {
         lull::metrics::metrics().produce_retries.get() > retries_before
     })
     .await;
-    cluster.broker.with(|c| c.broker_up(1)).unwrap().unwrap();
+    cluster
+        .mock_broker()
+        .with(|c| c.broker_up(1))
+        .unwrap()
+        .unwrap();
 
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("every batch after the outage", |s| {
         event_counts(s).len() == 5
     })
@@ -525,7 +593,7 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut cfg = cluster.config("arrival");
     cfg.timestamp = lull::config::TimestampSource::Arrival;
     let lull = Running::start(cfg);
@@ -539,7 +607,7 @@ async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
         let ts = skewed + seq as i64 * 60_000;
         send(
             &producer,
-            IN,
+            &cluster.input,
             Some("clock"),
             &fragment("clock", seq),
             None,
@@ -547,7 +615,7 @@ async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
         )
         .await;
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("the batch", |s| !s.is_empty()).await;
     out.settle(Duration::from_millis(800)).await;
     assert_eq!(out.seen.len(), 1, "one burst by arrival time");

@@ -276,7 +276,7 @@ async fn pending_shows_an_open_window_or_none() {
         lull::store::Store::connect(&config, std::sync::Arc::new(lull::health::Health::new()))
             .await
             .unwrap();
-    let fence = store.claim("chat.fragments", 2, false).await.unwrap();
+    let fence = store.claim("chat.fragments", 2, "", false).await.unwrap();
     let now = lull::output::now_ms();
     store
         .publish_pending(
@@ -340,9 +340,17 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
     let key = format!("{prefix}:flushed:someone");
     let end = Instant::now() + DEADLINE;
     let line = loop {
-        let _: () = redis::AsyncCommands::set(&mut conn, &key, "0:99")
-            .await
-            .unwrap();
+        let _: () = redis::AsyncCommands::hset_multiple(
+            &mut conn,
+            &key,
+            &[
+                ("topic_id", "Vgz4yQp5QnqVv1GtYm9s2g"),
+                ("partition", "0"),
+                ("offset", "99"),
+            ],
+        )
+        .await
+        .unwrap();
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             break line;
         }

@@ -1,5 +1,6 @@
-//! The crash test: two `lull run` OS processes in one consumer group against one `lull dev-broker`
-//! and one Redis; users type bursts; one process is `kill -9`-ed mid-burst and restarted. Every
+//! The crash test: two `lull run` OS processes in one consumer group against real Apache Kafka
+//! (the suite's single node) and one Redis; users type bursts; one process is `kill -9`-ed
+//! mid-burst and restarted. Every
 //! fragment must end up in exactly one emitted batch, no batch may be emitted twice, and the batch
 //! ids must be those of an undisturbed run over the same log.
 
@@ -13,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const IN: &str = "chat.fragments";
-const OUT: &str = "chat.batches";
 const USERS: usize = 24;
 const PARTITIONS: i32 = 4;
 
@@ -39,14 +38,13 @@ fn lull() -> Command {
     c
 }
 
-fn start_worker(bootstrap: &str, redis: &str, prefix: &str, instance: &str) -> Proc {
+fn start_worker(cluster: &Cluster, group: &str, redis: &str, prefix: &str, instance: &str) -> Proc {
     let mut child = lull()
         .arg("run")
-        .env("KAFKA_BROKERS", bootstrap)
+        .envs(cluster.process_env(group))
         .env("REDIS_URL", redis)
         .env("LULL_REDIS_PREFIX", prefix)
         .env("LULL_INSTANCE_ID", instance)
-        .env("LULL_GROUP_ID", "crash")
         .env("LULL_QUIET_MS", "2000")
         .env("LULL_GRACE_MS", "300")
         .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
@@ -100,12 +98,17 @@ fn user(u: usize) -> String {
     format!("k{u:02}")
 }
 
-async fn type_fragment(producer: &rdkafka::producer::FutureProducer, round: usize, i: usize) {
+async fn type_fragment(
+    producer: &rdkafka::producer::FutureProducer,
+    input: &str,
+    round: usize,
+    i: usize,
+) {
     for u in 0..USERS {
         let name = user(u);
         send(
             producer,
-            IN,
+            input,
             Some(&name),
             &fragment(&name, round * 3 + i),
             None,
@@ -131,45 +134,13 @@ fn shapes(batches: &[OutMsg]) -> BTreeMap<String, Vec<String>> {
 async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     let redis = RedisServer::shared();
     let prefix = unique_prefix("crash");
-    let dir = std::env::temp_dir().join(format!("lull-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bootstrap");
-    let mut broker = lull()
-        .args([
-            "dev-broker",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--topic",
-            "chat.batches.undisturbed",
-            "--bootstrap-file",
-        ])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev-broker");
-    let end = Instant::now() + DEADLINE;
-    let bootstrap = loop {
-        if let Ok(s) = std::fs::read_to_string(&file) {
-            if !s.trim().is_empty() {
-                break s.trim().to_string();
-            }
-        }
-        assert!(Instant::now() < end, "dev-broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("producer");
-    let collector_cluster = ExternalCluster {
-        bootstrap: bootstrap.clone(),
-    };
-    let mut out = collector_cluster.collector(OUT);
+    let cluster = Cluster::start(PARTITIONS).await;
+    let group = unique("crash");
+    let producer = cluster.producer();
+    let mut out = cluster.collector(&cluster.output);
 
-    let a = start_worker(&bootstrap, &redis.url, &prefix, "A");
-    let b = start_worker(&bootstrap, &redis.url, &prefix, "B");
+    let a = start_worker(&cluster, &group, &redis.url, &prefix, "A");
+    let b = start_worker(&cluster, &group, &redis.url, &prefix, "B");
     both_own_partitions(&a, &b).await;
 
     // A slow typist on every partition keeps a window open (a fragment every 700 ms, quiet is
@@ -181,6 +152,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     let slow = {
         let producer = producer.clone();
         let stop = slow_stop.clone();
+        let input = cluster.input.clone();
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.is_cancelled() {
@@ -188,7 +160,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
                     let name = format!("slow{p}");
                     send(
                         &producer,
-                        IN,
+                        &input,
                         Some(&name),
                         &fragment(&name, n),
                         Some(p),
@@ -211,13 +183,13 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
 
     // Round 0: undisturbed.
     for i in 0..3 {
-        type_fragment(&producer, 0, i).await;
+        type_fragment(&producer, &cluster.input, 0, i).await;
     }
     out.until("round 0", |s| typed(s) == USERS * 3).await;
 
     // Round 1: two fragments typed, both owners hold open windows (seen in Redis), then A dies.
-    type_fragment(&producer, 1, 0).await;
-    type_fragment(&producer, 1, 1).await;
+    type_fragment(&producer, &cluster.input, 1, 0).await;
+    type_fragment(&producer, &cluster.input, 1, 1).await;
     let mut conn = redis.conn().await;
     let pending_keys: Vec<String> = (0..USERS)
         .map(|u| format!("{prefix}:pending:{}", user(u)))
@@ -241,7 +213,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     let mut a = a;
     a.child.kill().expect("kill -9");
     a.child.wait().expect("reaped");
-    type_fragment(&producer, 1, 2).await;
+    type_fragment(&producer, &cluster.input, 1, 2).await;
     slow_stop.cancel();
     let slow_fragments = slow.await.expect("slow typist") * PARTITIONS as usize;
     out.until("round 1, after the survivor took over", |s| {
@@ -250,10 +222,10 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     .await;
 
     // A comes back; the group rebalances again; round 2 runs on both.
-    let a = start_worker(&bootstrap, &redis.url, &prefix, "A");
+    let a = start_worker(&cluster, &group, &redis.url, &prefix, "A");
     both_own_partitions(&a, &b).await;
     for i in 0..3 {
-        type_fragment(&producer, 2, i).await;
+        type_fragment(&producer, &cluster.input, 2, i).await;
     }
     let total = USERS * 9 + slow_fragments;
     out.until("round 2 and the slow typists", |s| {
@@ -283,15 +255,12 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     assert_eq!(typed_batches, USERS * 3, "one batch per user per round");
 
     // The same log, read undisturbed by a fresh group without Redis, gives the same batches.
-    let mut cfg = lull::config::Config::defaults();
-    cfg.brokers = bootstrap.clone();
-    cfg.group_id = "undisturbed".into();
-    cfg.output_topic = "chat.batches.undisturbed".into();
+    let mut cfg = cluster.config("undisturbed");
+    cfg.output_topic = cluster.replay.clone();
     cfg.quiet = Duration::from_millis(2000);
     cfg.grace = Duration::from_millis(300);
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
     let reference = Running::start(cfg);
-    let mut replay = collector_cluster.collector("chat.batches.undisturbed");
+    let mut replay = cluster.collector(&cluster.replay);
     replay
         .until("the undisturbed run", |s| event_counts(s).len() == total)
         .await;
@@ -301,8 +270,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
         shapes(&replay.seen),
         "batch ids and contents as undisturbed"
     );
-    let mut audit = lull::config::Config::defaults();
-    audit.brokers = bootstrap.clone();
+    let mut audit = cluster.config("audit");
     audit.quiet = Duration::from_millis(2000);
     audit.grace = Duration::from_millis(300);
     let r = verify_clean(&audit).await;
@@ -316,18 +284,4 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     );
     drop(a);
     drop(b);
-    let _ = broker.kill();
-    let _ = broker.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A cluster reached by address (the `dev-broker` process), for the collector helper.
-struct ExternalCluster {
-    bootstrap: String,
-}
-
-impl ExternalCluster {
-    fn collector(&self, topic: &str) -> Collector {
-        Collector::on(&self.bootstrap, topic, PARTITIONS)
-    }
 }

@@ -8,9 +8,6 @@ use std::time::Duration;
 use common::*;
 use lull::config::{Config, Secret};
 
-const IN: &str = "chat.fragments";
-const OUT: &str = "chat.batches";
-
 async fn page(lull: &Running) -> String {
     let addr = lull.health.http_addr().expect("http bound");
     let (code, body) = http_get(addr, "/metrics").await;
@@ -20,7 +17,7 @@ async fn page(lull: &Running) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_and_every_metric_over_http() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start(2).await;
     let redis = RedisServer::shared();
     let mut cfg: Config = cluster.config("obs");
     cfg.redis_url = Some(Secret::new(redis.url.clone()));
@@ -47,10 +44,34 @@ async fn health_endpoints_and_every_metric_over_http() {
 
     let producer = cluster.producer();
     for seq in 0..3 {
-        send(&producer, IN, Some("m"), &fragment("m", seq), None, None).await;
+        send(
+            &producer,
+            &cluster.input,
+            Some("m"),
+            &fragment("m", seq),
+            None,
+            None,
+        )
+        .await;
     }
-    send(&producer, IN, Some("m"), &fragment("m", 2), None, None).await; // duplicate event id
-    send(&producer, IN, Some("m"), b"not json", None, None).await;
+    send(
+        &producer,
+        &cluster.input,
+        Some("m"),
+        &fragment("m", 2),
+        None,
+        None,
+    )
+    .await; // duplicate event id
+    send(
+        &producer,
+        &cluster.input,
+        Some("m"),
+        b"not json",
+        None,
+        None,
+    )
+    .await;
     // While the window is open, the gauges show it.
     let mut saw_open = false;
     for _ in 0..50 {
@@ -69,7 +90,7 @@ async fn health_endpoints_and_every_metric_over_http() {
     let old = lull::output::now_ms() - 60_000;
     send(
         &producer,
-        IN,
+        &cluster.input,
         Some("late"),
         &fragment("late", 0),
         None,
@@ -77,7 +98,7 @@ async fn health_endpoints_and_every_metric_over_http() {
     )
     .await;
 
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("both batches", |s| event_counts(s).len() == 4)
         .await;
     wait_for("commits", || true).await;
@@ -128,13 +149,18 @@ async fn health_endpoints_and_every_metric_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_says_why_when_kafka_is_down_and_recovers() {
-    let cluster = Cluster::start(1);
+    // The mock: its broker goes down on command (the suite's real broker is shared).
+    let cluster = Cluster::mock(1);
     let lull = Running::start(cluster.config("ready"));
     lull.assigned(1).await;
     let addr = lull.health.http_addr().unwrap();
     wait_for("ready", || lull.health.kafka_reachable()).await;
     assert_eq!(http_get(addr, "/health/ready").await.0, 200);
-    cluster.broker.with(|c| c.broker_down(1)).unwrap().unwrap();
+    cluster
+        .mock_broker()
+        .with(|c| c.broker_down(1))
+        .unwrap()
+        .unwrap();
     let end = tokio::time::Instant::now() + DEADLINE;
     let body = loop {
         let (code, body) = http_get(addr, "/health/ready").await;
@@ -160,7 +186,11 @@ async fn readiness_says_why_when_kafka_is_down_and_recovers() {
         200,
         "still live: the loop turns"
     );
-    cluster.broker.with(|c| c.broker_up(1)).unwrap().unwrap();
+    cluster
+        .mock_broker()
+        .with(|c| c.broker_up(1))
+        .unwrap()
+        .unwrap();
     wait_for("ready again", || lull.health.kafka_reachable()).await;
     assert_eq!(http_get(addr, "/health/ready").await.0, 200);
     lull.stop().await;
@@ -168,8 +198,8 @@ async fn readiness_says_why_when_kafka_is_down_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
-    // Eight partitions: the mock keeps only ~5 MiB per partition and the output is ~8 MiB.
-    let cluster = Cluster::start(8);
+    // Eight partitions, so the budget is shared by many workers.
+    let cluster = Cluster::start(8).await;
     let mut cfg = cluster.config("flood");
     let budget: usize = 1 << 20;
     cfg.max_open_bytes = budget;
@@ -189,7 +219,7 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     for seq in 0..2_000 {
         send(
             &producer,
-            IN,
+            &cluster.input,
             Some("flooder"),
             &value("flooder", seq),
             None,
@@ -201,7 +231,15 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     for u in 0..2_000 {
         let user = format!("f{u}");
         for seq in 0..4 {
-            send(&producer, IN, Some(&user), &value(&user, seq), None, None).await;
+            send(
+                &producer,
+                &cluster.input,
+                Some(&user),
+                &value(&user, seq),
+                None,
+                None,
+            )
+            .await;
             sent += 1;
         }
     }
@@ -225,14 +263,14 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     lull.assigned(8).await;
     send(
         &producer,
-        IN,
+        &cluster.input,
         Some("normal"),
         &value("normal", 0),
         None,
         None,
     )
     .await;
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("the normal user's batch", |s| {
         event_counts(s).contains_key("normal-0")
     })

@@ -10,10 +10,6 @@ use common::*;
 use lull::config::{Config, Secret};
 use redis::AsyncCommands;
 
-const IN: &str = "chat.fragments";
-const OUT: &str = "chat.batches";
-const REPLAY: &str = "chat.batches.replay";
-
 fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
     c.redis_url = Some(Secret::new(redis.url.clone()));
     c.redis_prefix = prefix.to_string();
@@ -22,7 +18,7 @@ fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start(2).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("replay");
     let first = Running::start(with_redis(cluster.config("first"), &redis, &prefix));
@@ -33,7 +29,7 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
         for seq in 0..3 {
             send(
                 &producer,
-                IN,
+                &cluster.input,
                 Some(&user),
                 &fragment(&user, seq),
                 None,
@@ -42,7 +38,7 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
             .await;
         }
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     out.until("8 batches", |s| event_counts(s).len() == 24)
         .await;
     first.stop().await;
@@ -50,15 +46,23 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
     // Another group reads the whole log again from the start, as a new owner would after losing
     // the commits: everything was emitted already, so nothing comes out twice.
     let mut cfg = with_redis(cluster.config("second"), &redis, &prefix);
-    cfg.output_topic = REPLAY.into();
+    cfg.output_topic = cluster.replay.clone();
     let second = Running::start(cfg);
     second.assigned(2).await;
     wait_for("the replay to read the log", || {
         second.health.messages_read() >= 24
     })
     .await;
-    send(&producer, IN, Some("r0"), &fragment("r0", 3), None, None).await;
-    let mut replay = cluster.collector(REPLAY);
+    send(
+        &producer,
+        &cluster.input,
+        Some("r0"),
+        &fragment("r0", 3),
+        None,
+        None,
+    )
+    .await;
+    let mut replay = cluster.collector(&cluster.replay);
     replay.until("the one new batch", |s| !s.is_empty()).await;
     replay.settle(Duration::from_secs(1)).await;
     assert_eq!(replay.seen.len(), 1, "only the new fragment is emitted");
@@ -68,18 +72,50 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_retry_with_the_same_event_id_is_dropped() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("dupe");
     let lull = Running::start(with_redis(cluster.config("dupe"), &redis, &prefix));
     lull.assigned(1).await;
     let producer = cluster.producer();
     let before = lull::metrics::metrics().fragments_duplicate.get();
-    send(&producer, IN, Some("d"), &fragment("d", 0), None, None).await;
-    send(&producer, IN, Some("d"), &fragment("d", 1), None, None).await;
-    send(&producer, IN, Some("d"), &fragment("d", 1), None, None).await; // the retry
-    send(&producer, IN, Some("d"), &fragment("d", 2), None, None).await;
-    let mut out = cluster.collector(OUT);
+    send(
+        &producer,
+        &cluster.input,
+        Some("d"),
+        &fragment("d", 0),
+        None,
+        None,
+    )
+    .await;
+    send(
+        &producer,
+        &cluster.input,
+        Some("d"),
+        &fragment("d", 1),
+        None,
+        None,
+    )
+    .await;
+    send(
+        &producer,
+        &cluster.input,
+        Some("d"),
+        &fragment("d", 1),
+        None,
+        None,
+    )
+    .await; // the retry
+    send(
+        &producer,
+        &cluster.input,
+        Some("d"),
+        &fragment("d", 2),
+        None,
+        None,
+    )
+    .await;
+    let mut out = cluster.collector(&cluster.output);
     out.until("the batch", |s| !s.is_empty()).await;
     out.settle(Duration::from_millis(800)).await;
     assert_eq!(out.seen.len(), 1);
@@ -92,7 +128,7 @@ async fn a_producer_retry_with_the_same_event_id_is_dropped() {
 async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     // The predecessor's bug: the TTL was set from the first message and never refreshed, so the
     // key of a user who kept typing vanished mid-burst.
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("pendingttl");
     let mut cfg = with_redis(cluster.config("pending"), &redis, &prefix);
@@ -107,7 +143,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     for seq in 0..20 {
         send(
             &producer,
-            IN,
+            &cluster.input,
             Some("typist"),
             &fragment("typist", seq),
             None,
@@ -131,7 +167,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
             "TTL {ttl} ms is shorter than the {left} ms left to the flush"
         );
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let b = out.until("the long batch", |s| !s.is_empty()).await[0].clone();
     assert_eq!(b.json()["count"], 20);
     wait_for("the flush to delete the pending key", || {
@@ -150,7 +186,7 @@ fn key_exists(redis: &RedisServer, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let mut redis = RedisServer::private();
     let prefix = unique_prefix("outage");
     let cfg = with_redis(cluster.config("outage"), &redis, &prefix);
@@ -160,13 +196,14 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     let producer = cluster.producer();
     let burst = |round: usize| {
         let producer = producer.clone();
+        let input = cluster.input.clone();
         async move {
             for u in 0..5 {
                 let user = format!("x{u}");
                 for i in 0..2 {
                     send(
                         &producer,
-                        IN,
+                        &input,
                         Some(&user),
                         &fragment(&user, round * 2 + i),
                         None,
@@ -177,7 +214,7 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
             }
         }
     };
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     burst(0).await;
     out.until("round 0", |s| event_counts(s).len() == 10).await;
 
@@ -204,7 +241,10 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     );
     // Shared state works again: the recovered worker re-claimed its partition and wrote.
     let mut c = redis.conn().await;
-    let flushed: Option<String> = c.get(format!("{prefix}:flushed:x0")).await.unwrap();
+    let flushed: Option<String> = c
+        .hget(format!("{prefix}:flushed:x0"), "offset")
+        .await
+        .unwrap();
     assert!(
         flushed.is_some(),
         "flushed watermark written after recovery"

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use lull::config::{Config, Secret};
 use lull::health::Health;
-use lull::store::{Candidate, Flushed, PendingSummary, Store, StoreError, Verdict};
+use lull::store::{Candidate, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
 use redis::AsyncCommands;
 
 async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> {
@@ -22,6 +22,26 @@ async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> 
         .expect("store");
     assert!(!s.is_degraded(), "redis reachable");
     s
+}
+
+/// The topic id the tests' claims carry.
+const TID: &str = "Vgz4yQp5QnqVv1GtYm9s2g";
+
+/// A high watermark above every offset the tests use.
+const HIGH: i64 = 1_000_000;
+
+/// `flushed:{key}` as (topic id, partition, offset).
+async fn flushed(redis: &RedisServer, prefix: &str, key: &str) -> (String, String, String) {
+    let mut c = redis.conn().await;
+    let v: Vec<String> = redis::cmd("HMGET")
+        .arg(format!("{prefix}:flushed:{key}"))
+        .arg("topic_id")
+        .arg("partition")
+        .arg("offset")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    (v[0].clone(), v[1].clone(), v[2].clone())
 }
 
 fn cand<'a>(key: &'a str, offset: i64, event: Option<&'a str>) -> Candidate<'a> {
@@ -38,8 +58,8 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
     let prefix = unique_prefix("fence");
     let zombie = store(&redis, &prefix, "zombie").await;
     let owner = store(&redis, &prefix, "owner").await;
-    let old = zombie.claim("t", 0, false).await.unwrap();
-    let new = owner.claim("t", 0, false).await.unwrap();
+    let old = zombie.claim("t", 0, TID, false).await.unwrap();
+    let new = owner.claim("t", 0, TID, false).await.unwrap();
     assert!(new.generation > old.generation, "generations only grow");
 
     let batch = |last| Flushed {
@@ -47,7 +67,10 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         first_offset: 1,
         last_offset: last,
     };
-    owner.record_flushed(&new, &[batch(10)]).await.unwrap();
+    owner
+        .record_flushed(&new, HIGH, &[batch(10)])
+        .await
+        .unwrap();
     let pending = PendingSummary {
         key: "u".into(),
         first_ts: 1,
@@ -63,7 +86,7 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
 
     // Every write of the zombie is refused and changes nothing.
     assert!(matches!(
-        zombie.record_flushed(&old, &[batch(99)]).await,
+        zombie.record_flushed(&old, HIGH, &[batch(99)]).await,
         Err(StoreError::Stale(_))
     ));
     assert!(matches!(
@@ -71,17 +94,19 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         Err(StoreError::Stale(_))
     ));
     assert!(matches!(
-        zombie.admit(&old, &[cand("u", 50, Some("e"))]).await,
+        zombie.admit(&old, HIGH, &[cand("u", 50, Some("e"))]).await,
         Err(StoreError::Stale(_))
     ));
     // Nor can it take the partition back quietly after an outage.
     assert!(matches!(
-        zombie.claim("t", 0, true).await,
+        zombie.claim("t", 0, TID, true).await,
         Err(StoreError::Stale(_))
     ));
     let mut c = redis.conn().await;
-    let flushed: String = c.get(format!("{prefix}:flushed:u")).await.unwrap();
-    assert_eq!(flushed, "0:10");
+    assert_eq!(
+        flushed(&redis, &prefix, "u").await,
+        (TID.into(), "0".into(), "10".into())
+    );
     assert!(
         owner.read_pending("u").await.unwrap().is_some(),
         "pending not deleted by the zombie"
@@ -91,10 +116,10 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
 
     // The rightful owner may resume after an outage; the generation still grows even if the
     // owner record is lost (Redis restarted without persistence).
-    let resumed = owner.claim("t", 0, true).await.unwrap();
+    let resumed = owner.claim("t", 0, TID, true).await.unwrap();
     assert!(resumed.generation > new.generation);
     let _: () = c.del(format!("{prefix}:owner:t:0")).await.unwrap();
-    let again = owner.claim("t", 0, false).await.unwrap();
+    let again = owner.claim("t", 0, TID, false).await.unwrap();
     assert!(again.generation > resumed.generation);
 }
 
@@ -103,24 +128,35 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
     let redis = RedisServer::shared();
     let prefix = unique_prefix("flushed");
     let s = store(&redis, &prefix, "a").await;
-    let f = s.claim("t", 3, false).await.unwrap();
+    let f = s.claim("t", 3, TID, false).await.unwrap();
     let batch = |key: &str, first, last| Flushed {
         key: key.into(),
         first_offset: first,
         last_offset: last,
     };
-    s.record_flushed(&f, &[batch("u", 10, 15)]).await.unwrap();
+    s.record_flushed(&f, HIGH, &[batch("u", 10, 15)])
+        .await
+        .unwrap();
     let mut c = redis.conn().await;
     let key = format!("{prefix}:flushed:u");
     let _: () = c.pexpire(&key, 5_000).await.unwrap();
-    s.record_flushed(&f, &[batch("u", 8, 12)]).await.unwrap();
-    let v: String = c.get(&key).await.unwrap();
-    assert_eq!(v, "3:15", "never moves back");
+    s.record_flushed(&f, HIGH, &[batch("u", 8, 12)])
+        .await
+        .unwrap();
+    assert_eq!(
+        flushed(&redis, &prefix, "u").await.2,
+        "15",
+        "never moves back"
+    );
     let ttl: i64 = c.pttl(&key).await.unwrap();
     assert!(ttl > 600_000_000, "TTL refreshed to retention, got {ttl}");
-    s.record_flushed(&f, &[batch("u", 16, 20)]).await.unwrap();
-    let v: String = c.get(&key).await.unwrap();
-    assert_eq!(v, "3:20");
+    s.record_flushed(&f, HIGH, &[batch("u", 16, 20)])
+        .await
+        .unwrap();
+    assert_eq!(
+        flushed(&redis, &prefix, "u").await,
+        (TID.into(), "3".into(), "20".into())
+    );
 }
 
 #[tokio::test]
@@ -128,9 +164,10 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
     let redis = RedisServer::shared();
     let prefix = unique_prefix("admit");
     let s = store(&redis, &prefix, "a").await;
-    let f = s.claim("t", 0, false).await.unwrap();
+    let f = s.claim("t", 0, TID, false).await.unwrap();
     s.record_flushed(
         &f,
+        HIGH,
         &[Flushed {
             key: "u".into(),
             first_offset: 3,
@@ -142,6 +179,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
     let v = s
         .admit(
             &f,
+            HIGH,
             &[
                 cand("u", 3, Some("e3")),
                 cand("u", 5, None),
@@ -163,7 +201,10 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
         ]
     );
     // Replaying offset 6 (same partition, same offset) is not a duplicate.
-    let v = s.admit(&f, &[cand("u", 6, Some("e6"))]).await.unwrap();
+    let v = s
+        .admit(&f, HIGH, &[cand("u", 6, Some("e6"))])
+        .await
+        .unwrap();
     assert_eq!(v, vec![Verdict::New]);
     let mut c = redis.conn().await;
     let ttl: i64 = c.pttl(format!("{prefix}:event:e6")).await.unwrap();
@@ -171,11 +212,98 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
 }
 
 #[tokio::test]
+async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_never_used_to_skip() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("stale");
+    let old = store(&redis, &prefix, "a").await;
+    let f = old.claim("t", 0, TID, false).await.unwrap();
+    let batch = |key: &str, last| Flushed {
+        key: key.into(),
+        first_offset: 0,
+        last_offset: last,
+    };
+    old.record_flushed(&f, HIGH, &[batch("u", 100), batch("w", 5)])
+        .await
+        .unwrap();
+    old.admit(&f, HIGH, &[cand("u", 40, Some("ev-40"))])
+        .await
+        .unwrap();
+
+    // The topic was deleted and created again: another topic id, offsets from 0.
+    let new_tid = "AAAAAAAAAAAAAAAAAAAAAQ";
+    let f = old.claim("t", 0, new_tid, false).await.unwrap();
+    let v = old
+        .admit(
+            &f,
+            3,
+            &[
+                cand("u", 0, None),
+                cand("u", 1, Some("ev-40")),
+                cand("w", 2, None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        vec![
+            Verdict::NewPastStale(Stale::TopicId),
+            Verdict::NewPastStale(Stale::TopicId),
+            Verdict::NewPastStale(Stale::TopicId)
+        ],
+        "an event id first seen in the old topic is no duplicate in the new one"
+    );
+    // The new incarnation's flush replaces the record although its offset is lower.
+    old.record_flushed(&f, 3, &[batch("u", 1)]).await.unwrap();
+    assert_eq!(
+        flushed(&redis, &prefix, "u").await,
+        (new_tid.into(), "0".into(), "1".into())
+    );
+    assert_eq!(
+        old.admit(&f, 3, &[cand("u", 1, None)]).await.unwrap(),
+        vec![Verdict::Emitted],
+        "records of this incarnation skip as before"
+    );
+
+    // Without topic ids (a cluster that gives none): a record at or above the high watermark
+    // cannot describe this log.
+    let f = old.claim("t", 0, "", false).await.unwrap();
+    let v = old.admit(&f, 4, &[cand("w", 3, None)]).await.unwrap();
+    assert_eq!(v, vec![Verdict::NewPastStale(Stale::BeyondHighWatermark)]);
+    old.record_flushed(&f, 4, &[batch("w", 3)]).await.unwrap();
+    assert_eq!(flushed(&redis, &prefix, "w").await.2, "3");
+
+    // A record from before topic ids ("partition:offset") is read as one of unknown topic id.
+    let mut c = redis.conn().await;
+    let _: () = c
+        .set(format!("{prefix}:flushed:legacy"), "0:7")
+        .await
+        .unwrap();
+    let f = old.claim("t", 0, TID, false).await.unwrap();
+    let v = old
+        .admit(
+            &f,
+            HIGH,
+            &[cand("legacy", 7, None), cand("legacy", 8, None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, vec![Verdict::Emitted, Verdict::New]);
+    old.record_flushed(&f, HIGH, &[batch("legacy", 9)])
+        .await
+        .unwrap();
+    assert_eq!(
+        flushed(&redis, &prefix, "legacy").await,
+        (TID.into(), "0".into(), "9".into())
+    );
+}
+
+#[tokio::test]
 async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them() {
     let redis = RedisServer::shared();
     let prefix = unique_prefix("pending");
     let s = store(&redis, &prefix, "host-1").await;
-    let f = s.claim("t", 1, false).await.unwrap();
+    let f = s.claim("t", 1, TID, false).await.unwrap();
     let w = |first_offset, count| PendingSummary {
         key: "u".into(),
         first_ts: 1_000,
@@ -207,7 +335,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         first_offset: 5,
         last_offset: 7,
     };
-    s.record_flushed(&f, &[old]).await.unwrap();
+    s.record_flushed(&f, HIGH, &[old]).await.unwrap();
     assert!(
         s.read_pending("u").await.unwrap().is_some(),
         "newer window kept"
@@ -217,7 +345,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         first_offset: 9,
         last_offset: 9,
     };
-    s.record_flushed(&f, &[new]).await.unwrap();
+    s.record_flushed(&f, HIGH, &[new]).await.unwrap();
     assert!(
         s.read_pending("u").await.unwrap().is_none(),
         "its own flush deletes it"
@@ -261,7 +389,7 @@ async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
     assert_eq!(seen.client_name.as_deref(), Some("someone-else"));
     // A script call from a lull store is attributed to its script and its named client.
     let s = store(&redis, &prefix, "traced").await;
-    let f = s.claim("t", 0, false).await.unwrap();
+    let f = s.claim("t", 0, TID, false).await.unwrap();
     s.publish_pending(
         &f,
         &[PendingSummary {
@@ -349,7 +477,7 @@ async fn a_rediss_url_reaches_redis_over_tls() {
         .expect("store");
     assert!(!s.is_degraded(), "connected over TLS");
     let fence = s
-        .claim("t", 0, false)
+        .claim("t", 0, TID, false)
         .await
         .expect("a script call over TLS");
     assert!(fence.generation > 0);
@@ -372,7 +500,7 @@ async fn a_password_in_the_url_authenticates_and_never_shows() {
         .await
         .expect("store");
     assert!(!s.is_degraded(), "authenticated");
-    assert!(s.claim("t", 0, false).await.is_ok());
+    assert!(s.claim("t", 0, TID, false).await.is_ok());
     assert!(!format!("{c:?} {:?}", c.summary()).contains("s3cret-pw"));
 
     // A wrong password degrades (lull keeps batching) and the error does not echo the secret.
@@ -381,7 +509,7 @@ async fn a_password_in_the_url_authenticates_and_never_shows() {
         .await
         .expect("store");
     assert!(s.is_degraded());
-    let err = s.claim("t", 0, false).await.unwrap_err().to_string();
+    let err = s.claim("t", 0, TID, false).await.unwrap_err().to_string();
     assert!(!err.contains("wrong-pw"), "{err}");
     let _ = server.kill();
     let _ = server.wait();

@@ -5,20 +5,25 @@ mod common;
 
 use common::*;
 
-const IN: &str = "chat.fragments";
-const OUT: &str = "chat.batches";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_duplicates_alterations_and_losses() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start(1).await;
     let cfg = cluster.config("verify");
     let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     let producer = cluster.producer();
     for seq in 0..3 {
-        send(&producer, IN, Some("v"), &fragment("v", seq), None, None).await;
+        send(
+            &producer,
+            &cluster.input,
+            Some("v"),
+            &fragment("v", seq),
+            None,
+            None,
+        )
+        .await;
     }
-    let mut out = cluster.collector(OUT);
+    let mut out = cluster.collector(&cluster.output);
     let batch = out.until("the batch", |s| !s.is_empty()).await[0].clone();
     lull.stop().await;
     let clean = verify_clean(&cfg).await;
@@ -29,18 +34,27 @@ async fn verify_reports_duplicates_alterations_and_losses() {
 
     // The same batch produced twice (as a consumer of the output would see after a replay).
     let raw = batch.value.clone().unwrap();
-    send(&producer, OUT, Some("v"), &raw, None, None).await;
+    send(&producer, &cluster.output, Some("v"), &raw, None, None).await;
     // A batch whose fragment was changed on the way.
     let altered = String::from_utf8(raw.clone())
         .unwrap()
         .replace("v says 1", "v says 9");
-    let altered = altered.replace("chat.fragments/0/0", "chat.fragments/0/0x");
-    send(&producer, OUT, Some("v"), altered.as_bytes(), None, None).await;
+    let id = format!("{}/0/0", cluster.input);
+    let altered = altered.replace(&id, &format!("{id}x"));
+    send(
+        &producer,
+        &cluster.output,
+        Some("v"),
+        altered.as_bytes(),
+        None,
+        None,
+    )
+    .await;
     // A fragment nobody batched, old enough that it cannot be still open.
     let old = lull::output::now_ms() - 600_000;
     send(
         &producer,
-        IN,
+        &cluster.input,
         Some("gone"),
         &fragment("gone", 0),
         None,
@@ -68,7 +82,7 @@ async fn verify_reports_duplicates_alterations_and_losses() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lull"))
         .arg("verify")
         .env_clear()
-        .env("KAFKA_BROKERS", cluster.broker.bootstrap())
+        .envs(cluster.process_env("verify-cli"))
         .env("LULL_QUIET_MS", "300")
         .current_dir(std::env::temp_dir())
         .output()

@@ -2,8 +2,11 @@
 //!
 //! * `owner:{topic}:{partition}` — who owns a partition, with a fencing generation
 //!   ([`Store::claim`]); every write below carries it and a stale one is refused ([`StoreError::Stale`]).
-//! * `flushed:{key}` — the last offset of a key already emitted, so a new owner replaying from the
-//!   committed offset skips what was delivered ([`Store::admit`], [`Store::record_flushed`]).
+//! * `flushed:{key}` — the last offset of a key already emitted, with the partition and the Kafka
+//!   topic id it was read from, so a new owner replaying from the committed offset skips what was
+//!   delivered ([`Store::admit`], [`Store::record_flushed`]). A record of another topic id (the
+//!   topic was recreated) or at or above the high watermark is ignored, never used to skip
+//!   ([`Stale`]).
 //! * `event:{event_id}` — first sighting of an event id, to drop producer retries ([`Store::admit`]).
 //! * `pending:{key}` — the open window's summary, for "is this user mid-burst?"
 //!   ([`Store::publish_pending`], [`Store::read_pending`]).
@@ -61,6 +64,28 @@ pub enum Verdict {
     Emitted,
     /// Its event id was first seen at another offset (a producer retry): drop it.
     Duplicate,
+    /// New; its key's flushed record could not describe this log and was ignored.
+    NewPastStale(Stale),
+}
+
+/// Why a flushed record in Redis was ignored rather than used to skip fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// It was written for another incarnation of the topic (another Kafka topic id): the topic
+    /// was deleted and created again, or the cluster replaced, while Redis kept its keys.
+    TopicId,
+    /// It names an offset at or above the partition's high watermark: no such message exists.
+    BeyondHighWatermark,
+}
+
+impl Stale {
+    /// A short, fixed label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stale::TopicId => "topic_id",
+            Stale::BeyondHighWatermark => "beyond_high_watermark",
+        }
+    }
 }
 
 /// Proof of partition ownership, carried by every fenced write.
@@ -71,6 +96,9 @@ pub struct Fence {
     pub generation: u64,
     /// The partition it covers.
     pub partition: i32,
+    /// The Kafka topic id of the input topic as the owner saw it ("" when unknown): records
+    /// written under it are recognised as this incarnation's.
+    pub topic_id: String,
 }
 
 /// One fragment as [`Store::admit`] needs it.
@@ -392,10 +420,14 @@ impl Store {
 
     /// Takes ownership of a partition (`resume = false` right after a Kafka assignment; `true`
     /// after a Redis outage, which succeeds only if nobody else took it meanwhile).
+    ///
+    /// `topic_id` is the input topic's Kafka topic id ("" if the cluster did not say): every
+    /// record written under this claim carries it.
     pub async fn claim(
         self: &Arc<Self>,
         topic: &str,
         partition: i32,
+        topic_id: &str,
         resume: bool,
     ) -> Result<Fence, StoreError> {
         let owner_key = self.keys.owner(topic, partition);
@@ -404,7 +436,8 @@ impl Store {
         inv.key(&owner_key)
             .arg(&self.instance)
             .arg(self.ttl.owner)
-            .arg(if resume { "resume" } else { "assign" });
+            .arg(if resume { "resume" } else { "assign" })
+            .arg(topic_id);
         let generation: u64 = self.run(script, inv, 1).await?;
         if generation == 0 {
             return Err(StoreError::Stale("another instance claimed it".into()));
@@ -413,13 +446,17 @@ impl Store {
             owner_key,
             generation,
             partition,
+            topic_id: topic_id.to_string(),
         })
     }
 
     /// Decides, for a chunk of fragments, which are new, already emitted, or duplicates.
+    /// `high` is the partition's high watermark: a record at or above it cannot describe this
+    /// log and is ignored.
     pub async fn admit(
         self: &Arc<Self>,
         fence: &Fence,
+        high: i64,
         fragments: &[Candidate<'_>],
     ) -> Result<Vec<Verdict>, StoreError> {
         if fragments.is_empty() {
@@ -431,7 +468,9 @@ impl Store {
             .arg(fence.generation)
             .arg(fence.partition)
             .arg(self.ttl.event)
-            .arg(self.ttl.owner);
+            .arg(self.ttl.owner)
+            .arg(&fence.topic_id)
+            .arg(high);
         for f in fragments {
             let flushed = self.keys.flushed(f.key);
             match f.event_id {
@@ -447,6 +486,8 @@ impl Store {
             .map(|c| match c {
                 1 => Verdict::Emitted,
                 2 => Verdict::Duplicate,
+                3 => Verdict::NewPastStale(Stale::TopicId),
+                4 => Verdict::NewPastStale(Stale::BeyondHighWatermark),
                 _ => Verdict::New,
             })
             .collect();
@@ -476,16 +517,18 @@ impl Store {
     }
 
     /// Records acknowledged batches: moves flushed watermarks forward, drops their pending keys.
+    /// `high` is the partition's high watermark (see [`Store::admit`]).
     pub async fn record_flushed(
         self: &Arc<Self>,
         fence: &Fence,
+        high: i64,
         batches: &[Flushed],
     ) -> Result<(), StoreError> {
         if batches.is_empty() {
             return Ok(());
         }
         let script = Script::Flush;
-        let inv = self.flush_invocation(fence, batches);
+        let inv = self.flush_invocation(fence, high, batches);
         let _: i64 = self.run(script, inv, batches.len()).await?;
         Ok(())
     }
@@ -496,17 +539,18 @@ impl Store {
     pub async fn sync(
         self: &Arc<Self>,
         fence: &Fence,
+        high: i64,
         windows: &[PendingSummary],
         batches: &[Flushed],
     ) -> Result<(), StoreError> {
         match (windows.is_empty(), batches.is_empty()) {
             (true, true) => return Ok(()),
             (false, true) => return self.publish_pending(fence, windows).await,
-            (true, false) => return self.record_flushed(fence, batches).await,
+            (true, false) => return self.record_flushed(fence, high, batches).await,
             (false, false) => {}
         }
         let pending = self.pending_invocation(fence, windows);
-        let flush = self.flush_invocation(fence, batches);
+        let flush = self.flush_invocation(fence, high, batches);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&pending).invoke_script(&flush);
         let mut conn = self.usable_connection().await?;
@@ -559,6 +603,7 @@ impl Store {
     fn flush_invocation(
         &self,
         fence: &Fence,
+        high: i64,
         batches: &[Flushed],
     ) -> redis::ScriptInvocation<'static> {
         let mut inv = Script::Flush.get().prepare_invoke();
@@ -566,7 +611,9 @@ impl Store {
             .arg(fence.generation)
             .arg(fence.partition)
             .arg(self.ttl.flushed)
-            .arg(self.ttl.owner);
+            .arg(self.ttl.owner)
+            .arg(&fence.topic_id)
+            .arg(high);
         for b in batches {
             inv.key(self.keys.flushed(&b.key))
                 .key(self.keys.pending(&b.key))

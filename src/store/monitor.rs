@@ -61,7 +61,13 @@ fn describe(command: &str, args: &[String], key: &str) -> String {
             after("generation")
         ),
         ("DEL", "pending") => "window closed: its batch was acknowledged".to_string(),
-        ("SET", "flushed") => format!("flushed up to {}", args.get(2).map_or("?", String::as_str)),
+        ("HSET", "flushed") => format!(
+            "flushed up to {}:{} (topic id {})",
+            after("partition"),
+            after("offset"),
+            after("topic_id")
+        ),
+        ("DEL", "flushed") => "record from before topic ids replaced".to_string(),
         ("SET", "event") => format!(
             "event first seen at {}",
             args.get(2).map_or("?", String::as_str)
@@ -262,17 +268,23 @@ mod tests {
             client_name: Some("lull:host-1:42".into()),
             script: Some("flush"),
             args: vec![
-                "SET".into(),
+                "HSET".into(),
                 "lull:flushed:user-1".into(),
-                "3:15".into(),
-                "PX".into(),
-                "1000".into(),
+                "topic_id".into(),
+                "Vgz4yQp5QnqVv1GtYm9s2g".into(),
+                "partition".into(),
+                "3".into(),
+                "offset".into(),
+                "15".into(),
             ],
         };
         let lines = timeline(&e, "lull");
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("flushed:user-1"));
-        assert!(lines[0].contains("flushed up to 3:15"));
+        assert!(
+            lines[0].contains("flushed up to 3:15 (topic id Vgz4yQp5QnqVv1GtYm9s2g)"),
+            "{lines:?}"
+        );
         assert!(lines[0].contains("by lull:host-1:42 (127.0.0.1:5000) via flush.lua"));
     }
 

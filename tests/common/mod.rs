@@ -1,6 +1,13 @@
-//! The integration-test harness: a fresh librdkafka mock cluster per test (real Kafka protocol,
-//! real consumer groups), lull started in-process on it, a producer, and a collector that reads
-//! the output and dead-letter topics back.
+//! The integration-test harness: a Kafka cluster with fresh topics per test, lull started
+//! in-process on it, a producer, and a collector that reads the output and dead-letter topics
+//! back.
+//!
+//! Two kinds of Kafka, said explicitly by each test:
+//! * [`Cluster::start`]: **real Apache Kafka** (a single KRaft node that `scripts/test.sh` starts
+//!   with `scripts/kafka.sh` and names in `LULL_TEST_KAFKA`), with topics of this test's own, so
+//!   tests share the broker but never each other's data. The ground truth of the suite.
+//! * [`Cluster::mock`]: librdkafka's in-process mock cluster, only where a test needs its fault
+//!   injection (a broker down on command) or its speed.
 //!
 //! Every wait is on a condition with a generous deadline, never a bare sleep, so the tests hold on
 //! a loaded 2-core machine.
@@ -8,14 +15,17 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lull::config::{Config, KafkaProperty};
 use lull::health::Health;
 use lull::mock::MockBroker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
@@ -25,34 +35,219 @@ use tokio_util::sync::CancellationToken;
 /// How long any single condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
-/// A mock cluster with lull's three topics.
+/// A real Kafka cluster started by `scripts/kafka.sh`, as its `cluster.env` describes it.
+#[derive(Debug, Clone)]
+pub struct KafkaEnv {
+    pub dir: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+impl KafkaEnv {
+    /// The single node of the integration suite (`LULL_TEST_KAFKA`).
+    pub fn single() -> Self {
+        Self::from_var("LULL_TEST_KAFKA")
+    }
+
+    /// The three-node cluster of the chaos suite (`LULL_TEST_KAFKA3`).
+    pub fn three() -> Self {
+        Self::from_var("LULL_TEST_KAFKA3")
+    }
+
+    fn from_var(var: &str) -> Self {
+        let dir = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: run the tests through scripts/test.sh, which starts real Kafka"
+            )
+        });
+        let text = std::fs::read_to_string(dir.join("cluster.env"))
+            .unwrap_or_else(|e| panic!("{}/cluster.env: {e}", dir.display()));
+        let vars = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self { dir, vars }
+    }
+
+    /// A value of `cluster.env`, e.g. `KAFKA_SSL_BOOTSTRAP`.
+    pub fn get(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from {}/cluster.env", self.dir.display()))
+    }
+
+    /// The plain-text bootstrap servers.
+    pub fn bootstrap(&self) -> &str {
+        self.get("KAFKA_BOOTSTRAP")
+    }
+
+    /// Runs `scripts/kafka.sh <action> DIR <node>` (kill-node, stop-node, start-node).
+    pub fn node(&self, action: &str, id: i32) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .arg(&self.dir)
+            .arg(id.to_string())
+            .status()
+            .expect("scripts/kafka.sh runs");
+        assert!(status.success(), "kafka.sh {action} {id} failed");
+    }
+}
+
+/// A name no other test uses, for topics, groups and key prefixes.
+pub fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates `topics` (name, partitions) with `replication` on the cluster at `bootstrap`, and
+/// waits until every partition has a leader.
+pub async fn create_topics(bootstrap: &str, topics: &[(String, i32)], replication: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin
+        .create_topics(&new, &opts)
+        .await
+        .expect("create topics")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let ready = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|md| {
+                topics.iter().all(|(name, partitions)| {
+                    md.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.partitions().len() == *partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < end, "topics {topics:?} never got leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Backend {
+    Real(KafkaEnv),
+    Mock(MockBroker),
+}
+
+/// A Kafka cluster with this test's input, output, DLQ and replay topics.
 pub struct Cluster {
-    pub broker: MockBroker,
+    backend: Backend,
+    bootstrap: String,
     pub partitions: i32,
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    /// A second output topic, for a replay to compare with the first run.
+    pub replay: String,
 }
 
 impl Cluster {
-    /// Starts a cluster whose input, output and DLQ topics have `partitions` partitions.
-    pub fn start(partitions: i32) -> Self {
-        let d = Config::defaults();
-        let broker = MockBroker::start(
-            1,
-            &[
-                (d.input_topic.clone(), partitions),
-                (d.output_topic.clone(), partitions),
-                (d.dlq_topic.clone(), partitions),
-                ("chat.batches.replay".to_string(), partitions),
-            ],
-        )
-        .expect("mock cluster starts");
-        Self { broker, partitions }
+    /// Real Apache Kafka (the suite's single node), with fresh topics of `partitions`
+    /// partitions each.
+    pub async fn start(partitions: i32) -> Self {
+        Self::real(KafkaEnv::single(), partitions, 1).await
     }
 
-    /// lull's configuration against this cluster: test-friendly group timings.
+    /// Fresh topics on a real cluster, replicated `replication` times.
+    pub async fn real(env: KafkaEnv, partitions: i32, replication: i32) -> Self {
+        let base = unique("t");
+        let cluster = Self {
+            bootstrap: env.bootstrap().to_string(),
+            partitions,
+            input: format!("{base}.fragments"),
+            output: format!("{base}.batches"),
+            dlq: format!("{base}.fragments.dlq"),
+            replay: format!("{base}.batches.replay"),
+            backend: Backend::Real(env),
+        };
+        create_topics(&cluster.bootstrap, &cluster.topics(), replication).await;
+        cluster
+    }
+
+    /// librdkafka's mock cluster (one broker) with lull's default topic names, for tests that
+    /// need its fault injection.
+    pub fn mock(partitions: i32) -> Self {
+        let d = Config::defaults();
+        let names = [
+            d.input_topic,
+            d.output_topic,
+            d.dlq_topic,
+            "chat.batches.replay".to_string(),
+        ];
+        let topics: Vec<(String, i32)> = names.iter().map(|n| (n.clone(), partitions)).collect();
+        let broker = MockBroker::start(1, &topics).expect("mock cluster starts");
+        let [input, output, dlq, replay] = names;
+        Self {
+            bootstrap: broker.bootstrap().to_string(),
+            backend: Backend::Mock(broker),
+            partitions,
+            input,
+            output,
+            dlq,
+            replay,
+        }
+    }
+
+    fn topics(&self) -> Vec<(String, i32)> {
+        [&self.input, &self.output, &self.dlq, &self.replay]
+            .iter()
+            .map(|t| (t.to_string(), self.partitions))
+            .collect()
+    }
+
+    /// Bootstrap servers of this cluster.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The mock broker, for fault injection; panics on real Kafka.
+    pub fn mock_broker(&self) -> &MockBroker {
+        match &self.backend {
+            Backend::Mock(b) => b,
+            Backend::Real(_) => panic!("fault injection needs Cluster::mock"),
+        }
+    }
+
+    /// The real cluster's description; panics on the mock.
+    pub fn kafka(&self) -> &KafkaEnv {
+        match &self.backend {
+            Backend::Real(env) => env,
+            Backend::Mock(_) => panic!("not a real cluster"),
+        }
+    }
+
+    /// lull's configuration against this cluster and its topics: test-friendly group timings.
     pub fn config(&self, group: &str) -> Config {
         let mut c = Config::defaults();
-        c.brokers = self.broker.bootstrap().to_string();
-        c.group_id = group.to_string();
+        c.brokers = self.bootstrap.clone();
+        c.input_topic = self.input.clone();
+        c.output_topic = self.output.clone();
+        c.dlq_topic = self.dlq.clone();
+        c.group_id = unique(group);
         c.quiet = Duration::from_millis(300);
         c.grace = Duration::from_millis(250);
         c.drain_timeout = Duration::from_secs(3);
@@ -68,10 +263,21 @@ impl Cluster {
         c
     }
 
+    /// The environment a `lull` process needs for this cluster and its topics.
+    pub fn process_env(&self, group: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("KAFKA_BROKERS", self.bootstrap.clone()),
+            ("LULL_INPUT_TOPIC", self.input.clone()),
+            ("LULL_OUTPUT_TOPIC", self.output.clone()),
+            ("LULL_DLQ_TOPIC", self.dlq.clone()),
+            ("LULL_GROUP_ID", group.to_string()),
+        ]
+    }
+
     /// A plain producer to the cluster.
     pub fn producer(&self) -> FutureProducer {
         ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "0")
             .create()
             .expect("producer")
@@ -79,7 +285,7 @@ impl Cluster {
 
     /// A reader of every partition of `topic` from the beginning (no group, no commits).
     pub fn collector(&self, topic: &str) -> Collector {
-        Collector::on(self.broker.bootstrap(), topic, self.partitions)
+        Collector::on(&self.bootstrap, topic, self.partitions)
     }
 }
 
@@ -172,10 +378,9 @@ pub async fn send(
     if let Some(ts) = timestamp {
         r = r.timestamp(ts);
     }
-    r = r.headers(OwnedHeaders::new().insert(Header {
-        key: "trace",
-        value: Some("t"),
-    }));
+    r = r.headers(lull::headers::build(&[lull::headers::RawHeader::new(
+        "trace", "t",
+    )]));
     let d = producer
         .send(r, Duration::from_secs(30))
         .await
@@ -203,6 +408,8 @@ pub struct OutMsg {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
+    /// Every header as it came: name bytes, value or null, in order.
+    pub raw_headers: Vec<lull::headers::RawHeader>,
     /// The value parsed once on arrival (`Null` if it is not JSON).
     parsed: serde_json::Value,
 }
@@ -210,25 +417,23 @@ pub struct OutMsg {
 impl OutMsg {
     /// Copies a consumed message, parsing its value once.
     fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        let headers = m
-            .headers()
+        let raw_headers = m.headers().map(lull::headers::read).unwrap_or_default();
+        let headers = raw_headers
+            .iter()
             .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
+                (
+                    String::from_utf8_lossy(&h.name).into_owned(),
+                    String::from_utf8_lossy(h.value.as_deref().unwrap_or_default()).into_owned(),
+                )
             })
-            .unwrap_or_default();
+            .collect();
         OutMsg {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
+            raw_headers,
             parsed: m
                 .payload()
                 .and_then(|p| serde_json::from_slice(p).ok())
@@ -424,13 +629,7 @@ impl Drop for RedisServer {
 
 /// A key prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    unique(&format!("t-{name}"))
 }
 
 /// A plain HTTP/1.1 GET: (status code, body).
