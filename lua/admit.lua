@@ -9,16 +9,22 @@
 -- ARGV[4]      TTL of the owner key, ms (refreshed)
 -- ARGV[5]      the input topic's id (base64), or "" when unknown
 -- ARGV[6]      the partition's high watermark (one past the last offset that exists)
--- ARGV[5+2i]   offset of fragment i
--- ARGV[6+2i]   "1" if fragment i has an event id, else "0"
+-- ARGV[7]      how far, in ms, a fragment's timestamp may lie past the record's last_ts for the
+--              record to still describe it; -1 = do not compare timestamps (arrival time)
+-- ARGV[5+3i]   offset of fragment i
+-- ARGV[6+3i]   "1" if fragment i has an event id, else "0"
+-- ARGV[7+3i]   timestamp of fragment i, Unix ms
 -- Returns      {v_1, ..., v_n}: 0 = new; 1 = already emitted in a batch (offset <= the key's
 --              flushed watermark on this partition): skip; 2 = duplicate event id first seen at
 --              another offset: drop; 3 = new, and the key's flushed record belongs to another
 --              incarnation of the topic (another topic id): ignored; 4 = new, and the key's
 --              flushed record names an offset at or above the high watermark (it cannot have
---              been read from this log): ignored. Or the error "STALE <generation>" when fenced.
+--              been read from this log): ignored; 5 = new, and the record would skip this
+--              fragment although the fragment is newer than the record's last fragment by more
+--              than ARGV[7] (a log without topic ids replaced under the same name, e.g. a dev
+--              cluster): ignored. Or the error "STALE <generation>" when fenced off.
 --
--- flushed:{key} is a hash {topic_id, partition, offset, ...}; an event key holds
+-- flushed:{key} is a hash {topic_id, partition, offset, last_ts, ...}; an event key holds
 -- "topic_id:partition:offset" of the first sighting. Values written before topic ids existed
 -- (a "partition:offset" string) are read as records of an unknown topic id.
 --
@@ -35,45 +41,52 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local partition = ARGV[2]
 local topic_id = ARGV[5]
 local high = tonumber(ARGV[6])
+local tolerance = tonumber(ARGV[7])
 
 -- Whether a record of topic id `tid` comes from another incarnation of the topic.
 local function other_topic(tid)
   return tid ~= nil and tid ~= '' and topic_id ~= '' and tid ~= topic_id
 end
 
--- flushed:{key} as (topic_id, partition, offset), or nil; a legacy string has no topic id.
+-- flushed:{key} as (topic_id, partition, offset, last_ts), or nils; a legacy string has
+-- neither topic id nor timestamp.
 local function flushed(key)
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'hash' then
-    local r = redis.call('HMGET', key, 'topic_id', 'partition', 'offset')
-    return r[1], r[2], tonumber(r[3])
+    local r = redis.call('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts')
+    return r[1], r[2], tonumber(r[3]), tonumber(r[4])
   elseif kind == 'string' then
     local p, o = string.match(redis.call('GET', key), '^(%-?%d+):(%-?%d+)$')
-    return nil, p, tonumber(o)
+    return nil, p, tonumber(o), nil
   end
-  return nil, nil, nil
+  return nil, nil, nil, nil
 end
 
 local out = {}
 local n = (#KEYS - 1) / 2
 for i = 1, n do
-  local offset = tonumber(ARGV[5 + 2 * i])
+  local offset = tonumber(ARGV[5 + 3 * i])
+  local ts = tonumber(ARGV[7 + 3 * i])
   local verdict = 0
-  local tid, p, o = flushed(KEYS[2 * i])
+  local tid, p, o, last_ts = flushed(KEYS[2 * i])
   if p == partition and o then
     if other_topic(tid) then
       verdict = 3
     elseif o >= high then
       verdict = 4
     elseif offset <= o then
-      verdict = 1
+      if tolerance >= 0 and last_ts and ts > last_ts + tolerance then
+        verdict = 5
+      else
+        verdict = 1
+      end
     end
   end
-  if (verdict == 0 or verdict >= 3) and ARGV[6 + 2 * i] == '1' then
-    local here = topic_id .. ':' .. partition .. ':' .. ARGV[5 + 2 * i]
+  if (verdict == 0 or verdict >= 3) and ARGV[6 + 3 * i] == '1' then
+    local here = topic_id .. ':' .. partition .. ':' .. ARGV[5 + 3 * i]
     if not redis.call('SET', KEYS[2 * i + 1], here, 'NX', 'PX', ARGV[3]) then
       local seen = redis.call('GET', KEYS[2 * i + 1])
-      local et, ep, eo = string.match(seen, '^([^:]*):(%-?%d+):(%-?%d+)$')
+      local et, ep, eo = string.match(seen, '^(.*):(%-?%d+):(%-?%d+)$')
       if not ep then
         ep, eo = string.match(seen, '^(%-?%d+):(%-?%d+)$')
       end
@@ -81,7 +94,7 @@ for i = 1, n do
       if stale then
         -- A sighting in an older incarnation of the topic: this one is the first here.
         redis.call('SET', KEYS[2 * i + 1], here, 'PX', ARGV[3])
-      elseif not (ep == partition and eo == ARGV[5 + 2 * i]) then
+      elseif not (ep == partition and eo == ARGV[5 + 3 * i]) then
         verdict = 2
       else
         redis.call('PEXPIRE', KEYS[2 * i + 1], ARGV[3])

@@ -66,13 +66,30 @@ pub fn admin_config(config: &Config) -> ClientConfig {
     with_pass_through(base(config, "admin"), config)
 }
 
-/// The Kafka topic id (base64, as Kafka's tools print it) of `topic`, asked of the cluster with
-/// DescribeTopics; `Ok(None)` when the cluster has none to give (an all-zero id). Blocks for up
-/// to `timeout`: call it off the async workers.
+/// What names this incarnation of `topic`: its Kafka topic id (base64, as Kafka's tools print
+/// it), or, from a cluster that gives no topic ids (librdkafka's mock behind `lull dev-broker`,
+/// brokers before Kafka 2.8), `cluster:<cluster id>`; `Ok(None)` when neither is known. Blocks
+/// for up to about twice `timeout`: call it off the async workers.
 ///
-/// A topic id names one incarnation of a topic: deleted and created again under the same name, a
-/// topic gets another. lull stores it with every fact in Redis that names offsets, so facts about
-/// an earlier incarnation are recognised and never used to skip input (see `store`).
+/// A topic deleted and created again under the same name gets another topic id; a replaced dev
+/// cluster, another cluster id. lull stores the identity with every fact in Redis that names
+/// offsets, so facts about an earlier incarnation are recognised and never used to skip input
+/// (see `store`).
+pub fn topic_identity<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    if let Some(id) = topic_id(client, topic, timeout)? {
+        return Ok(Some(id));
+    }
+    Ok(client
+        .fetch_cluster_id(timeout)
+        .map(|id| format!("cluster:{id}")))
+}
+
+/// The Kafka topic id of `topic`, asked of the cluster with DescribeTopics; `Ok(None)` when the
+/// cluster has none to give (an all-zero id, or no controller to ask). Blocks up to `timeout`.
 pub fn topic_id<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
@@ -119,6 +136,17 @@ pub fn topic_id<C: ClientContext>(
     let name = CString::new(topic).map_err(|_| "topic name contains NUL".to_string())?;
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     let rk = client.native_ptr();
+    // DescribeTopics goes to the controller the metadata names. librdkafka's mock cluster names
+    // one that does not exist (it has no topic ids either): asking would only time out.
+    // SAFETY: `rk` is a live client while `client` is borrowed.
+    let controller = unsafe { rd::rd_kafka_controllerid(rk, timeout_ms) };
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    if !metadata.brokers().iter().any(|b| b.id() == controller) {
+        return Ok(None);
+    }
+    drop(metadata);
     // SAFETY: `rk` is a live client for the duration of the borrow of `client`; every object
     // created below is owned by `req` and freed exactly once by its Drop; the topic name array
     // and the CString outlive the DescribeTopics call that copies them.

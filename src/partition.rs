@@ -176,6 +176,14 @@ enum Stop {
     Fatal(SinkError),
 }
 
+/// A batch emitted and not yet recorded in Redis.
+#[derive(Debug, Clone, Copy)]
+struct Unrecorded {
+    last_offset: i64,
+    last_ts: i64,
+    acknowledged: bool,
+}
+
 /// One parsed inbound item of a chunk.
 enum Item {
     Fragment(Fragment),
@@ -203,15 +211,16 @@ struct State {
     batches: Vec<Batch>,
     /// Redis ownership, once claimed, and the store epoch it was claimed in.
     fence: Option<(Fence, u64)>,
-    /// The input topic's Kafka id, once learnt (`None` until then, or while the cluster does not
-    /// say); written with every record so records of an older incarnation are recognised.
+    /// The input topic's identity (Kafka topic id, else `cluster:<id>`), once learnt (`None`
+    /// until then, or while the cluster does not say); written with every record so records of an
+    /// older incarnation are recognised.
     topic_id: Option<String>,
     /// When stale records were last reported at WARN, and how many since.
     stale_warned_at: Option<Instant>,
     stale_unreported: u64,
     /// Per key, batches emitted and not yet recorded in Redis: first offset → (last offset,
     /// acknowledged). Only a prefix of acknowledged batches may move the flushed watermark.
-    unrecorded: HashMap<Arc<str>, BTreeMap<i64, (i64, bool)>>,
+    unrecorded: HashMap<Arc<str>, BTreeMap<i64, Unrecorded>>,
     /// Acknowledged batches ready to be written to Redis, one per key (the latest).
     to_record: HashMap<Arc<str>, Flushed>,
     /// Keys whose open window changed since its summary was last published.
@@ -434,24 +443,25 @@ impl Worker {
         }
     }
 
-    /// Asks the cluster for the input topic's id. Without one (an old broker, a denied
-    /// DescribeTopics) only the high-watermark check guards against stale records.
+    /// Asks the cluster for the input topic's identity (its topic id, else the cluster's id).
+    /// Without one only the high-watermark and timestamp checks guard against stale records.
     async fn learn_topic_id(&self) -> Option<String> {
         let sink = self.sink.clone();
         let topic = self.topic.to_string();
         let asked =
-            tokio::task::spawn_blocking(move || sink.topic_id(&topic, TOPIC_ID_TIMEOUT)).await;
+            tokio::task::spawn_blocking(move || sink.topic_identity(&topic, TOPIC_ID_TIMEOUT))
+                .await;
         match asked {
             Ok(Ok(Some(id))) => {
                 debug!(partition = self.partition, topic_id = %id, "input topic id");
                 Some(id)
             }
             Ok(Ok(None)) => {
-                info!(partition = self.partition, "the cluster gives no topic id for the input topic: stale redis records are recognised by the high watermark only");
+                info!(partition = self.partition, "the cluster gives neither a topic id nor a cluster id: stale redis records are recognised by the high watermark and timestamps only");
                 None
             }
             Ok(Err(e)) => {
-                warn!(partition = self.partition, error = %e, "cannot learn the input topic id: stale redis records are recognised by the high watermark only");
+                warn!(partition = self.partition, error = %e, "cannot learn the input topic id: stale redis records are recognised by the high watermark and timestamps only");
                 None
             }
             Err(e) => {
@@ -500,6 +510,7 @@ impl Worker {
                             key: &f.key,
                             offset: f.offset,
                             event_id: f.event_id.as_deref(),
+                            ts: f.ts,
                         }),
                         _ => None,
                     })
@@ -695,10 +706,14 @@ impl Worker {
             st.tracker.hold(record.first_offset);
             st.record_bytes += record_size(&record);
             if self.store.is_some() {
-                st.unrecorded
-                    .entry(batch.key.clone())
-                    .or_default()
-                    .insert(batch.first_offset(), (batch.last_offset(), false));
+                st.unrecorded.entry(batch.key.clone()).or_default().insert(
+                    batch.first_offset(),
+                    Unrecorded {
+                        last_offset: batch.last_offset(),
+                        last_ts: batch.last_ts,
+                        acknowledged: false,
+                    },
+                );
             }
             st.outbox.push_back(Pending {
                 kind: Kind::Batch {
@@ -828,26 +843,26 @@ impl Worker {
             return;
         };
         if let Some(entry) = batches.get_mut(&first) {
-            entry.1 = true;
+            entry.acknowledged = true;
         }
         let mut latest = None;
         while let Some(entry) = batches.first_entry() {
-            if !entry.get().1 {
+            if !entry.get().acknowledged {
                 break;
             }
-            let (first, (last, _)) = entry.remove_entry();
-            latest = Some((first, last));
+            latest = Some(entry.remove_entry());
         }
         if batches.is_empty() {
             st.unrecorded.remove(&key);
         }
-        if let Some((first_offset, last_offset)) = latest {
+        if let Some((first_offset, batch)) = latest {
             st.to_record.insert(
                 key.clone(),
                 Flushed {
                     key: key.to_string(),
                     first_offset,
-                    last_offset,
+                    last_offset: batch.last_offset,
+                    last_ts: batch.last_ts,
                 },
             );
             if st.sync_at.is_none() {

@@ -124,9 +124,9 @@ impl Sink {
         }
     }
 
-    /// The Kafka topic id of `topic` (see [`crate::kafka::topic_id`]); blocks.
-    pub fn topic_id(&self, topic: &str, timeout: Duration) -> Result<Option<String>, String> {
-        crate::kafka::topic_id(self.producer.client(), topic, timeout)
+    /// What names this incarnation of `topic` (see [`crate::kafka::topic_identity`]); blocks.
+    pub fn topic_identity(&self, topic: &str, timeout: Duration) -> Result<Option<String>, String> {
+        crate::kafka::topic_identity(self.producer.client(), topic, timeout)
     }
 
     /// Waits up to `timeout` for everything queued to be delivered.

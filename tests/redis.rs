@@ -16,6 +16,119 @@ fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
     c
 }
 
+/// Types one session: `n` fragments spread over 12 users, with the same event ids every time.
+async fn type_session(producer: &rdkafka::producer::FutureProducer, topic: &str, n: usize) {
+    for i in 0..n {
+        let user = format!("s{}", i % 12);
+        send(
+            producer,
+            topic,
+            Some(&user),
+            &fragment(&user, i / 12),
+            None,
+            None,
+        )
+        .await;
+    }
+}
+
+/// Fragments whose flushed record in Redis was ignored as stale, by reason, in this process.
+fn stale(reason: &str) -> u64 {
+    lull::metrics::metrics()
+        .redis_stale_records
+        .with_label_values(&[reason])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_input_topic_loses_nothing_to_the_old_topics_records() {
+    let cluster = Cluster::start(1).await;
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("recreate");
+    let cfg = with_redis(cluster.config("recreate"), &redis, &prefix);
+    let producer = cluster.producer();
+    let lull = Running::start(cfg.clone());
+    lull.assigned(1).await;
+    type_session(&producer, &cluster.input, 109).await;
+    let mut out = cluster.collector(&cluster.output);
+    out.until("the first session", |s| event_counts(s).len() == 109)
+        .await;
+    lull.stop().await;
+
+    // Delete and create the input topic again, keeping Redis: offsets start at 0 once more.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .create()
+            .unwrap();
+    let opts = rdkafka::admin::AdminOptions::new();
+    admin.delete_topics(&[&cluster.input], &opts).await.unwrap();
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let new = rdkafka::admin::NewTopic::new(
+            &cluster.input,
+            1,
+            rdkafka::admin::TopicReplication::Fixed(1),
+        );
+        match admin.create_topics(&[new], &opts).await.unwrap().remove(0) {
+            Ok(_) => break,
+            Err((_, e)) => {
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "topic not recreated: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let before = stale("topic_id");
+    type_session(&producer, &cluster.input, 109).await;
+    let lull = Running::start(cfg.clone());
+    out.until("the second session, every fragment again", |s| {
+        let counts = event_counts(s);
+        counts.len() == 109 && counts.values().all(|&n| n == 2)
+    })
+    .await;
+    out.settle(Duration::from_millis(500)).await;
+    assert!(event_counts(&out.seen).values().all(|&n| n == 2));
+    assert!(
+        stale("topic_id") > before,
+        "the old topic's records were recognised, counted and ignored"
+    );
+    lull.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_dev_cluster_loses_nothing_to_the_old_clusters_records() {
+    let redis = RedisServer::shared();
+    let prefix = unique_prefix("replaced");
+    for round in 0..2 {
+        // A fresh `lull dev-broker` each round: the mock gives no topic ids, but another cluster id.
+        let broker = DevBroker::start(1);
+        let d = Config::defaults();
+        let mut cfg = with_redis(d.clone(), &redis, &prefix);
+        cfg.brokers = broker.bootstrap.clone();
+        cfg.group_id = unique("replaced");
+        cfg.quiet = Duration::from_millis(300);
+        cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .create()
+            .unwrap();
+        // The whole session is in the log before lull starts (its high watermark covers the old
+        // records' offsets, and the timestamps are seconds apart: only the identity can tell).
+        type_session(&producer, &d.input_topic, 109).await;
+        let lull = Running::start(cfg);
+        let mut out = Collector::on(&broker.bootstrap, &d.output_topic, 1);
+        out.until(&format!("every fragment of round {round}"), |s| {
+            event_counts(s).len() == 109
+        })
+        .await;
+        lull.stop().await;
+        assert!(round == 0 || stale("topic_id") > 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
     let cluster = Cluster::start(2).await;

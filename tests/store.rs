@@ -27,6 +27,9 @@ async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> 
 /// The topic id the tests' claims carry.
 const TID: &str = "Vgz4yQp5QnqVv1GtYm9s2g";
 
+/// The timestamp of every fragment and batch in these tests, unless a test says otherwise.
+const T0: i64 = 1_764_000_000_000;
+
 /// A high watermark above every offset the tests use.
 const HIGH: i64 = 1_000_000;
 
@@ -49,6 +52,7 @@ fn cand<'a>(key: &'a str, offset: i64, event: Option<&'a str>) -> Candidate<'a> 
         key,
         offset,
         event_id: event,
+        ts: T0,
     }
 }
 
@@ -66,6 +70,7 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         key: "u".into(),
         first_offset: 1,
         last_offset: last,
+        last_ts: T0,
     };
     owner
         .record_flushed(&new, HIGH, &[batch(10)])
@@ -133,6 +138,7 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         key: key.into(),
         first_offset: first,
         last_offset: last,
+        last_ts: T0,
     };
     s.record_flushed(&f, HIGH, &[batch("u", 10, 15)])
         .await
@@ -172,6 +178,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
             key: "u".into(),
             first_offset: 3,
             last_offset: 5,
+            last_ts: T0,
         }],
     )
     .await
@@ -221,6 +228,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         key: key.into(),
         first_offset: 0,
         last_offset: last,
+        last_ts: T0,
     };
     old.record_flushed(&f, HIGH, &[batch("u", 100), batch("w", 5)])
         .await
@@ -272,6 +280,48 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     assert_eq!(v, vec![Verdict::NewPastStale(Stale::BeyondHighWatermark)]);
     old.record_flushed(&f, 4, &[batch("w", 3)]).await.unwrap();
     assert_eq!(flushed(&redis, &prefix, "w").await.2, "3");
+
+    // A cluster without topic ids replaced under the same name (a dev cluster): the record
+    // would skip a fragment that is far newer than the record's own last fragment.
+    let f = old.claim("t", 0, "", false).await.unwrap();
+    old.record_flushed(&f, HIGH, &[batch("z", 50)])
+        .await
+        .unwrap();
+    let newer = |offset, ts| Candidate {
+        ts,
+        ..cand("z", offset, None)
+    };
+    let v = old
+        .admit(
+            &f,
+            HIGH,
+            &[
+                newer(10, T0 + 59_000),
+                newer(11, T0 + 61_000),
+                newer(51, T0 + 61_000),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        vec![
+            Verdict::Emitted,
+            Verdict::NewPastStale(Stale::LogTime),
+            Verdict::New
+        ],
+        "within the tolerance a replay is a replay; beyond it, another log"
+    );
+    let newer_batch = Flushed {
+        last_ts: T0 + 61_000,
+        ..batch("z", 11)
+    };
+    old.record_flushed(&f, HIGH, &[newer_batch]).await.unwrap();
+    assert_eq!(
+        flushed(&redis, &prefix, "z").await.2,
+        "11",
+        "the other log's record is replaced"
+    );
 
     // A record from before topic ids ("partition:offset") is read as one of unknown topic id.
     let mut c = redis.conn().await;
@@ -334,6 +384,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         key: "u".into(),
         first_offset: 5,
         last_offset: 7,
+        last_ts: T0,
     };
     s.record_flushed(&f, HIGH, &[old]).await.unwrap();
     assert!(
@@ -344,6 +395,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         key: "u".into(),
         first_offset: 9,
         last_offset: 9,
+        last_ts: T0,
     };
     s.record_flushed(&f, HIGH, &[new]).await.unwrap();
     assert!(

@@ -76,7 +76,18 @@ pub enum Stale {
     TopicId,
     /// It names an offset at or above the partition's high watermark: no such message exists.
     BeyondHighWatermark,
+    /// It would skip a fragment more than [`LOG_TIME_TOLERANCE_MS`] newer than the record's own
+    /// last fragment: it describes another log under the same name (a cluster without topic
+    /// ids, such as the mock behind `lull dev-broker`, replaced while Redis kept its keys).
+    LogTime,
 }
+
+/// How far a fragment's timestamp may lie past a flushed record's last fragment for the record
+/// to still describe it. A fragment at or below the record's offset is older in the log, so it is
+/// normally older in time too; only producer clocks running backwards by more than this (or a
+/// replaced log) break that. Not used with `LULL_TIMESTAMP=arrival`, where a replay carries new
+/// timestamps.
+pub const LOG_TIME_TOLERANCE_MS: i64 = 60_000;
 
 impl Stale {
     /// A short, fixed label for metrics and logs.
@@ -84,6 +95,7 @@ impl Stale {
         match self {
             Stale::TopicId => "topic_id",
             Stale::BeyondHighWatermark => "beyond_high_watermark",
+            Stale::LogTime => "log_time",
         }
     }
 }
@@ -110,6 +122,8 @@ pub struct Candidate<'a> {
     pub offset: i64,
     /// Event id, if any.
     pub event_id: Option<&'a str>,
+    /// Timestamp, Unix ms.
+    pub ts: i64,
 }
 
 /// An open window's summary, as published to `pending:{key}`.
@@ -138,6 +152,8 @@ pub struct Flushed {
     pub first_offset: i64,
     /// The batch's last offset.
     pub last_offset: i64,
+    /// The batch's last fragment timestamp, Unix ms.
+    pub last_ts: i64,
 }
 
 /// `pending:{key}` as read back by [`Store::read_pending`].
@@ -217,6 +233,8 @@ pub struct Store {
     keys: Keys,
     instance: String,
     ttl: Ttls,
+    /// [`LOG_TIME_TOLERANCE_MS`], or -1 when timestamps are arrival times.
+    ts_tolerance: i64,
     degraded: AtomicBool,
     reconnecting: AtomicBool,
     epoch: AtomicU64,
@@ -263,6 +281,10 @@ impl Store {
                 flushed: config.flushed_ttl.as_millis() as u64,
                 event: config.event_ttl.as_millis() as u64,
                 pending: max_wait + grace + FUTURE_TOLERANCE_MS as u64 + PENDING_MARGIN_MS,
+            },
+            ts_tolerance: match config.timestamp {
+                crate::config::TimestampSource::Kafka => LOG_TIME_TOLERANCE_MS,
+                crate::config::TimestampSource::Arrival => -1,
             },
             degraded: AtomicBool::new(false),
             reconnecting: AtomicBool::new(false),
@@ -470,7 +492,8 @@ impl Store {
             .arg(self.ttl.event)
             .arg(self.ttl.owner)
             .arg(&fence.topic_id)
-            .arg(high);
+            .arg(high)
+            .arg(self.ts_tolerance);
         for f in fragments {
             let flushed = self.keys.flushed(f.key);
             match f.event_id {
@@ -478,7 +501,8 @@ impl Store {
                 None => inv.key(&flushed).key(&flushed),
             };
             inv.arg(f.offset)
-                .arg(if f.event_id.is_some() { "1" } else { "0" });
+                .arg(if f.event_id.is_some() { "1" } else { "0" })
+                .arg(f.ts);
         }
         let codes: Vec<u8> = self.run(script, inv, fragments.len()).await?;
         let verdicts: Vec<Verdict> = codes
@@ -488,6 +512,7 @@ impl Store {
                 2 => Verdict::Duplicate,
                 3 => Verdict::NewPastStale(Stale::TopicId),
                 4 => Verdict::NewPastStale(Stale::BeyondHighWatermark),
+                5 => Verdict::NewPastStale(Stale::LogTime),
                 _ => Verdict::New,
             })
             .collect();
@@ -613,12 +638,14 @@ impl Store {
             .arg(self.ttl.flushed)
             .arg(self.ttl.owner)
             .arg(&fence.topic_id)
-            .arg(high);
+            .arg(high)
+            .arg(self.ts_tolerance);
         for b in batches {
             inv.key(self.keys.flushed(&b.key))
                 .key(self.keys.pending(&b.key))
                 .arg(b.last_offset)
-                .arg(b.first_offset);
+                .arg(b.first_offset)
+                .arg(b.last_ts);
         }
         inv
     }

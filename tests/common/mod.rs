@@ -676,3 +676,52 @@ pub async fn verify_clean(config: &lull::config::Config) -> lull::verify::Verify
     assert!(report.ok(), "verify found problems: {report:#?}");
     report
 }
+
+/// A `lull dev-broker` process (the mock cluster in a process of its own), stopped on drop.
+pub struct DevBroker {
+    child: std::process::Child,
+    pub bootstrap: String,
+    dir: PathBuf,
+}
+
+impl DevBroker {
+    /// Starts one with lull's default topics of `partitions` partitions and waits for its address.
+    pub fn start(partitions: i32) -> Self {
+        let dir = std::env::temp_dir().join(unique("lull-dev-broker"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("bootstrap");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lull"))
+            .args(["dev-broker", "--partitions", &partitions.to_string()])
+            .arg("--bootstrap-file")
+            .arg(&file)
+            .env_clear()
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dev-broker starts");
+        let end = std::time::Instant::now() + DEADLINE;
+        let bootstrap = loop {
+            if let Ok(s) = std::fs::read_to_string(&file) {
+                if !s.trim().is_empty() {
+                    break s.trim().to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < end, "dev-broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            bootstrap,
+            dir,
+        }
+    }
+}
+
+impl Drop for DevBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
