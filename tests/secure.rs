@@ -1,0 +1,216 @@
+//! lull against secured Kafka, for real: the suite's single Apache Kafka node also listens with
+//! TLS (`SSL`, a certificate authority made by `scripts/kafka.sh` with openssl) and with
+//! `SASL_SSL` + SCRAM-SHA-512 (a user created at format time). lull batches over both, reads
+//! zstd-compressed input, and never writes the password to its logs.
+//!
+//! Regression: lull was built without TLS, SCRAM and zstd ("OpenSSL not available at build
+//! time", "No provider for SASL mechanism", "libzstd not available").
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::producer::FutureProducer;
+
+/// Runs `lull run` with `security` settings against `bootstrap`, types a zstd-compressed burst
+/// over plain text, and returns lull's log once the batch is out and lull stopped on SIGTERM.
+async fn batch_over(
+    cluster: &Cluster,
+    bootstrap: &str,
+    security: &[(&str, String)],
+) -> Vec<String> {
+    let group = unique("secure");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .arg("run")
+        .env_clear()
+        .envs(cluster.process_env(&group))
+        .env("KAFKA_BROKERS", bootstrap)
+        .envs(security.iter().map(|(k, v)| (k, v)))
+        .env("LULL_QUIET_MS", "300")
+        .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+        .env("LULL_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lull run starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("partitions assigned"))
+    {
+        assert!(Instant::now() < end, "never assigned: {log:#?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            log.push(line);
+        }
+        assert!(child.try_wait().unwrap().is_none(), "lull exited: {log:#?}");
+    }
+
+    // The input arrives zstd-compressed; lull must decompress it.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("compression.type", "zstd")
+        .set("linger.ms", "20")
+        .create()
+        .expect("zstd producer");
+    let user = format!("z-{group}");
+    let sends = (0..3).map(|seq| {
+        let producer = producer.clone();
+        let (user, topic) = (user.clone(), cluster.input.clone());
+        async move {
+            send(
+                &producer,
+                &topic,
+                Some(&user),
+                &fragment(&user, seq),
+                None,
+                None,
+            )
+            .await
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let mut out = cluster.collector(&cluster.output);
+    let batch = out.until("the batch", |s| event_counts(s).len() == 3).await[0].clone();
+    assert_eq!(batch.json()["count"], 3);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "lull did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        log.push(line);
+    }
+    assert_eq!(status.code(), Some(0), "{log:#?}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lull_batches_over_tls() {
+    let cluster = Cluster::start(1).await;
+    let kafka = cluster.kafka().clone();
+    batch_over(
+        &cluster,
+        kafka.get("KAFKA_SSL_BOOTSTRAP"),
+        &[
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SSL".into()),
+            ("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA").into()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lull_batches_over_sasl_ssl_with_scram_and_never_logs_the_password() {
+    let cluster = Cluster::start(1).await;
+    let kafka = cluster.kafka().clone();
+    let password = kafka.get("KAFKA_SCRAM_PASSWORD").to_string();
+    let log = batch_over(
+        &cluster,
+        kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"),
+        &[
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+            ("LULL_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512".into()),
+            (
+                "LULL_KAFKA_SASL_USERNAME",
+                kafka.get("KAFKA_SCRAM_USER").into(),
+            ),
+            ("LULL_KAFKA_SASL_PASSWORD", password.clone()),
+            ("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA").into()),
+        ],
+    )
+    .await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("kafka:sasl.password") && l.contains("***")),
+        "the setting is listed, masked"
+    );
+    let leaks: Vec<&String> = log.iter().filter(|l| l.contains(&password)).collect();
+    assert!(leaks.is_empty(), "password in the log: {leaks:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_scram_password_is_never_ready_and_never_shown() {
+    let cluster = Cluster::start(1).await;
+    let kafka = cluster.kafka().clone();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .arg("run")
+        .env_clear()
+        .envs(cluster.process_env(&unique("wrong-pw")))
+        .env("KAFKA_BROKERS", kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"))
+        .env("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+        .env("LULL_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512")
+        .env("LULL_KAFKA_SASL_USERNAME", "lull")
+        .env("LULL_KAFKA_SASL_PASSWORD", "not-the-Password-42")
+        .env("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA"))
+        .env("LULL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LULL_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lull run starts");
+    let stderr = child.stderr.take().expect("piped");
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut t = sink.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    // First the broker refuses the credentials...
+    wait_for("the authentication failure in the log", || {
+        text.lock().unwrap().contains("Authentication failed")
+    })
+    .await;
+    // ...and then readiness says so.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let end = Instant::now() + DEADLINE;
+    let body = loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /health/ready HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).await.unwrap();
+            if !b.is_empty() {
+                break b;
+            }
+        }
+        assert!(Instant::now() < end, "no readiness answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.starts_with("HTTP/1.1 503"), "{body}");
+    assert!(body.contains("not_in_group"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text.lock().unwrap();
+    assert!(!text.contains("not-the-Password-42"), "password shown");
+}
