@@ -46,9 +46,9 @@ enum Command {
         /// Partitions per topic.
         #[arg(long, default_value_t = 12)]
         partitions: i32,
-        /// Replication factor.
-        #[arg(long, default_value_t = 1)]
-        replication: i32,
+        /// Replication factor [default: min(3, brokers in the cluster)].
+        #[arg(long)]
+        replication: Option<i32>,
     },
     /// Benchmark the whole path on the embedded mock cluster (and Redis when REDIS_URL is set):
     /// throughput through a backlog, then live flush lateness; prints JSON. Fails if any fragment
@@ -261,9 +261,9 @@ async fn demo(config: Config, args: lull::demo::DemoArgs) -> ExitCode {
     }
 }
 
-async fn topics(config: Config, partitions: i32, replication: i32) -> ExitCode {
+async fn topics(config: Config, partitions: i32, replication: Option<i32>) -> ExitCode {
     init_tracing(config.log_format, "warn");
-    if partitions < 1 || replication < 1 {
+    if partitions < 1 || replication.is_some_and(|r| r < 1) {
         eprintln!("--partitions and --replication must be at least 1");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -271,9 +271,9 @@ async fn topics(config: Config, partitions: i32, replication: i32) -> ExitCode {
         Ok(outcomes) => {
             for (name, outcome) in outcomes {
                 match outcome {
-                    lull::topics::TopicOutcome::Created => {
-                        println!("created {name} ({partitions} partitions)")
-                    }
+                    lull::topics::TopicOutcome::Created { replication } => println!(
+                        "created {name} ({partitions} partitions, replication {replication})"
+                    ),
                     lull::topics::TopicOutcome::Exists => println!("exists  {name}"),
                 }
             }

@@ -12,8 +12,11 @@ use crate::config::Config;
 /// The outcome for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
-    /// Newly created.
-    Created,
+    /// Newly created, with this replication factor.
+    Created {
+        /// Replicas per partition.
+        replication: i32,
+    },
     /// It was there already (its partition count was left as it is).
     Exists,
 }
@@ -40,11 +43,18 @@ pub enum TopicsError {
     },
 }
 
-/// Creates the configured input, output and dead-letter topics with `partitions` partitions each.
+/// The replication factor used when none is given: three copies where the cluster has three
+/// brokers or more (survives a broker loss with `min.insync.replicas=2`), else one per broker.
+pub fn default_replication(brokers: usize) -> i32 {
+    i32::try_from(brokers.clamp(1, 3)).unwrap_or(3)
+}
+
+/// Creates the configured input, output and dead-letter topics with `partitions` partitions each
+/// and `replication` copies (default: [`default_replication`] of the cluster's brokers).
 pub async fn create(
     config: &Config,
     partitions: i32,
-    replication: i32,
+    replication: Option<i32>,
 ) -> Result<Vec<(String, TopicOutcome)>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = crate::kafka::admin_config(config)
         .create()
@@ -52,18 +62,20 @@ pub async fn create(
     let names = [&config.input_topic, &config.output_topic, &config.dlq_topic];
     // Topics that exist already are left alone, and need no CreateTopics request at all (which
     // an ACL may forbid, and librdkafka's mock cluster behind `lull dev-broker` does not serve).
-    let existing: Vec<String> = {
+    let (existing, brokers): (Vec<String>, usize) = {
         let metadata = admin
             .inner()
             .fetch_metadata(None, Duration::from_secs(15))
             .map_err(TopicsError::Request)?;
-        metadata
+        let existing = metadata
             .topics()
             .iter()
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())
             .map(|t| t.name().to_string())
-            .collect()
+            .collect();
+        (existing, metadata.brokers().len())
     };
+    let replication = replication.unwrap_or_else(|| default_replication(brokers));
     let mut out: Vec<(String, TopicOutcome)> = names
         .iter()
         .filter(|n| existing.contains(n))
@@ -86,7 +98,7 @@ pub async fn create(
         .map_err(TopicsError::Request)?;
     for r in results {
         match r {
-            Ok(name) => out.push((name, TopicOutcome::Created)),
+            Ok(name) => out.push((name, TopicOutcome::Created { replication })),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 out.push((name, TopicOutcome::Exists))
             }
@@ -94,4 +106,18 @@ pub async fn create(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_defaults_to_three_copies_or_one_per_broker() {
+        assert_eq!(default_replication(0), 1);
+        assert_eq!(default_replication(1), 1);
+        assert_eq!(default_replication(2), 2);
+        assert_eq!(default_replication(3), 3);
+        assert_eq!(default_replication(9), 3);
+    }
 }

@@ -1,0 +1,569 @@
+//! The chaos suite, on a real three-node Apache Kafka cluster (replication 3,
+//! `min.insync.replicas=2`, started by `scripts/test.sh` and named by `LULL_TEST_KAFKA3`), with
+//! lull as OS processes sharing one Redis, while simulated users type bursts:
+//!
+//! * `kill -9` of the leader of the busiest input partition mid-burst, then its restart;
+//! * `kill -9` of the consumer group's coordinator;
+//! * a rolling restart of all three brokers under load;
+//! * repeated `kill -9` of lull processes while users type;
+//!
+//! with consumer groups on the classic protocol (cooperative-sticky) and on KIP-848
+//! (`group.protocol=consumer`). Every run is audited by `lull verify`: nothing lost or altered;
+//! the same batch ids and contents as an undisturbed run over the same log; and, with Redis, no
+//! batch emitted twice because of a broker fault. A killed lull process may emit again only the
+//! batches inside its acknowledgement-to-Redis window (acknowledged by Kafka but not yet recorded
+//! in Redis when it died); those are counted, reported, and each must be an exact repeat.
+//!
+//! The scenarios share the cluster and kill its brokers, so they run one at a time (a lock here,
+//! and a nextest test group). `LULL_CHAOS_REPORT` names a file that collects one line per run.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lull::config::KafkaProperty;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+/// One scenario at a time: they share the cluster and kill its brokers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PARTITIONS: i32 = 6;
+const USERS: usize = 36;
+const QUIET_MS: u64 = 500;
+/// Wide enough to cover a leader failover: a fragment held up in the producer by a dead leader
+/// still joins its burst, so the batches equal those of an undisturbed run.
+const GRACE_MS: u64 = 8_000;
+/// A repeated batch counts as "inside the acknowledgement-to-Redis window" of a kill if it was
+/// first flushed at most this long before the kill (send, acknowledgement, then the next Redis
+/// sync, which runs every 50 ms).
+const ACK_TO_REDIS_WINDOW_MS: i64 = 2_000;
+/// `offsets.topic.num.partitions` in scripts/kafka.sh.
+const OFFSETS_PARTITIONS: i32 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// The classic group protocol with the cooperative-sticky assignor.
+    Classic,
+    /// KIP-848, the broker-side consumer group protocol.
+    Consumer,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// kill -9 the leader of the busiest input partition, restart it after a while.
+    LeaderKill,
+    /// kill -9 the group coordinator, restart it after a while.
+    CoordinatorKill,
+    /// Stop and start each broker in turn, waiting for full replication in between.
+    RollingRestart,
+    /// kill -9 a lull process this many times, restarting it each time.
+    WorkerKills(usize),
+}
+
+/// A `lull run` child process, killed on drop.
+struct Worker {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    fn assigned(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("partitions assigned"))
+    }
+
+    /// SIGTERM and wait: a graceful stop must exit 0.
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let end = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "lull did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "graceful stop: {:#?}",
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+struct Run {
+    cluster: Cluster,
+    group: String,
+    redis_url: String,
+    prefix: String,
+    protocol: Protocol,
+}
+
+impl Run {
+    fn worker(&self, instance: &str) -> Worker {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lull"));
+        c.arg("run")
+            .env_clear()
+            .envs(self.cluster.process_env(&self.group))
+            .env("REDIS_URL", &self.redis_url)
+            .env("LULL_REDIS_PREFIX", &self.prefix)
+            .env("LULL_INSTANCE_ID", instance)
+            .env("LULL_QUIET_MS", QUIET_MS.to_string())
+            .env("LULL_GRACE_MS", GRACE_MS.to_string())
+            .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+            .env("LULL_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match self.protocol {
+            Protocol::Classic => {
+                c.env(
+                    "LULL_KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                    "cooperative-sticky",
+                )
+                .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
+                .env("LULL_KAFKA_HEARTBEAT_INTERVAL_MS", "500");
+            }
+            Protocol::Consumer => {
+                c.env("LULL_KAFKA_GROUP_PROTOCOL", "consumer");
+            }
+        }
+        let mut child = c.spawn().expect("lull run starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Worker { child, log }
+    }
+}
+
+/// Simulated users typing bursts until stopped; counts fragments per partition.
+struct Typing {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+    per_partition: Arc<Mutex<HashMap<i32, usize>>>,
+}
+
+impl Typing {
+    fn start(producer: &FutureProducer, topic: &str, tag: &str) -> Self {
+        let stop = CancellationToken::new();
+        let per_partition = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = (0..USERS)
+            .map(|u| {
+                let (producer, topic, stop) = (producer.clone(), topic.to_string(), stop.clone());
+                let counts = per_partition.clone();
+                let user = format!("{tag}-u{u:02}");
+                tokio::spawn(async move {
+                    let mut seq = 0;
+                    // Users start at different moments, so bursts interleave.
+                    tokio::time::sleep(Duration::from_millis(37 * u as u64)).await;
+                    while !stop.is_cancelled() {
+                        for _ in 0..(3 + seq % 3) {
+                            let (p, _) = send(
+                                &producer,
+                                &topic,
+                                Some(&user),
+                                &fragment(&user, seq),
+                                None,
+                                None,
+                            )
+                            .await;
+                            *counts.lock().unwrap().entry(p).or_default() += 1;
+                            seq += 1;
+                            tokio::time::sleep(Duration::from_millis(120)).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(QUIET_MS * 3)).await;
+                    }
+                    seq
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            per_partition,
+        }
+    }
+
+    fn busiest_partition(&self) -> i32 {
+        let counts = self.per_partition.lock().unwrap();
+        counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(0, |(p, _)| *p)
+    }
+
+    /// Stops typing after the bursts under way; returns how many fragments were typed.
+    async fn finish(self) -> usize {
+        self.stop.cancel();
+        let mut total = 0;
+        for t in self.tasks {
+            total += t.await.expect("typist");
+        }
+        total
+    }
+}
+
+/// `scripts/kafka.sh <action>` on one node, off the async workers (it waits for the node).
+async fn node(kafka: &KafkaEnv, action: &'static str, id: i32) {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || kafka.node(action, id))
+        .await
+        .expect("kafka.sh task");
+}
+
+fn metadata_client(bootstrap: &str) -> BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client")
+}
+
+/// The broker leading `topic`/`partition` now.
+async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c = metadata_client(&bootstrap);
+        let md = c
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .find(|p| p.id() == partition)
+            .map(|p| p.leader())
+            .expect("partition")
+    })
+    .await
+    .expect("metadata task")
+}
+
+/// Java's `String.hashCode`, which Kafka uses to place a group on `__consumer_offsets`.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// The broker coordinating `group`: the leader of its `__consumer_offsets` partition.
+async fn coordinator_of(bootstrap: &str, group: &str) -> i32 {
+    let h = java_hash(group);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    leader_of(bootstrap, "__consumer_offsets", abs % OFFSETS_PARTITIONS).await
+}
+
+/// Waits until every partition of `topics` has all three replicas in sync.
+async fn fully_replicated(bootstrap: &str, topics: &[&str]) {
+    let end = Instant::now() + DEADLINE * 2;
+    loop {
+        let (b, t): (String, Vec<String>) = (
+            bootstrap.to_string(),
+            topics.iter().map(|s| s.to_string()).collect(),
+        );
+        let ok = tokio::task::spawn_blocking(move || {
+            let c = metadata_client(&b);
+            t.iter().all(|topic| {
+                c.fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .map(|md| {
+                        md.topics().iter().all(|t| {
+                            !t.partitions().is_empty()
+                                && t.partitions()
+                                    .iter()
+                                    .all(|p| p.leader() >= 0 && p.isr().len() == 3)
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "the cluster never got back to full replication"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// batch id -> fragment event ids, once per id (a repeat must be identical: checked).
+fn shapes(batches: &[OutMsg]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for b in batches {
+        let id = b.json()["batch_id"].as_str().unwrap().to_string();
+        let ids = b.event_ids();
+        if let Some(seen) = out.get(&id) {
+            assert_eq!(seen, &ids, "batch {id} repeated with other contents");
+        }
+        out.insert(id, ids);
+    }
+    out
+}
+
+async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let kafka = KafkaEnv::three();
+    let cluster = Cluster::real(kafka.clone(), PARTITIONS, 3).await;
+    let redis = RedisServer::shared();
+    let run = Run {
+        group: unique(&format!("chaos-{name}")),
+        redis_url: redis.url.clone(),
+        prefix: unique_prefix(name),
+        protocol,
+        cluster,
+    };
+    let bootstrap = run.cluster.bootstrap().to_string();
+    let names: Vec<String> = (0..workers).map(|i| format!("{name}-w{i}")).collect();
+    let mut procs: Vec<Worker> = names.iter().map(|n| run.worker(n)).collect();
+    wait_for("every lull process in the group", || {
+        procs.iter().all(Worker::assigned)
+    })
+    .await;
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer");
+    let mut out = run.cluster.collector(&run.cluster.output);
+    let typing = Typing::start(&producer, &run.cluster.input, name);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut kills_ms: Vec<i64> = Vec::new();
+    let mut broker_faults = 0;
+    match fault {
+        Fault::LeaderKill => {
+            let p = typing.busiest_partition();
+            let leader = leader_of(&bootstrap, &run.cluster.input, p).await;
+            node(&kafka, "kill-node", leader).await;
+            broker_faults += 1;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            node(&kafka, "start-node", leader).await;
+        }
+        Fault::CoordinatorKill => {
+            let coordinator = coordinator_of(&bootstrap, &run.group).await;
+            node(&kafka, "kill-node", coordinator).await;
+            broker_faults += 1;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            node(&kafka, "start-node", coordinator).await;
+        }
+        Fault::RollingRestart => {
+            let topics = [
+                run.cluster.input.as_str(),
+                run.cluster.output.as_str(),
+                "__consumer_offsets",
+            ];
+            for id in 1..=3 {
+                node(&kafka, "stop-node", id).await;
+                node(&kafka, "start-node", id).await;
+                broker_faults += 1;
+                fully_replicated(&bootstrap, &topics).await;
+            }
+        }
+        Fault::WorkerKills(n) => {
+            for k in 0..n {
+                let i = k % procs.len();
+                // SIGKILL: no drain, no commit, no Redis sync.
+                procs[i].child.kill().expect("kill -9");
+                procs[i].child.wait().expect("reaped");
+                kills_ms.push(lull::output::now_ms());
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                procs[i] = run.worker(&names[i]);
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let typed = typing.finish().await;
+    out.until("every typed fragment in a batch", |s| {
+        event_counts(s).len() == typed
+    })
+    .await;
+    // Long enough for any batch still to come out twice to show up.
+    out.settle(Duration::from_millis(GRACE_MS + 3_000)).await;
+    for w in procs {
+        w.stop().await;
+    }
+
+    // The audit: nothing lost or altered, boundaries kept.
+    let mut audit = run.cluster.config("audit");
+    audit.quiet = Duration::from_millis(QUIET_MS);
+    audit.grace = Duration::from_millis(GRACE_MS);
+    let report = tokio::task::spawn_blocking(move || {
+        lull::verify::run(&audit, &lull::verify::VerifyOptions::default())
+    })
+    .await
+    .expect("verify task")
+    .expect("verify runs");
+    assert_eq!(report.fragments_in, typed, "{report:#?}");
+    assert_eq!(report.lost, 0, "{report:#?}");
+    assert_eq!(report.altered, 0, "{report:#?}");
+    assert_eq!(report.boundary_violations, 0, "{report:#?}");
+
+    // Repeats: none from broker faults; from killed workers only inside the window, exact.
+    let live = shapes(&out.seen);
+    let mut first_flushed: HashMap<String, i64> = HashMap::new();
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for b in &out.seen {
+        let id = b.json()["batch_id"].as_str().unwrap().to_string();
+        let at = b.json()["flushed_at"].as_i64().unwrap();
+        first_flushed
+            .entry(id.clone())
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+        *copies.entry(id).or_default() += 1;
+    }
+    let repeated: Vec<&String> = copies
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    let outside: Vec<&&String> = repeated
+        .iter()
+        .filter(|id| {
+            let at = first_flushed[**id];
+            !kills_ms
+                .iter()
+                .any(|k| at <= *k + 100 && at >= *k - ACK_TO_REDIS_WINDOW_MS)
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "batches emitted twice outside any killed worker's acknowledgement-to-Redis window: {outside:?}"
+    );
+    assert_eq!(
+        report.duplicated,
+        repeated.iter().map(|id| live[*id].len()).sum::<usize>()
+    );
+
+    // The same log read by an undisturbed lull (fresh group, no Redis) gives the same batches.
+    let mut cfg = run.cluster.config("undisturbed");
+    cfg.output_topic = run.cluster.replay.clone();
+    cfg.quiet = Duration::from_millis(QUIET_MS);
+    cfg.grace = Duration::from_millis(GRACE_MS);
+    cfg.kafka.insert(
+        "session.timeout.ms".into(),
+        KafkaProperty::Plain("6000".into()),
+    );
+    let reference = Running::start(cfg);
+    let mut replay = run.cluster.collector(&run.cluster.replay);
+    replay
+        .until("the undisturbed run", |s| event_counts(s).len() == typed)
+        .await;
+    reference.stop().await;
+    assert_eq!(
+        live,
+        shapes(&replay.seen),
+        "batch ids and contents as undisturbed"
+    );
+
+    let line = format!(
+        "chaos {name} ({protocol:?}, {workers} lull processes): fragments {typed}, batches {}, \
+         broker faults {broker_faults}, lull kills {}, lost {}, altered {}, repeated batches {} \
+         (all inside the ack-to-Redis window of a kill), wall {:.0} s",
+        live.len(),
+        kills_ms.len(),
+        report.lost,
+        report.altered,
+        repeated.len(),
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("LULL_CHAOS_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_busiest_partitions_leader_mid_burst() {
+    scenario("leader", Protocol::Classic, 2, Fault::LeaderKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_group_coordinator() {
+    scenario("coordinator", Protocol::Consumer, 2, Fault::CoordinatorKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_all_three_brokers_under_load() {
+    scenario("rolling", Protocol::Classic, 2, Fault::RollingRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_of_lull_processes_classic_protocol() {
+    scenario("kills-classic", Protocol::Classic, 3, Fault::WorkerKills(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_of_lull_processes_kip_848() {
+    scenario("kills-848", Protocol::Consumer, 3, Fault::WorkerKills(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_with_replication_three_on_three_brokers() {
+    let _serial = SERIAL.lock().await;
+    let kafka = KafkaEnv::three();
+    let base = unique("topics3");
+    let out = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .args(["topics", "--partitions", "4"])
+        .env_clear()
+        .env("KAFKA_BROKERS", kafka.bootstrap())
+        .env("LULL_INPUT_TOPIC", format!("{base}.in"))
+        .env("LULL_OUTPUT_TOPIC", format!("{base}.out"))
+        .env("LULL_DLQ_TOPIC", format!("{base}.dlq"))
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("lull topics runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("(4 partitions, replication 3)"), "{text}");
+    let c = metadata_client(kafka.bootstrap());
+    let md = c
+        .fetch_metadata(Some(&format!("{base}.in")), Duration::from_secs(10))
+        .expect("metadata");
+    assert!(md.topics()[0]
+        .partitions()
+        .iter()
+        .all(|p| p.replicas().len() == 3));
+}
