@@ -41,9 +41,17 @@ s = c["services"]
 for name in ["kafka", "redis", "topics", "lull-1", "lull-2", "prometheus", "grafana"]:
     assert name in s, name
 assert s["topics"]["command"][0] == "topics"
+shared = c["x-lull-env"]
 for n in ["lull-1", "lull-2"]:
     assert s[n]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert s[n]["stop_grace_period"] == "15s"
+    env = s[n]["environment"]
+    missing = [k for k in shared if k not in env]
+    assert not missing, f"{n} lost shared settings {missing}: its environment replaced the shared block"
+    assert env["LULL_INSTANCE_ID"] == n
+k = s["kafka"]
+data = [v.split(":")[1] for v in k["volumes"] if v.startswith("kafka-data:")]
+assert data and k["environment"].get("KAFKA_LOG_DIRS") == data[0], "Kafka must keep its log on its volume (KAFKA_LOG_DIRS)"
 PY
     then ok "docker-compose.yml (YAML structure; no docker compose here)"; else bad "docker-compose.yml"; fi
 else

@@ -24,6 +24,9 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here
 CACHE=${LULL_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lull}
 LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 HEAP=${LULL_KAFKA_HEAP:-512m}
+# Ports are picked at random in [PORT_LO, PORT_LO + 12000); two clusters started at the same
+# time get different ranges so they can never pick the same free port.
+PORT_LO=${LULL_KAFKA_PORT_LO:-20000}
 READY_SECONDS=${LULL_KAFKA_READY_SECONDS:-120}
 
 log() { printf '==> kafka: %s\n' "$*" >&2; }
@@ -34,7 +37,7 @@ taken=" "
 free_port() {
     local port
     for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 30000))
+        port=$((PORT_LO + RANDOM % 12000))
         case "$taken" in *" $port "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             taken="$taken$port "
@@ -263,14 +266,17 @@ stop_node() {
 
 stop() {
     local dir=$1
-    [ -f "$dir/cluster.env" ] || return 0
-    local nodes
-    nodes=$(sed -n 's/^KAFKA_NODES=//p' "$dir/cluster.env")
-    local id
-    for id in $(seq 1 "$nodes"); do
+    local ids=() pidfile id
+    for pidfile in "$dir"/node*/pid; do
+        [ -f "$pidfile" ] || continue
+        id=${pidfile%/pid}
+        ids+=("${id##*/node}")
+    done
+    # Signal every node first, so they stop together instead of waiting on each other.
+    for id in "${ids[@]}"; do
         node_alive "$dir" "$id" && kill -TERM "$(node_pid "$dir" "$id")" 2>/dev/null || true
     done
-    for id in $(seq 1 "$nodes"); do stop_node "$dir" "$id" TERM; done
+    for id in "${ids[@]}"; do stop_node "$dir" "$id" TERM; done
     rm -f "$dir/cluster.env"
 }
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs lull's whole test suite on a fresh machine that has only the Rust toolchain.
 #
-# It installs what the tests need (redis-server and openssl from apt when missing), starts a private Redis on
-# a free loopback port (no persistence, its own temporary directory), checks formatting and
-# lints, runs every test (cargo-nextest when installed, else cargo test), and stops Redis again,
-# whatever happens. Kafka needs nothing: the tests use librdkafka's in-process mock cluster.
+# It installs what the tests need when missing (redis-server, openssl, Java 17 and Maven from
+# apt), fetches Apache Kafka's broker jars from Maven Central once (cached outside git, see
+# scripts/kafka.sh), and starts, on loopback ports it picks:
+#   * a private Redis (no persistence, its own temporary directory);
+#   * a single real Kafka node (plain text, TLS and SASL_SSL/SCRAM listeners): the integration
+#     suite;
+#   * a real three-node Kafka cluster (replication 3, min.insync.replicas=2): the chaos suite.
+# Then it checks the deployment assets, formatting and lints, runs every test (cargo-nextest when
+# installed, else cargo test), prints the chaos figures, and stops everything, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +20,10 @@ ensure_packages() {
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|2[0-9])'; then
+        missing+=(openjdk-17-jre-headless)
+    fi
+    command -v mvn >/dev/null 2>&1 || missing+=(maven)
     [ "${#missing[@]}" -eq 0 ] && return
     log "installing ${missing[*]}"
     local sudo=""
@@ -36,23 +45,31 @@ free_port() {
     return 1
 }
 
+work=$(mktemp -d)
 redis_pid=""
-redis_dir=""
+kafka_jobs=()
 cleanup() {
+    local status=$?
+    for job in "${kafka_jobs[@]}"; do kill "$job" 2>/dev/null || true; done
+    for dir in "$work/kafka1" "$work/kafka3"; do
+        [ -d "$dir" ] && scripts/kafka.sh stop "$dir" 2>/dev/null || true
+    done
     if [ -n "$redis_pid" ]; then
         kill "$redis_pid" 2>/dev/null || true
         wait "$redis_pid" 2>/dev/null || true
     fi
-    [ -z "$redis_dir" ] || rm -rf "$redis_dir"
+    rm -rf "$work"
+    exit "$status"
 }
 trap cleanup EXIT
 
 ensure_packages
-redis_dir=$(mktemp -d)
-redis_port=$(free_port)
+
+redis_port=$(free_port) # 20000-39999: below the Kafka clusters' ranges
 log "starting a private redis-server on 127.0.0.1:$redis_port"
+mkdir -p "$work/redis"
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
-    --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
+    --dir "$work/redis" --logfile "$work/redis/redis.log" &
 redis_pid=$!
 for _ in $(seq 1 100); do
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
@@ -63,6 +80,15 @@ export LULL_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export LULL_TEST_REDIS_SERVER
 LULL_TEST_REDIS_SERVER=$(command -v redis-server)
 
+# Real Kafka starts in the background while the code builds; the tests wait for it below.
+scripts/kafka.sh fetch
+LULL_KAFKA_PORT_LO=40000 scripts/kafka.sh start "$work/kafka1" --nodes 1 >"$work/kafka1.log" 2>&1 &
+kafka_jobs+=($!)
+LULL_KAFKA_PORT_LO=52000 scripts/kafka.sh start "$work/kafka3" --nodes 3 >"$work/kafka3.log" 2>&1 &
+kafka_jobs+=($!)
+export LULL_TEST_KAFKA="$work/kafka1" LULL_TEST_KAFKA3="$work/kafka3"
+export LULL_CHAOS_REPORT="$work/chaos-report.txt"
+
 log "ecosystem/check.sh (deployment assets)"
 bash ecosystem/check.sh
 
@@ -71,10 +97,38 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+log "building the tests"
 if cargo nextest --version >/dev/null 2>&1; then
+    runner=nextest
+    cargo nextest run --no-run
+else
+    runner=test
+    cargo test --no-run
+fi
+
+for i in "${!kafka_jobs[@]}"; do
+    if ! wait "${kafka_jobs[$i]}"; then
+        cat "$work"/kafka*.log >&2
+        log "real Kafka did not start"
+        exit 1
+    fi
+done
+kafka_jobs=()
+log "real Kafka: single node $(sed -n 's/^KAFKA_BOOTSTRAP=//p' "$work/kafka1/cluster.env"), three nodes $(sed -n 's/^KAFKA_BOOTSTRAP=//p' "$work/kafka3/cluster.env")"
+
+status=0
+if [ "$runner" = nextest ]; then
     log "cargo nextest run"
-    cargo nextest run --no-fail-fast
+    cargo nextest run --no-fail-fast || status=$?
 else
     log "cargo test"
-    cargo test --no-fail-fast
+    cargo test --no-fail-fast 2>&1 | tee "$work/test.log" || status=$?
+    # cargo test prints one result line per test binary: add them up.
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+         END { printf "==> Summary: %d tests run: %d passed, %d failed, %d ignored\n", p + f, p, f, g }' "$work/test.log"
 fi
+if [ -s "$LULL_CHAOS_REPORT" ]; then
+    log "chaos suite figures"
+    cat "$LULL_CHAOS_REPORT"
+fi
+exit "$status"
