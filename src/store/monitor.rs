@@ -49,6 +49,8 @@ fn describe(command: &str, args: &[String], key: &str) -> String {
             .unwrap_or("?")
     };
     let kind = key.split(':').next().unwrap_or("");
+    // HMSET is the older spelling of HSET (some clients still send it).
+    let command = if command == "HMSET" { "HSET" } else { command };
     match (command, kind) {
         ("HSET", "pending") => format!(
             "window updated: {} fragments, flush at {}",
