@@ -24,9 +24,11 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here
 CACHE=${LULL_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lull}
 LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 HEAP=${LULL_KAFKA_HEAP:-512m}
-# Ports are picked at random in [PORT_LO, PORT_LO + 12000); two clusters started at the same
-# time get different ranges so they can never pick the same free port.
-PORT_LO=${LULL_KAFKA_PORT_LO:-20000}
+# Ports are picked at random in [PORT_LO, PORT_LO + PORT_SPAN), below Linux's ephemeral range
+# (32768 and up), so a port freed by a killed broker cannot be taken by some client's outgoing
+# connection before the broker restarts. Two clusters started at once get different ranges.
+PORT_LO=${LULL_KAFKA_PORT_LO:-24000}
+PORT_SPAN=${LULL_KAFKA_PORT_SPAN:-4000}
 READY_SECONDS=${LULL_KAFKA_READY_SECONDS:-120}
 
 log() { printf '==> kafka: %s\n' "$*" >&2; }
@@ -37,7 +39,7 @@ taken=" "
 free_port() {
     local port
     for _ in $(seq 1 200); do
-        port=$((PORT_LO + RANDOM % 12000))
+        port=$((PORT_LO + RANDOM % PORT_SPAN))
         case "$taken" in *" $port "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             taken="$taken$port "
@@ -62,10 +64,7 @@ fetch() {
     touch "$LIBS/.complete"
 }
 
-kafka_java() {
-    java -Xms128m "-Xmx$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-        "$@"
-}
+JVM_OPTS=(-Xms128m "-Xmx$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true)
 
 # Certificate authority, broker certificate (for 127.0.0.1 and localhost) and its PKCS#12 store.
 make_tls() {
@@ -119,8 +118,11 @@ start_node_process() {
     local dir=$1 id=$2
     local node="$dir/node$id"
     node_alive "$dir" "$id" && return
-    kafka_java -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$node" \
-        -cp "$LIBS/*" kafka.Kafka "$node/server.properties" >"$node/stdout.log" 2>&1 &
+    # java itself in the background (not a shell function or subshell), so the pid recorded is
+    # the JVM's: kill-node must kill the broker, not a shell that leaves it running.
+    java "${JVM_OPTS[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+        -Dkafka.logs.dir="$node" -cp "$LIBS/*" kafka.Kafka "$node/server.properties" \
+        >"$node/stdout.log" 2>&1 &
     echo $! >"$node/pid"
 }
 
@@ -198,7 +200,7 @@ listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.se
     fi
 
     local cluster_id
-    cluster_id=$(kafka_java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    cluster_id=$(java "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     [ -n "$cluster_id" ] || die "StorageTool random-uuid failed"
     for id in $(seq 1 "$nodes"); do
         local node="$dir/node$id"
@@ -225,6 +227,11 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
+# KIP-848 groups: a killed member's partitions move after 10 s instead of 45 s (test speed).
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=10000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
 unclean.leader.election.enable=false
@@ -235,7 +242,7 @@ log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 $secure_props
 EOF
-        kafka_java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster_id" \
+        java "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cluster_id" \
             -c "$node/server.properties" "${scram[@]}" >"$node/format.log" 2>&1 \
             || { cat "$node/format.log" >&2; die "formatting node $id failed"; }
     done

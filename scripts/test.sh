@@ -35,7 +35,7 @@ ensure_packages() {
 free_port() {
     local port
     for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 20000))
+        port=$((20000 + RANDOM % 4000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
@@ -65,7 +65,7 @@ trap cleanup EXIT
 
 ensure_packages
 
-redis_port=$(free_port) # 20000-39999: below the Kafka clusters' ranges
+redis_port=$(free_port) # 20000-23999: below the Kafka clusters' ranges and the ephemeral ports
 log "starting a private redis-server on 127.0.0.1:$redis_port"
 mkdir -p "$work/redis"
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
@@ -82,9 +82,9 @@ LULL_TEST_REDIS_SERVER=$(command -v redis-server)
 
 # Real Kafka starts in the background while the code builds; the tests wait for it below.
 scripts/kafka.sh fetch
-LULL_KAFKA_PORT_LO=40000 scripts/kafka.sh start "$work/kafka1" --nodes 1 >"$work/kafka1.log" 2>&1 &
+LULL_KAFKA_PORT_LO=24000 scripts/kafka.sh start "$work/kafka1" --nodes 1 >"$work/kafka1.log" 2>&1 &
 kafka_jobs+=($!)
-LULL_KAFKA_PORT_LO=52000 scripts/kafka.sh start "$work/kafka3" --nodes 3 >"$work/kafka3.log" 2>&1 &
+LULL_KAFKA_PORT_LO=28000 scripts/kafka.sh start "$work/kafka3" --nodes 3 >"$work/kafka3.log" 2>&1 &
 kafka_jobs+=($!)
 export LULL_TEST_KAFKA="$work/kafka1" LULL_TEST_KAFKA3="$work/kafka3"
 export LULL_CHAOS_REPORT="$work/chaos-report.txt"

@@ -269,6 +269,20 @@ async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
     .expect("metadata task")
 }
 
+/// Waits until `topic`/`partition` is led by a broker other than `old` (a killed leader's
+/// partitions move once its broker session times out).
+async fn wait_for_leader_change(bootstrap: &str, topic: &str, partition: i32, old: i32) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let now = leader_of(bootstrap, topic, partition).await;
+        if now >= 0 && now != old {
+            return;
+        }
+        assert!(Instant::now() < end, "{topic}/{partition} still led by killed broker {old}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Java's `String.hashCode`, which Kafka uses to place a group on `__consumer_offsets`.
 fn java_hash(s: &str) -> i32 {
     s.encode_utf16()
@@ -371,14 +385,19 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
             let leader = leader_of(&bootstrap, &run.cluster.input, p).await;
             node(&kafka, "kill-node", leader).await;
             broker_faults += 1;
-            tokio::time::sleep(Duration::from_secs(6)).await;
+            // The fault took: another broker leads the partition now.
+            wait_for_leader_change(&bootstrap, &run.cluster.input, p, leader).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             node(&kafka, "start-node", leader).await;
         }
         Fault::CoordinatorKill => {
             let coordinator = coordinator_of(&bootstrap, &run.group).await;
             node(&kafka, "kill-node", coordinator).await;
             broker_faults += 1;
-            tokio::time::sleep(Duration::from_secs(6)).await;
+            let h = java_hash(&run.group);
+            let p = if h == i32::MIN { 0 } else { h.abs() } % OFFSETS_PARTITIONS;
+            wait_for_leader_change(&bootstrap, "__consumer_offsets", p, coordinator).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             node(&kafka, "start-node", coordinator).await;
         }
         Fault::RollingRestart => {
@@ -555,7 +574,8 @@ async fn topics_are_created_with_replication_three_on_three_brokers() {
         .current_dir(std::env::temp_dir())
         .output()
         .expect("lull topics runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("(4 partitions, replication 3)"), "{text}");
     let c = metadata_client(kafka.bootstrap());

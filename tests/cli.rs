@@ -47,6 +47,41 @@ fn each_bad_variable_gets_its_own_line_and_a_non_zero_exit() {
 }
 
 #[test]
+fn a_kafka_property_librdkafka_refuses_is_exit_2_with_one_line() {
+    let out = lull()
+        .arg("run")
+        .env("LULL_KAFKA_ENABLE_IDEMPOTENCE", "perhaps")
+        .output()
+        .expect("lull runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "LULL_KAFKA_ENABLE_IDEMPOTENCE=perhaps: expected a librdkafka setting for enable.idempotence"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_session_timeout_alone_does_not_stop_start_up() {
+    // Only the session timeout is set: the drain timeout is derived below it and is no problem.
+    // (A bad HTTP address makes lull stop at configuration instead of running: the one line
+    // printed must be about that address alone.)
+    let out = lull()
+        .arg("run")
+        .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("LULL_HTTP_ADDR", "nowhere")
+        .output()
+        .expect("lull runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("LULL_HTTP_ADDR=nowhere"), "{stderr}");
+}
+
+#[test]
 fn a_malformed_env_file_is_reported() {
     let dir = tempdir("envfile");
     std::fs::write(dir.join(".env"), "LULL_QUIET_MS=100\nthis is not a pair\n").unwrap();

@@ -468,11 +468,8 @@ impl Collector {
     /// Reads until `done(seen)` holds; panics after [`DEADLINE`] with what it saw. Messages are
     /// taken in bunches and the condition checked between bunches, so long runs stay linear.
     pub async fn until(&mut self, what: &str, done: impl Fn(&[OutMsg]) -> bool) -> &[OutMsg] {
-        let end = Instant::now() + DEADLINE;
-        while !done(&self.seen) {
-            let left = end.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
+        if !self.try_until(DEADLINE, &done).await {
+            panic!(
                 "timed out waiting for {what}; saw {} messages: {:#?}",
                 self.seen.len(),
                 self.seen
@@ -484,6 +481,18 @@ impl Collector {
                     })
                     .collect::<Vec<_>>()
             );
+        }
+        &self.seen
+    }
+
+    /// [`Collector::until`] without the panic: whether `done(seen)` held within `within`.
+    pub async fn try_until(&mut self, within: Duration, done: impl Fn(&[OutMsg]) -> bool) -> bool {
+        let end = Instant::now() + within;
+        while !done(&self.seen) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
             let mut wait = left.min(Duration::from_millis(200));
             for _ in 0..1_000 {
                 match tokio::time::timeout(wait, self.consumer.recv()).await {
@@ -493,7 +502,7 @@ impl Collector {
                 wait = Duration::from_millis(1);
             }
         }
-        &self.seen
+        true
     }
 
     /// Reads for `period` more, collecting whatever arrives (to catch duplicates).
