@@ -278,7 +278,10 @@ async fn wait_for_leader_change(bootstrap: &str, topic: &str, partition: i32, ol
         if now >= 0 && now != old {
             return;
         }
-        assert!(Instant::now() < end, "{topic}/{partition} still led by killed broker {old}");
+        assert!(
+            Instant::now() < end,
+            "{topic}/{partition} still led by killed broker {old}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
