@@ -204,6 +204,30 @@ impl LullContext {
         }
     }
 
+    /// Waits, from inside a rebalance callback, until the tasks of `handles` finished (at most
+    /// the drain timeout and a second). The callback runs on the thread polling the consumer;
+    /// `block_in_place` lets the runtime move its other work away meanwhile. On a single-threaded
+    /// runtime (some tests) it cannot block and does not wait.
+    fn await_workers(&self, handles: &mut [PartitionHandle]) {
+        let runtime = &self.spawner.runtime;
+        if handles.is_empty()
+            || runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return;
+        }
+        let tasks: Vec<&mut JoinHandle<()>> = handles.iter_mut().map(|h| &mut h.task).collect();
+        let limit = self.spawner.config.drain_timeout + Duration::from_secs(1);
+        let waited = tokio::task::block_in_place(|| {
+            runtime.block_on(tokio::time::timeout(
+                limit,
+                futures_util::future::join_all(tasks),
+            ))
+        });
+        if waited.is_err() {
+            warn!("revoked partition workers did not settle within the drain timeout");
+        }
+    }
+
     /// Offsets to commit for `partitions` whose watermark moved past the last commit.
     fn pending_commits(&self, only: Option<&[i32]>) -> Vec<(i32, i64)> {
         let reg = self.registry();
@@ -238,7 +262,6 @@ impl ConsumerContext for LullContext {
             return;
         };
         let topic = &*self.spawner.topic;
-        let mut marks = Vec::new();
         let mut handles = Vec::new();
         {
             let mut reg = self.registry();
@@ -246,10 +269,6 @@ impl ConsumerContext for LullContext {
                 if let Some(h) = reg.remove(&elem.partition()) {
                     debug_assert_eq!(h.partition, elem.partition());
                     h.revoked.cancel();
-                    let mark = h.shared.watermark.load(Ordering::Acquire);
-                    if mark >= 0 && mark > h.shared.committed.load(Ordering::Acquire) {
-                        marks.push((elem.partition(), mark));
-                    }
                     for item in &h.backlog {
                         if let Inbound::Message(m) = item {
                             self.spawner.budget.add(-inbound_size(m));
@@ -272,6 +291,18 @@ impl ConsumerContext for LullContext {
                 .backpressure_paused
                 .set(reg.values().filter(|h| h.paused).count() as i64);
         }
+        // Hold the rebalance until the revoked workers settled what they had sent (bounded by
+        // the drain timeout, below the session timeout): the next owner must start from a commit
+        // point and Redis records that include every batch already out, or it emits them again.
+        self.await_workers(&mut handles);
+        let marks: Vec<(i32, i64)> = handles
+            .iter()
+            .filter_map(|h| {
+                let mark = h.shared.watermark.load(Ordering::Acquire);
+                (mark >= 0 && mark > h.shared.committed.load(Ordering::Acquire))
+                    .then_some((h.partition, mark))
+            })
+            .collect();
         info!(
             partitions = ?handles.len(),
             "partitions revoked; open windows are left to the next owner"

@@ -15,6 +15,12 @@ pub const FETCH_WAIT_MAX_MS: u32 = 100;
 /// librdkafka's own prefetch per partition, outside lull's memory budget (its default is 64 MiB).
 pub const QUEUED_MAX_KBYTES: u32 = 8_192;
 
+/// Bytes one fetch may bring per partition (librdkafka's default is 1 MiB). Fetches already on
+/// their way when the memory budget pauses a partition still land, so this bounds how far the
+/// budget can be overshot: one fetch per partition. Chat fragments are small; 64 KiB is hundreds
+/// of them per round trip.
+pub const MAX_PARTITION_FETCH_BYTES: u32 = 65_536;
+
 /// Settings shared by every client: brokers, client id and the pass-through properties.
 fn base(config: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -45,7 +51,11 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
-        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string());
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            MAX_PARTITION_FETCH_BYTES.to_string(),
+        );
     with_pass_through(c, config)
 }
 

@@ -83,9 +83,6 @@ const STALE_WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long the input topic's id may take to learn at claim time.
 const TOPIC_ID_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a revoked worker waits for deliveries already in flight before it stops.
-const REVOKE_SETTLE: Duration = Duration::from_secs(1);
-
 /// What the consumer loop hands a partition worker, in partition order.
 #[derive(Debug)]
 pub enum Inbound {
@@ -386,14 +383,13 @@ impl Worker {
         }
     }
 
-    /// After a revocation: sends nothing more, but waits briefly for deliveries already in
-    /// flight and records them in Redis, so the next owner's replay skips them instead of
-    /// emitting them again.
+    /// After a revocation: sends nothing more, but waits (up to the drain timeout) for deliveries
+    /// already in flight, publishes the final commit point and records the acknowledged batches
+    /// in Redis. The consumer holds the rebalance until this is done, so the next owner starts
+    /// from a commit point and flushed records that include every batch that went out: it never
+    /// emits one again (a batch still unacknowledged after the drain timeout may be).
     async fn settle_revoked(&self, st: &mut State) {
-        if self.store.is_none() {
-            return;
-        }
-        let end = Instant::now() + REVOKE_SETTLE;
+        let end = Instant::now() + self.config.drain_timeout;
         while !st.deliveries.is_empty() {
             match tokio::time::timeout_at(end, st.deliveries.next()).await {
                 Ok(Some((seq, result))) => {
@@ -403,6 +399,10 @@ impl Worker {
                 }
                 _ => break,
             }
+        }
+        self.publish(st);
+        if self.store.is_none() {
+            return;
         }
         if let Err(Stop::Fenced(why)) = self.sync(st, true).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
