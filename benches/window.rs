@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
-use lull::fragment::Fragment;
-use lull::window::{WindowConfig, WindowEngine};
+use lull::model::fragment::Fragment;
+use lull::model::window::{WindowConfig, WindowEngine};
 
 /// Counts live heap bytes, to measure memory per open window.
 struct Counting;

@@ -31,26 +31,12 @@
 //! * [`demo`]: the self-contained demonstration with its own end-to-end check.
 //! * [`shutdown`]: SIGINT/SIGTERM handling.
 
-pub mod bench;
 pub mod config;
-pub mod consumer;
-pub mod demo;
-pub mod fragment;
-pub mod headers;
-pub mod health;
-pub mod http;
-pub mod kafka;
-pub mod metrics;
-pub mod mock;
-pub mod offsets;
-pub mod output;
-pub mod partition;
-pub mod shutdown;
-pub mod sink;
-pub mod store;
-pub mod topics;
-pub mod verify;
-pub mod window;
+pub mod devkit;
+pub mod flow;
+pub mod io;
+pub mod model;
+pub mod ops;
 
 use std::sync::Arc;
 
@@ -63,16 +49,16 @@ pub use config::Config;
 pub enum RunError {
     /// The producer could not be created.
     #[error(transparent)]
-    Sink(#[from] sink::SinkError),
+    Sink(#[from] io::producer::SinkError),
     /// The consumer failed to start, or a worker failed fatally.
     #[error(transparent)]
-    Consume(#[from] consumer::ConsumeError),
+    Consume(#[from] flow::consumer::ConsumeError),
     /// The HTTP endpoints could not be served (address in use, no permission).
     #[error("cannot serve HTTP on {0} (LULL_HTTP_ADDR): {1}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
     /// `REDIS_URL` cannot be used at all (an unreachable server is not an error: lull degrades).
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] io::store::StoreError),
 }
 
 impl RunError {
@@ -87,8 +73,8 @@ impl RunError {
             )
         };
         match self {
-            RunError::Sink(sink::SinkError::Create(e)) => client(e),
-            RunError::Consume(consumer::ConsumeError::Start(e)) => client(e),
+            RunError::Sink(io::producer::SinkError::Create(e)) => client(e),
+            RunError::Consume(flow::consumer::ConsumeError::Start(e)) => client(e),
             RunError::Http(..) => true,
             _ => false,
         }
@@ -98,18 +84,18 @@ impl RunError {
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
 /// until something fails that cannot be retried.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    run_with_health(config, shutdown, Arc::new(health::Health::new())).await
+    run_with_health(config, shutdown, Arc::new(ops::health::Health::new())).await
 }
 
 /// [`run`], reporting its state into `health` (tests and the demo watch it).
 pub async fn run_with_health(
     config: Config,
     shutdown: CancellationToken,
-    health: Arc<health::Health>,
+    health: Arc<ops::health::Health>,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let sink = sink::Sink::new(&config)?;
-    let addr = http::serve(
+    let sink = io::producer::Sink::new(&config)?;
+    let addr = ops::http::serve(
         config.http_addr,
         health.clone(),
         config.instance_id.clone(),
@@ -118,8 +104,8 @@ pub async fn run_with_health(
     .await
     .map_err(|e| RunError::Http(config.http_addr, e))?;
     health.set_http_addr(addr);
-    let budget = Arc::new(health::Budget::new(config.max_open_bytes));
-    metrics::metrics()
+    let budget = Arc::new(ops::budget::Budget::new(config.max_open_bytes));
+    ops::metrics::metrics()
         .budget_bytes
         .set(i64::try_from(config.max_open_bytes).unwrap_or(i64::MAX));
     let store = match &config.redis_url {
@@ -129,9 +115,9 @@ pub async fn run_with_health(
             None
         }
         Some(url) => {
-            let store = store::Store::connect(&config, health.clone()).await?;
+            let store = io::store::Store::connect(&config, health.clone()).await?;
             if config.debug_redis_monitor {
-                store::monitor::spawn_trace(
+                io::store::monitor::spawn_trace(
                     url.expose().to_string(),
                     config.redis_prefix.clone(),
                     config.instance_id.clone(),
@@ -140,7 +126,7 @@ pub async fn run_with_health(
             Some(store)
         }
     };
-    let result = consumer::run(
+    let result = flow::consumer::run(
         config.clone(),
         sink.clone(),
         store,

@@ -89,7 +89,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
 
     // 30 fragments, explicitly 100 ms apart: never quiet for 400 ms, for 3 seconds.
     let producer = cluster.producer();
-    let t0 = lull::output::now_ms();
+    let t0 = lull::model::wire::now_ms();
     for seq in 0..30 {
         let ts = t0 + seq as i64 * 100;
         send(
@@ -562,9 +562,9 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
         .with(|c| c.broker_down(1))
         .unwrap()
         .unwrap();
-    let retries_before = lull::metrics::metrics().produce_retries.get();
+    let retries_before = lull::ops::metrics::metrics().produce_retries.get();
     wait_for("lull to retry the failed deliveries", || {
-        lull::metrics::metrics().produce_retries.get() > retries_before
+        lull::ops::metrics::metrics().produce_retries.get() > retries_before
     })
     .await;
     cluster
@@ -601,8 +601,8 @@ async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
     let producer = cluster.producer();
     // A producer whose clock is an hour behind, and whose timestamps are a minute apart: by
     // Kafka time these would be three separate, long-late fragments.
-    let skewed = lull::output::now_ms() - 3_600_000;
-    let before = lull::output::now_ms();
+    let skewed = lull::model::wire::now_ms() - 3_600_000;
+    let before = lull::model::wire::now_ms();
     for seq in 0..3 {
         let ts = skewed + seq as i64 * 60_000;
         send(

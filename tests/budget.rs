@@ -64,7 +64,7 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
         let task = tokio::spawn(async move {
             let (mut max_held, mut paused) = (0i64, 0i64);
             while !s.is_cancelled() {
-                let m = lull::metrics::metrics();
+                let m = lull::ops::metrics::metrics();
                 max_held = max_held.max(m.held_bytes.get());
                 paused = paused.max(m.backpressure_paused.get());
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -425,7 +425,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
                 // SIGKILL: no drain, no commit, no Redis sync.
                 procs[i].child.kill().expect("kill -9");
                 procs[i].child.wait().expect("reaped");
-                kills_ms.push(lull::output::now_ms());
+                kills_ms.push(lull::model::wire::now_ms());
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
                 procs[i] = run.worker(&names[i]);
                 tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -449,7 +449,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
     audit.quiet = Duration::from_millis(QUIET_MS);
     audit.grace = Duration::from_millis(GRACE_MS);
     let report = tokio::task::spawn_blocking(move || {
-        lull::verify::run(&audit, &lull::verify::VerifyOptions::default())
+        lull::devkit::audit::run(&audit, &lull::devkit::audit::VerifyOptions::default())
     })
     .await
     .expect("verify task")

@@ -308,16 +308,18 @@ async fn pending_shows_an_open_window_or_none() {
     config.redis_url = Some(lull::config::Secret::new(redis.url.clone()));
     config.redis_prefix = prefix.clone();
     config.instance_id = "host-7".into();
-    let store =
-        lull::store::Store::connect(&config, std::sync::Arc::new(lull::health::Health::new()))
-            .await
-            .unwrap();
+    let store = lull::io::store::Store::connect(
+        &config,
+        std::sync::Arc::new(lull::ops::health::Health::new()),
+    )
+    .await
+    .unwrap();
     let fence = store.claim("chat.fragments", 2, "", false).await.unwrap();
-    let now = lull::output::now_ms();
+    let now = lull::model::wire::now_ms();
     store
         .publish_pending(
             &fence,
-            &[lull::store::PendingSummary {
+            &[lull::io::store::PendingSummary {
                 key: "typist".into(),
                 first_ts: now - 1_000,
                 last_ts: now,

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use lull::headers::{self, RawHeader};
+use lull::io::headers;
+use lull::model::wire::RawHeader;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// The header name from the report: bytes no high-level client can send.
@@ -94,7 +95,7 @@ async fn odd_headers_and_repeated_members_are_batched_or_dead_lettered_never_a_s
         .collect();
     assert_eq!(
         ours,
-        lull::output::DEAD_LETTER_HEADERS
+        lull::model::wire::DEAD_LETTER_HEADERS
             .map(str::as_bytes)
             .to_vec()
     );

@@ -34,7 +34,7 @@ async fn type_session(producer: &rdkafka::producer::FutureProducer, topic: &str,
 
 /// Fragments whose flushed record in Redis was ignored as stale, by reason, in this process.
 fn stale(reason: &str) -> u64 {
-    lull::metrics::metrics()
+    lull::ops::metrics::metrics()
         .redis_stale_records
         .with_label_values(&[reason])
         .get()
@@ -191,7 +191,7 @@ async fn a_producer_retry_with_the_same_event_id_is_dropped() {
     let lull = Running::start(with_redis(cluster.config("dupe"), &redis, &prefix));
     lull.assigned(1).await;
     let producer = cluster.producer();
-    let before = lull::metrics::metrics().fragments_duplicate.get();
+    let before = lull::ops::metrics::metrics().fragments_duplicate.get();
     send(
         &producer,
         &cluster.input,
@@ -233,7 +233,7 @@ async fn a_producer_retry_with_the_same_event_id_is_dropped() {
     out.settle(Duration::from_millis(800)).await;
     assert_eq!(out.seen.len(), 1);
     assert_eq!(out.seen[0].event_ids(), vec!["d-0", "d-1", "d-2"]);
-    assert!(lull::metrics::metrics().fragments_duplicate.get() > before);
+    assert!(lull::ops::metrics::metrics().fragments_duplicate.get() > before);
     lull.stop().await;
 }
 
@@ -274,7 +274,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
             .await
             .unwrap();
         let flush_at = flush_at.expect("the pending key never disappears mid-burst");
-        let left = flush_at - lull::output::now_ms();
+        let left = flush_at - lull::model::wire::now_ms();
         assert!(
             ttl >= left,
             "TTL {ttl} ms is shorter than the {left} ms left to the flush"

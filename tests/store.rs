@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use lull::config::{Config, Secret};
-use lull::health::Health;
-use lull::store::{Candidate, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
+use lull::io::store::{Candidate, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
+use lull::ops::health::Health;
 use redis::AsyncCommands;
 
 async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> {
@@ -412,7 +412,7 @@ async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
     let url = redis.url.clone();
     let p = prefix.clone();
     let follower = tokio::spawn(async move {
-        let _ = lull::store::monitor::follow(&url, &p, |e| {
+        let _ = lull::io::store::monitor::follow(&url, &p, |e| {
             let _ = tx.send(e);
         })
         .await;

@@ -51,7 +51,7 @@ async fn verify_reports_duplicates_alterations_and_losses() {
     )
     .await;
     // A fragment nobody batched, old enough that it cannot be still open.
-    let old = lull::output::now_ms() - 600_000;
+    let old = lull::model::wire::now_ms() - 600_000;
     send(
         &producer,
         &cluster.input,
@@ -64,7 +64,7 @@ async fn verify_reports_duplicates_alterations_and_losses() {
 
     let cfg2 = cfg.clone();
     let report = tokio::task::spawn_blocking(move || {
-        lull::verify::run(&cfg2, &lull::verify::VerifyOptions::default())
+        lull::devkit::audit::run(&cfg2, &lull::devkit::audit::VerifyOptions::default())
     })
     .await
     .unwrap()

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lull::config::{Config, KafkaProperty};
-use lull::health::Health;
-use lull::mock::MockBroker;
+use lull::devkit::mock::MockBroker;
+use lull::ops::health::Health;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -378,9 +378,9 @@ pub async fn send(
     if let Some(ts) = timestamp {
         r = r.timestamp(ts);
     }
-    r = r.headers(lull::headers::build(&[lull::headers::RawHeader::new(
-        "trace", "t",
-    )]));
+    r = r.headers(lull::io::headers::build(&[
+        lull::model::wire::RawHeader::new("trace", "t"),
+    ]));
     let d = producer
         .send(r, Duration::from_secs(30))
         .await
@@ -409,7 +409,7 @@ pub struct OutMsg {
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
     /// Every header as it came: name bytes, value or null, in order.
-    pub raw_headers: Vec<lull::headers::RawHeader>,
+    pub raw_headers: Vec<lull::model::wire::RawHeader>,
     /// The value parsed once on arrival (`Null` if it is not JSON).
     parsed: serde_json::Value,
 }
@@ -417,7 +417,7 @@ pub struct OutMsg {
 impl OutMsg {
     /// Copies a consumed message, parsing its value once.
     fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        let raw_headers = m.headers().map(lull::headers::read).unwrap_or_default();
+        let raw_headers = m.headers().map(lull::io::headers::read).unwrap_or_default();
         let headers = raw_headers
             .iter()
             .map(|h| {
@@ -674,10 +674,10 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
 }
 
 /// Runs `lull verify` over `config`'s topics and asserts a clean report; returns it.
-pub async fn verify_clean(config: &lull::config::Config) -> lull::verify::VerifyReport {
+pub async fn verify_clean(config: &lull::config::Config) -> lull::devkit::audit::VerifyReport {
     let config = config.clone();
     let report = tokio::task::spawn_blocking(move || {
-        lull::verify::run(&config, &lull::verify::VerifyOptions::default())
+        lull::devkit::audit::run(&config, &lull::devkit::audit::VerifyOptions::default())
     })
     .await
     .expect("verify task")

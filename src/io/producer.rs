@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::config::Config;
-use crate::output::{Destination, Record};
+use crate::model::wire::{Destination, Record};
 
 /// What went wrong while sending, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -36,40 +36,6 @@ impl SinkError {
     }
 }
 
-/// Exponential backoff with full jitter, for re-sending failed records.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// Delay before the first retry.
-    pub initial: Duration,
-    /// Upper bound of any delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// 100 ms doubling up to 10 s: lull's policy for re-sending output.
-    pub const DEFAULT: Backoff = Backoff {
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(10),
-    };
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl Backoff {
-    /// The delay before retry number `attempt` (1-based): random in `[d/2, d]`, where `d`
-    /// doubles per attempt up to `max`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        let d = self.initial.saturating_mul(factor).min(self.max);
-        let half = d / 2;
-        half + d.saturating_sub(half).mul_f64(rand::random::<f64>())
-    }
-}
-
 /// The producer lull writes batches and dead letters with.
 #[derive(Clone)]
 pub struct Sink {
@@ -81,7 +47,7 @@ pub struct Sink {
 impl Sink {
     /// Creates the producer from the configuration.
     pub fn new(config: &Config) -> Result<Self, SinkError> {
-        let producer: FutureProducer = crate::kafka::producer_config(config)
+        let producer: FutureProducer = crate::io::kafka::producer_config(config)
             .create()
             .map_err(SinkError::Create)?;
         Ok(Self {
@@ -100,7 +66,7 @@ impl Sink {
             Destination::Output => &self.output_topic,
             Destination::DeadLetter => &self.dlq_topic,
         };
-        let headers = crate::headers::build(&record.headers);
+        let headers = crate::io::headers::build(&record.headers);
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(key) = &record.key {
             fr = fr.key(key.as_slice());
@@ -124,33 +90,13 @@ impl Sink {
         }
     }
 
-    /// What names this incarnation of `topic` (see [`crate::kafka::topic_identity`]); blocks.
+    /// What names this incarnation of `topic` (see [`crate::io::kafka::topic_identity`]); blocks.
     pub fn topic_identity(&self, topic: &str, timeout: Duration) -> Result<Option<String>, String> {
-        crate::kafka::topic_identity(self.producer.client(), topic, timeout)
+        crate::io::kafka::topic_identity(self.producer.client(), topic, timeout)
     }
 
     /// Waits up to `timeout` for everything queued to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        for attempt in 1..40 {
-            let d = b.delay(attempt);
-            let cap = Duration::from_millis(100)
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(Duration::from_secs(2));
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
-        }
     }
 }

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::fragment::Fragment;
+use crate::model::fragment::Fragment;
 
 /// Timestamps further ahead of the wall clock than this are clamped to it.
 pub const FUTURE_TOLERANCE_MS: i64 = 5_000;

@@ -8,13 +8,13 @@ use std::sync::LazyLock;
 use redis::aio::MultiplexedConnection;
 
 static CLAIM: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/claim.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/claim.lua")));
 static ADMIT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/admit.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/admit.lua")));
 static PENDING: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/pending.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/pending.lua")));
 static FLUSH: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/flush.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/flush.lua")));
 
 /// One of lull's scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,26 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::headers::RawHeader;
-use crate::window::Batch;
+use crate::model::window::Batch;
+
+/// One header as it was on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHeader {
+    /// The name, as bytes.
+    pub name: Vec<u8>,
+    /// The value; `None` for a null header (not the same as an empty one).
+    pub value: Option<Vec<u8>>,
+}
+
+impl RawHeader {
+    /// A header with a UTF-8 name and a value (lull's own headers).
+    pub fn new(name: &str, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: name.as_bytes().to_vec(),
+            value: Some(value.into()),
+        }
+    }
+}
 
 /// Where a record goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,8 +213,8 @@ pub fn encode_dead_letter(r: Rejected<'_>) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fragment::Fragment;
-    use crate::window::FlushReason;
+    use crate::model::fragment::Fragment;
+    use crate::model::window::FlushReason;
     use std::sync::Arc;
 
     fn frag(offset: i64, ts: i64, value: &str, text: Option<&str>) -> Fragment {

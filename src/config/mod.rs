@@ -693,8 +693,8 @@ impl Config {
     }
 
     /// The window engine's settings, derived from this configuration.
-    pub fn window(&self) -> crate::window::WindowConfig {
-        crate::window::WindowConfig {
+    pub fn window(&self) -> crate::model::window::WindowConfig {
+        crate::model::window::WindowConfig {
             batching: self.batching == Batching::On,
             quiet_ms: self.quiet.as_millis() as i64,
             max_wait_ms: self.max_wait.as_millis() as i64,

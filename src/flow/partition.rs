@@ -16,7 +16,7 @@
 //! in their original order after an exponential backoff with jitter. A record is never dropped,
 //! and the commit point never passes one that is not acknowledged.
 //!
-//! With Redis (see [`crate::store`]): the worker claims the partition first; each chunk of input
+//! With Redis (see [`crate::io::store`]): the worker claims the partition first; each chunk of input
 //! is admitted in one script call (fragments already delivered before a crash are skipped,
 //! duplicate event ids dropped — both still move partition time, so replays cut the same
 //! windows); open windows are published as `pending:{key}`; acknowledged batches move the key's
@@ -41,14 +41,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, TimestampSource};
-use crate::fragment::{self, Fragment, Invalid, RawMessage};
-use crate::health::{Budget, Health};
-use crate::metrics::metrics;
-use crate::offsets::OffsetTracker;
-use crate::output::{self, now_ms, Record, Rejected};
-use crate::sink::{Backoff, Sink, SinkError};
-use crate::store::{Candidate, Fence, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
-use crate::window::{Batch, FlushReason, WindowEngine};
+use crate::io::backoff::Backoff;
+use crate::io::producer::{Sink, SinkError};
+use crate::io::store::{
+    Candidate, Fence, Flushed, PendingSummary, Stale, Store, StoreError, Verdict,
+};
+use crate::model::fragment::{self, Fragment, Invalid, RawMessage};
+use crate::model::offsets::OffsetTracker;
+use crate::model::window::{Batch, FlushReason, WindowEngine};
+use crate::model::wire::{self, now_ms, Record, Rejected};
+use crate::ops::budget::Budget;
+use crate::ops::health::Health;
+use crate::ops::metrics::metrics;
 
 /// Output records (batches and dead letters) held per partition, queued or in flight, before the
 /// worker stops reading input: the bound that turns a slow output topic into backpressure.
@@ -627,7 +631,7 @@ impl Worker {
         };
         let event_id_header = m
             .headers()
-            .and_then(|h| crate::headers::last_value(h.as_borrowed(), b"event_id"));
+            .and_then(|h| crate::io::headers::last_value(h.as_borrowed(), b"event_id"));
         let raw = RawMessage {
             key: m.key(),
             value: m.payload(),
@@ -653,7 +657,7 @@ impl Worker {
             .inc();
         let headers = m
             .headers()
-            .map(|h| crate::headers::read(h.as_borrowed()))
+            .map(|h| crate::io::headers::read(h.as_borrowed()))
             .unwrap_or_default();
         let error = invalid.to_string();
         warn!(
@@ -662,7 +666,7 @@ impl Worker {
             reason = invalid.label(),
             "invalid input sent to the dead-letter topic"
         );
-        let record = output::encode_dead_letter(Rejected {
+        let record = wire::encode_dead_letter(Rejected {
             key: m.key(),
             value: m.payload(),
             headers: &headers,
@@ -695,9 +699,9 @@ impl Worker {
             }
             m.end_to_end
                 .observe((now - batch.last_ts).max(0) as f64 / 1000.0);
-            let record = output::encode_batch(&batch, &self.topic, self.partition, now);
+            let record = wire::encode_batch(&batch, &self.topic, self.partition, now);
             debug!(
-                batch_id = %output::batch_id(&self.topic, self.partition, batch.first_offset()),
+                batch_id = %wire::batch_id(&self.topic, self.partition, batch.first_offset()),
                 count = batch.fragments.len(),
                 reason = batch.reason.as_str(),
                 correlation_id = batch.fragments[0].correlation_id.as_deref().unwrap_or(""),

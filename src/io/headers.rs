@@ -11,26 +11,9 @@
 use std::ffi::CStr;
 
 use rdkafka::bindings as rd;
+
+use crate::model::wire::RawHeader;
 use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
-
-/// One header as it was on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawHeader {
-    /// The name, as bytes.
-    pub name: Vec<u8>,
-    /// The value; `None` for a null header (not the same as an empty one).
-    pub value: Option<Vec<u8>>,
-}
-
-impl RawHeader {
-    /// A header with a UTF-8 name and a value (lull's own headers).
-    pub fn new(name: &str, value: impl Into<Vec<u8>>) -> Self {
-        Self {
-            name: name.as_bytes().to_vec(),
-            value: Some(value.into()),
-        }
-    }
-}
 
 fn native(headers: &BorrowedHeaders) -> *const rd::rd_kafka_headers_t {
     // `BorrowedHeaders` is rdkafka's zero-sized view of a native headers list: its address is

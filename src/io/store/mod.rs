@@ -32,11 +32,32 @@ use redis::{AsyncConnectionConfig, RedisError};
 use tracing::{debug, info, warn};
 
 use crate::config::{mask_url_password, Config};
-use crate::health::Health;
-use crate::metrics::metrics;
-use crate::window::FUTURE_TOLERANCE_MS;
+use crate::model::window::FUTURE_TOLERANCE_MS;
+use crate::ops::health::Health;
+use crate::ops::metrics::metrics;
 
 pub use scripts::Script;
+
+/// The `lull_redis_call_seconds` label of the pending+flush pipeline (scripts are labelled by
+/// their name).
+pub const SYNC_LABEL: &str = "sync";
+
+/// Redis round trips made by this process so far: every sample of `lull_redis_call_seconds`,
+/// under every label it is recorded with (each script, and the pipeline). The one count the
+/// demo and the benchmark report.
+pub fn round_trips() -> u64 {
+    let m = metrics();
+    Script::ALL
+        .iter()
+        .map(|s| s.name())
+        .chain([SYNC_LABEL])
+        .map(|label| {
+            m.redis_call_seconds
+                .with_label_values(&[label])
+                .get_sample_count()
+        })
+        .sum()
+}
 
 /// Timeout for connecting, and for any one Redis reply.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -365,7 +386,7 @@ impl Store {
     }
 
     async fn reconnect(self: Arc<Self>) {
-        let backoff = crate::sink::Backoff {
+        let backoff = crate::io::backoff::Backoff {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(5),
         };
@@ -590,7 +611,7 @@ impl Store {
         }
         metrics()
             .redis_call_seconds
-            .with_label_values(&["sync"])
+            .with_label_values(&[SYNC_LABEL])
             .observe(started.elapsed().as_secs_f64());
         debug!(
             windows = windows.len(),

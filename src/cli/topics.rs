@@ -1,13 +1,14 @@
 //! Creating lull's topics (input, output, dead-letter) with the admin API, so nothing relies on
 //! broker auto-creation. A topic that already exists is fine.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::config::Config;
+use lull::config::Config;
 
 /// The outcome for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub async fn create(
     partitions: i32,
     replication: Option<i32>,
 ) -> Result<Vec<(String, TopicOutcome)>, TopicsError> {
-    let admin: AdminClient<DefaultClientContext> = crate::kafka::admin_config(config)
+    let admin: AdminClient<DefaultClientContext> = lull::io::kafka::admin_config(config)
         .create()
         .map_err(TopicsError::Client)?;
     let names = [&config.input_topic, &config.output_topic, &config.dlq_topic];
@@ -106,6 +107,47 @@ pub async fn create(
         }
     }
     Ok(out)
+}
+
+/// `lull topics`: create the input, output and dead-letter topics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicsArgs {
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    /// Replication factor [default: min(3, brokers in the cluster)].
+    #[arg(long)]
+    pub replication: Option<i32>,
+}
+
+/// `lull topics`.
+pub async fn main(config: Config, args: TopicsArgs) -> ExitCode {
+    let TopicsArgs {
+        partitions,
+        replication,
+    } = args;
+    super::init_tracing(config.log_format, "warn");
+    if partitions < 1 || replication.is_some_and(|r| r < 1) {
+        eprintln!("--partitions and --replication must be at least 1");
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
+    match create(&config, partitions, replication).await {
+        Ok(outcomes) => {
+            for (name, outcome) in outcomes {
+                match outcome {
+                    TopicOutcome::Created { replication } => println!(
+                        "created {name} ({partitions} partitions, replication {replication})"
+                    ),
+                    TopicOutcome::Exists => println!("exists  {name}"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,11 +35,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::Config;
-use crate::health::{Budget, Health};
-use crate::metrics::metrics;
-use crate::partition::{inbound_size, Inbound, PartitionShared, Worker};
-use crate::sink::{Sink, SinkError};
-use crate::store::Store;
+use crate::flow::partition::{inbound_size, Inbound, PartitionShared, Worker};
+use crate::io::producer::{Sink, SinkError};
+use crate::io::store::Store;
+use crate::ops::budget::Budget;
+use crate::ops::health::Health;
+use crate::ops::metrics::metrics;
 
 /// How often moved watermarks are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -413,7 +414,7 @@ pub async fn run(
         },
         health: health.clone(),
     };
-    let consumer: LullConsumer = crate::kafka::consumer_config(&config)
+    let consumer: LullConsumer = crate::io::kafka::consumer_config(&config)
         .create_with_context(context)
         .map_err(ConsumeError::Start)?;
     consumer
@@ -449,7 +450,7 @@ pub async fn run(
                 // The tick is a branch of this very loop: it proves the loop turns (liveness).
                 health.polled();
                 report_progress(consumer.context());
-                let ready = crate::http::readiness(&health, &config.instance_id).ready;
+                let ready = crate::ops::http::readiness(&health, &config.instance_id).ready;
                 metrics().ready.set(i64::from(ready));
             }
             _ = probe_tick.tick() => {
@@ -718,7 +719,7 @@ fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) 
 
 /// Publishes consumer lag per partition and the age of the oldest open window.
 fn report_progress(ctx: &LullContext) {
-    let now = crate::output::now_ms();
+    let now = crate::model::wire::now_ms();
     let reg = ctx.registry();
     let mut oldest = i64::MAX;
     for (p, h) in reg.iter() {

@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
-use crate::health::Health;
-use crate::metrics::metrics;
-use crate::output::now_ms;
+use crate::model::wire::now_ms;
+use crate::ops::health::Health;
+use crate::ops::metrics::metrics;
 
 /// The poll loop must have turned within this long for `/health/live` to pass.
 pub const LIVENESS_WINDOW_MS: i64 = 30_000;

@@ -95,8 +95,8 @@ mod tests {
             log in prop::collection::vec((0u8..4, 0i64..300), 1..150),
             acks in prop::collection::vec(any::<prop::sample::Index>(), 0..150),
         ) {
-            use crate::fragment::Fragment;
-            use crate::window::{WindowConfig, WindowEngine};
+            use crate::model::fragment::Fragment;
+            use crate::model::window::{WindowConfig, WindowEngine};
             let cfg = WindowConfig {
                 batching: true, quiet_ms: 100, max_wait_ms: 500,
                 max_fragments: 4, max_batch_bytes: 1_000, grace_ms: 10,

@@ -1,7 +1,7 @@
 //! `lull bench`: the end-to-end benchmark, on the embedded mock cluster (and Redis when
 //! `REDIS_URL` is set), with the real worker, producer and commits.
 //!
-//! Two phases, each on fresh topics, each checked with [`crate::verify`] (a run with any lost or
+//! Two phases, each on fresh topics, each checked with [`lull::devkit::audit`] (a run with any lost or
 //! duplicated fragment fails):
 //! * **throughput** — a backlog of bursts is written first; the worker then reads it in catch-up,
 //!   timed from partition assignment until every fragment is in an acknowledged batch;
@@ -13,17 +13,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use hdrhistogram::Histogram;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Batching, Config};
-use crate::metrics::metrics;
-use crate::mock::MockBroker;
+use lull::config::{Batching, Config};
+use lull::devkit::batches::{reader, Tally};
+use lull::devkit::load::{Plan, PlanArgs, Writer};
+use lull::devkit::mock::MockBroker;
+use lull::ops::metrics::metrics;
 
 /// The load model.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +35,8 @@ pub struct BenchArgs {
     /// Largest burst (bursts are 1..=this fragments).
     #[arg(long, default_value_t = 5)]
     pub burst: usize,
-    /// Gap between fragments of a burst, ms (at most; the quiet period must be longer).
+    /// Gap between fragments of a burst in the live phase, ms (the throughput phase's gaps stay
+    /// under 2/5 of the quiet period).
     #[arg(long, default_value_t = 150)]
     pub gap_ms: u64,
     /// Bytes of `text` per fragment.
@@ -119,7 +118,7 @@ pub struct BenchReport {
 pub enum BenchError {
     /// The mock cluster did not start.
     #[error(transparent)]
-    Mock(#[from] crate::mock::MockError),
+    Mock(#[from] lull::devkit::mock::MockError),
     /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -128,7 +127,7 @@ pub enum BenchError {
     Worker(String),
     /// The audit failed to run.
     #[error(transparent)]
-    Verify(#[from] crate::verify::VerifyError),
+    Verify(#[from] lull::devkit::audit::VerifyError),
     /// The phase did not finish in time.
     #[error("{0} did not finish within the time limit")]
     Timeout(String),
@@ -159,18 +158,6 @@ fn peak_rss() -> u64 {
 
 fn acked_fragments() -> u64 {
     metrics().batch_fragments.get_sample_sum() as u64
-}
-
-fn redis_calls() -> u64 {
-    let m = metrics();
-    ["claim", "admit", "pending", "flush", "sync"]
-        .iter()
-        .map(|s| {
-            m.redis_call_seconds
-                .with_label_values(&[s])
-                .get_sample_count()
-        })
-        .sum()
 }
 
 /// Fresh topics for one phase, and the config pointing at them.
@@ -215,13 +202,13 @@ async fn start_worker(
 ) -> Result<
     (
         CancellationToken,
-        tokio::task::JoinHandle<Result<(), crate::RunError>>,
+        tokio::task::JoinHandle<Result<(), lull::RunError>>,
     ),
     BenchError,
 > {
     let token = CancellationToken::new();
-    let health = Arc::new(crate::health::Health::new());
-    let handle = tokio::spawn(crate::run_with_health(
+    let health = Arc::new(lull::ops::health::Health::new());
+    let handle = tokio::spawn(lull::run_with_health(
         config.clone(),
         token.clone(),
         health.clone(),
@@ -238,7 +225,7 @@ async fn start_worker(
 
 async fn stop_worker(
     token: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), crate::RunError>>,
+    handle: tokio::task::JoinHandle<Result<(), lull::RunError>>,
 ) -> Result<(), BenchError> {
     token.cancel();
     match handle.await {
@@ -248,71 +235,34 @@ async fn stop_worker(
     }
 }
 
-fn producer(config: &Config) -> Result<FutureProducer, BenchError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?)
-}
-
 /// Writes the backlog, then times the worker through it.
 async fn throughput(
     args: &BenchArgs,
     config: &Config,
     name: &str,
 ) -> Result<PhaseReport, BenchError> {
-    let p = producer(config)?;
-    // Bursts: each user types 1..=burst fragments `gap_ms` apart, then pauses well past quiet.
-    let base = crate::output::now_ms() - 3_600_000;
-    let mut pending = FuturesUnordered::new();
-    let mut seqs = vec![0usize; args.users.max(1)];
-    let mut t = 0i64;
-    let mut written = 0;
-    let mut user = 0;
-    while written < args.fragments {
-        let burst = 1 + (user * 7 + written) % args.burst.max(1);
-        for i in 0..burst {
-            if written == args.fragments {
-                break;
-            }
-            let seq = seqs[user];
-            seqs[user] += 1;
-            let v = value(user, seq, args.payload);
-            let key = format!("u{user}");
-            let mut record = FutureRecord::to(&config.input_topic)
-                .key(&key)
-                .payload(&v)
-                .timestamp(base + t + i as i64 * args.gap_ms as i64);
-            loop {
-                match p.send_result(record) {
-                    Ok(d) => {
-                        pending.push(d);
-                        break;
-                    }
-                    Err((_, back)) => {
-                        record = back;
-                        pending.next().await;
-                    }
-                }
-            }
-            written += 1;
-        }
-        user = (user + 1) % args.users.max(1);
-        if user == 0 {
-            t += (args.quiet_ms as i64) * 3;
-        }
+    // The backlog: a typing session an hour old, written before the worker starts.
+    let plan = Plan::new(PlanArgs {
+        users: args.users,
+        fragments: args.fragments,
+        quiet_ms: args.quiet_ms,
+        max_burst: args.burst,
+        text_bytes: Some(args.payload),
+        seed: 11,
+    });
+    let base = lull::model::wire::now_ms() - 3_600_000;
+    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    for e in &plan.events {
+        let (key, value) = plan.message(e, "");
+        writer
+            .send(&key, &value, Some(base + e.at_ms as i64))
+            .await?;
     }
-    while let Some(d) = pending.next().await {
-        if let Ok(Err((e, _))) = d {
-            return Err(BenchError::Kafka(e));
-        }
-    }
+    writer.finish().await?;
 
     let acked_before = acked_fragments();
     let batches_before: u64 = metrics().batch_fragments.get_sample_count();
-    let redis_before = redis_calls();
+    let redis_before = lull::io::store::round_trips();
     let (token, handle) = start_worker(config, args.partitions).await?;
     let start = Instant::now();
     let cpu0 = cpu_seconds();
@@ -333,12 +283,12 @@ async fn throughput(
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let batches = (metrics().batch_fragments.get_sample_count() - batches_before) as usize;
-    let redis = redis_calls() - redis_before;
+    let redis = lull::io::store::round_trips() - redis_before;
     stop_worker(token, handle).await?;
 
     let audit_cfg = config.clone();
     let audit = tokio::task::spawn_blocking(move || {
-        crate::verify::run(&audit_cfg, &crate::verify::VerifyOptions::default())
+        lull::devkit::audit::run(&audit_cfg, &lull::devkit::audit::VerifyOptions::default())
     })
     .await
     .map_err(|e| BenchError::Worker(e.to_string()))??;
@@ -367,7 +317,7 @@ async fn throughput(
 
 /// Users type in real time; lateness and latency come from the batches.
 async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
-    let p = producer(config)?;
+    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
     let (token, handle) = start_worker(config, args.partitions).await?;
     let users = args.live_users.max(1);
     let burst = args.burst.max(1);
@@ -377,8 +327,7 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
     let start = Instant::now();
     let cpu0 = cpu_seconds();
     let end = start + Duration::from_secs(args.live_seconds);
-    let redis_before = redis_calls();
-    let mut pending = FuturesUnordered::new();
+    let redis_before = lull::io::store::round_trips();
     let mut sent = 0usize;
     let mut seqs = vec![0usize; users];
     let mut peak_windows = 0;
@@ -394,15 +343,9 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
             let seq = seqs[u];
             seqs[u] += 1;
             let v = value(u, seq, args.payload);
-            let key = format!("u{u}");
-            let record = FutureRecord::to(&config.input_topic).key(&key).payload(&v);
-            match p.send_result(record) {
-                Ok(d) => pending.push(d),
-                Err(_) => break,
-            }
+            writer.send(&format!("u{u}"), &v, None).await?;
             sent += 1;
         }
-        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(pending.next()) {}
         let w = metrics().open_windows.get();
         if w > peak_windows {
             peak_windows = w;
@@ -410,7 +353,7 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    while pending.next().await.is_some() {}
+    writer.finish().await?;
     // Let every window close, then stop.
     let quiet_end = Instant::now() + config.max_wait + config.grace + Duration::from_secs(2);
     while Instant::now() < quiet_end && metrics().open_windows.get() > 0 {
@@ -418,65 +361,42 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
     }
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    let redis = redis_calls() - redis_before;
+    let redis = lull::io::store::round_trips() - redis_before;
     stop_worker(token, handle).await?;
 
     // Read the batches back for lateness and latency.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("{}-read", config.group_id))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[config.output_topic.as_str()])?;
-    let mut lateness = Histogram::<u64>::new(3).map_err(|e| BenchError::Worker(e.to_string()))?;
-    let mut e2e = Histogram::<u64>::new(3).map_err(|e| BenchError::Worker(e.to_string()))?;
-    let mut batches = 0usize;
-    let mut fragments = 0usize;
-    let quiet = config.quiet.as_millis() as i64;
-    let max_wait = config.max_wait.as_millis() as i64;
-    let grace = config.grace.as_millis() as i64;
-    while fragments < sent {
+    let consumer = reader(
+        &config.brokers,
+        &config.output_topic,
+        &format!("{}-read", config.group_id),
+    )?;
+    let mut tally = Tally::new(config.quiet, config.max_wait, config.grace);
+    while tally.distinct() < sent {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await else {
             break;
         };
-        let Some(v) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-        else {
-            continue;
-        };
-        batches += 1;
-        fragments += v["count"].as_u64().unwrap_or(0) as usize;
-        let (first, last, at) = (
-            v["first_ts"].as_i64().unwrap_or(0),
-            v["last_ts"].as_i64().unwrap_or(0),
-            v["flushed_at"].as_i64().unwrap_or(0),
-        );
-        if v["reason"] == "quiet" || v["reason"] == "max_wait" {
-            let close = (last + quiet).min(first + max_wait);
-            let _ = lateness.record((at - close - grace).max(0) as u64);
+        if let Some(payload) = m.payload() {
+            tally.add(payload);
         }
-        let _ = e2e.record((at - last).max(0) as u64);
     }
     drop(consumer);
     let audit_cfg = config.clone();
     let audit = tokio::task::spawn_blocking(move || {
-        crate::verify::run(&audit_cfg, &crate::verify::VerifyOptions::default())
+        lull::devkit::audit::run(&audit_cfg, &lull::devkit::audit::VerifyOptions::default())
     })
     .await
     .map_err(|e| BenchError::Worker(e.to_string()))??;
-    let q = |h: &Histogram<u64>| (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
     Ok(PhaseReport {
         phase: "live".into(),
         batching: true,
         fragments: sent,
-        batches,
+        batches: tally.batches,
         seconds,
         fragments_per_sec: sent as f64 / args.live_seconds as f64,
-        batches_per_sec: batches as f64 / seconds,
+        batches_per_sec: tally.batches as f64 / seconds,
         cpu_seconds: cpu,
-        flush_lateness_ms: Some(q(&lateness)),
-        end_to_end_ms: Some(q(&e2e)),
+        flush_lateness_ms: Some(tally.lateness_ms()),
+        end_to_end_ms: Some(tally.end_to_end_ms()),
         peak_open_windows: peak_windows,
         held_bytes_per_open_window: (peak_windows > 0)
             .then(|| peak_held as f64 / peak_windows as f64),
@@ -529,4 +449,27 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
         phases,
         correct,
     })
+}
+
+/// `lull bench`: the report as JSON on stdout; exit 1 if any fragment was lost or duplicated.
+pub async fn main(config: Config, args: BenchArgs) -> std::process::ExitCode {
+    super::init_tracing(config.log_format, "warn");
+    match run(config, args).await {
+        Ok(report) => {
+            match serde_json::to_string_pretty(&report) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("{e}"),
+            }
+            if report.correct {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("bench: fragments were lost or duplicated");
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{Config, TimestampSource};
-use crate::fragment::{self, RawMessage};
-use crate::output::now_ms;
+use crate::model::fragment::{self, RawMessage};
+use crate::model::wire::now_ms;
 
 /// What to audit.
 #[derive(Debug, Clone, Default)]
@@ -200,7 +200,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         let ts = m.timestamp().to_millis().unwrap_or(0);
         let event_header = m
             .headers()
-            .and_then(|h| crate::headers::last_value(h.as_borrowed(), b"event_id"));
+            .and_then(|h| crate::io::headers::last_value(h.as_borrowed(), b"event_id"));
         let parsed = fragment::parse(
             RawMessage {
                 key: m.key(),
@@ -323,7 +323,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         .filter_map(|m| {
             let h = m.headers()?.as_borrowed();
             let get = |name: &str| {
-                crate::headers::last_value(h, name.as_bytes())
+                crate::io::headers::last_value(h, name.as_bytes())
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.parse::<i64>().ok())
             };
@@ -393,6 +393,6 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         return Ok(ms);
     }
     humantime::parse_rfc3339_weak(s)
-        .map(crate::output::unix_ms)
+        .map(crate::model::wire::unix_ms)
         .map_err(|e| format!("{s}: expected Unix milliseconds or an RFC 3339 time ({e})"))
 }

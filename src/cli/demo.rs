@@ -1,0 +1,403 @@
+//! `lull demo`: the whole path on nothing but this binary.
+//!
+//! It starts librdkafka's mock cluster in-process, creates the topics, runs the real worker
+//! against it, and drives simulated users typing in bursts. Then it reads every batch back and
+//! checks, itself, that every fragment is in exactly one batch, none lost, none duplicated, and
+//! each user's fragments in order. The result decides the exit code.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use lull::config::Config;
+use lull::devkit::batches::{reader, Tally};
+use lull::devkit::load::{Plan, PlanArgs, Writer};
+use lull::devkit::mock::MockBroker;
+use lull::model::wire::now_ms;
+
+/// The demo's knobs (all have defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Simulated users.
+    #[arg(long, default_value_t = 1_000)]
+    pub users: usize,
+    /// Fragments to send in total (about; spread over the users).
+    #[arg(long, default_value_t = 20_000)]
+    pub fragments: usize,
+    /// Quiet period in milliseconds (overrides LULL_QUIET_MS).
+    #[arg(long, default_value_t = 500)]
+    pub quiet_ms: u64,
+    /// Partitions of each topic on the mock cluster.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Sample batches to print.
+    #[arg(long, default_value_t = 5)]
+    pub samples: usize,
+    /// Random seed for the typing simulation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the whole typing session to Kafka first (timestamped in the past), then start the
+    /// worker: it batches a lagged log in catch-up, as after an outage. Shows throughput and the
+    /// Redis round trips per fragment under load; flush lateness does not apply.
+    #[arg(long)]
+    pub backlog: bool,
+}
+
+/// Why the demo could not run (as opposed to its check failing).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The mock cluster did not start.
+    #[error(transparent)]
+    Mock(#[from] lull::devkit::mock::MockError),
+    /// A Kafka client of the demo failed.
+    #[error("demo Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The worker stopped with an error.
+    #[error("the worker failed: {0}")]
+    Worker(#[from] lull::RunError),
+    /// The worker's task died (a panic).
+    #[error("the worker's task failed: {0}")]
+    Task(String),
+}
+
+/// The figures the demo ends with.
+#[derive(Debug, Clone, Default)]
+pub struct DemoReport {
+    /// Fragments produced.
+    pub fragments_in: usize,
+    /// Batches read back.
+    pub batches_out: usize,
+    /// Bursts the simulation meant to type.
+    pub bursts_planned: usize,
+    /// Fragments never seen in a batch.
+    pub lost: usize,
+    /// Fragments seen in more than one batch (extra copies).
+    pub duplicated: usize,
+    /// Fragments seen out of their user's order.
+    pub out_of_order: usize,
+    /// Flush lateness p50 and p99 in milliseconds.
+    pub lateness_ms: (i64, i64),
+    /// Last fragment to flush, p50 and p99 in milliseconds.
+    pub end_to_end_ms: (i64, i64),
+}
+
+impl DemoReport {
+    /// Whether the end-to-end check passed.
+    pub fn passed(&self) -> bool {
+        self.fragments_in > 0 && self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+    }
+}
+
+/// A one-line progress bar on stderr (only when stderr is a terminal).
+struct Progress {
+    tty: bool,
+    total: usize,
+    last_draw: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn draw(&mut self, produced: usize, batched: usize, force: bool) {
+        if !self.tty {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if !force
+            && self
+                .last_draw
+                .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last_draw = Some(now);
+        let width = 30;
+        let filled = (batched * width)
+            .checked_div(self.total)
+            .unwrap_or(0)
+            .min(width);
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(width - filled));
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r  [{bar}] typed {produced:>6}/{total}  batched {batched:>6}/{total}",
+            total = self.total
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// Runs the demo; returns its report (check [`DemoReport::passed`]).
+pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> {
+    let mut config = base;
+    config.quiet = Duration::from_millis(args.quiet_ms.max(1));
+    if config.max_wait < config.quiet {
+        config.max_wait = config.quiet;
+    }
+    let partitions = args.partitions.max(1);
+    let broker = MockBroker::start(
+        1,
+        &[
+            (config.input_topic.clone(), partitions),
+            (config.output_topic.clone(), partitions),
+            (config.dlq_topic.clone(), partitions),
+        ],
+    )?;
+    config.brokers = broker.bootstrap().to_string();
+    config.group_id = format!("lull-demo-{}", std::process::id());
+    // The demo must not collide with a `lull run` on the same machine.
+    config.http_addr.set_port(0);
+
+    println!("lull demo");
+    println!(
+        "  mock Kafka cluster at {} ({} partitions per topic, in memory)",
+        broker.bootstrap(),
+        partitions
+    );
+    match &config.redis_url {
+        None => println!("  REDIS_URL is unset: running without shared state (batching is in memory; Kafka is the log of record)"),
+        Some(url) => {
+            // Keys of this run only, so an earlier demo's keys are never read.
+            config.redis_prefix = format!(
+                "{}:demo-{}-{}",
+                config.redis_prefix,
+                std::process::id(),
+                now_ms()
+            );
+            println!(
+                "  REDIS_URL is set: shared state in Redis at {} under {}:*",
+                lull::config::mask_url_password(url.expose()),
+                config.redis_prefix
+            );
+        }
+    }
+    let plan = Plan::new(PlanArgs {
+        users: args.users,
+        fragments: args.fragments,
+        quiet_ms: args.quiet_ms,
+        max_burst: 5,
+        text_bytes: None,
+        seed: args.seed,
+    });
+    println!(
+        "  {} users typing {} fragments in {} bursts; quiet {} ms, max wait {} ms, grace {} ms",
+        args.users,
+        plan.events.len(),
+        plan.bursts,
+        config.quiet.as_millis(),
+        config.max_wait.as_millis(),
+        config.grace.as_millis()
+    );
+
+    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    let total = plan.events.len();
+    let mut next = 0;
+    let mut read_started: Option<std::time::Instant> = None;
+    if args.backlog {
+        let base = now_ms() - plan.span_ms() as i64 - 10_000;
+        for e in &plan.events {
+            let (key, value) = plan.message(e, "");
+            writer
+                .send(&key, &value, Some(base + e.at_ms as i64))
+                .await?;
+        }
+        writer.finish().await?;
+        next = total;
+        println!("  backlog of {total} fragments written; starting the worker on it");
+    }
+
+    let token = CancellationToken::new();
+    let health = Arc::new(lull::ops::health::Health::new());
+    let mut worker = tokio::spawn(lull::run_with_health(
+        config.clone(),
+        token.clone(),
+        health.clone(),
+    ));
+    let mut worker_result = None;
+
+    // Type only once the worker owns its partitions, so the first bursts are not read late.
+    let join_deadline = Instant::now() + Duration::from_secs(60);
+    while health.assigned_partitions() < partitions as usize {
+        if worker.is_finished() || Instant::now() > join_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if args.backlog {
+        read_started = Some(std::time::Instant::now());
+    }
+
+    let reader = reader(
+        &config.brokers,
+        &config.output_topic,
+        &format!("{}-check", config.group_id),
+    )?;
+    let mut tally = Tally::new(config.quiet, config.max_wait, config.grace);
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        total,
+        last_draw: None,
+    };
+    let start = Instant::now();
+    let deadline = start
+        + Duration::from_millis(plan.span_ms())
+        + config.max_wait
+        + config.grace
+        + Duration::from_secs(60);
+    let mut all_batched_at = None;
+    let mut settle_until: Option<Instant> = None;
+    let never = start + Duration::from_secs(86_400 * 365);
+
+    loop {
+        let next_at = plan
+            .events
+            .get(next)
+            .map(|e| start + Duration::from_millis(e.at_ms));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_at.unwrap_or(never)), if next_at.is_some() => {
+                // Send everything due now in one go.
+                let now = Instant::now();
+                while let Some(e) = plan.events.get(next) {
+                    if start + Duration::from_millis(e.at_ms) > now {
+                        break;
+                    }
+                    let (key, value) = plan.message(e, "");
+                    writer.send(&key, &value, None).await?;
+                    next += 1;
+                }
+            }
+            received = reader.recv() => {
+                let m = received?;
+                if let Some(payload) = m.payload() {
+                    tally.add(payload);
+                }
+                if tally.distinct() >= total && settle_until.is_none() {
+                    all_batched_at = Some(std::time::Instant::now());
+                    // Everything arrived: wait a little longer for any duplicate to show up.
+                    settle_until = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            _ = tokio::time::sleep_until(settle_until.unwrap_or(never)), if settle_until.is_some() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            r = &mut worker, if worker_result.is_none() => {
+                worker_result = Some(r);
+                break;
+            }
+        }
+        writer.poll_acks()?;
+        progress.draw(writer.acked(), tally.distinct().min(total), false);
+    }
+    progress.draw(writer.acked(), tally.distinct().min(total), true);
+    progress.finish();
+
+    token.cancel();
+    let finished = match worker_result {
+        Some(r) => r,
+        None => worker.await,
+    };
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(DemoError::Worker(e)),
+        Err(e) => return Err(DemoError::Task(e.to_string())),
+    }
+    drop(reader);
+    drop(writer);
+    drop(broker);
+
+    let (lateness, e2e) = (tally.lateness_ms(), tally.end_to_end_ms());
+    let report = DemoReport {
+        fragments_in: total,
+        batches_out: tally.batches,
+        bursts_planned: plan.bursts,
+        lost: total.saturating_sub(tally.distinct()),
+        duplicated: tally.duplicated(),
+        out_of_order: tally.out_of_order,
+        lateness_ms: (lateness.0 as i64, lateness.1 as i64),
+        end_to_end_ms: (e2e.0 as i64, e2e.1 as i64),
+    };
+
+    println!();
+    println!("sample batches:");
+    for b in tally.samples.iter().take(args.samples) {
+        let text = b.text.as_deref().unwrap_or("").replace('\n', " ⏎ ");
+        println!(
+            "  {}  {} fragments  {:<8}  \"{}\"",
+            b.key,
+            b.fragments.len(),
+            b.reason,
+            text
+        );
+    }
+    println!();
+    println!("summary:");
+    println!("  fragments in            {}", report.fragments_in);
+    println!(
+        "  batches out             {} ({})",
+        report.batches_out,
+        tally
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  bursts typed            {}", report.bursts_planned);
+    println!(
+        "  fragments per batch     {:.2}",
+        report.fragments_in as f64 / report.batches_out.max(1) as f64
+    );
+    if let (Some(start), Some(end)) = (read_started, all_batched_at) {
+        let secs = (end - start).as_secs_f64();
+        println!(
+            "  catch-up                {:.2} s for the backlog, {:.0} fragments/s (debug builds are far slower)",
+            secs,
+            report.fragments_in as f64 / secs.max(1e-9)
+        );
+    } else {
+        println!(
+            "  flush lateness          p50 {} ms, p99 {} ms (after close time + grace)",
+            report.lateness_ms.0, report.lateness_ms.1
+        );
+        println!(
+            "  last fragment -> batch  p50 {} ms, p99 {} ms",
+            report.end_to_end_ms.0, report.end_to_end_ms.1
+        );
+    }
+    if config.redis_url.is_some() {
+        let calls = lull::io::store::round_trips();
+        println!(
+            "  redis round trips       {} (script calls and pipelines), {:.3} per fragment",
+            calls,
+            calls as f64 / report.fragments_in.max(1) as f64
+        );
+    }
+    println!(
+        "  check                   lost {}, duplicated {}, out of order {}: {}",
+        report.lost,
+        report.duplicated,
+        report.out_of_order,
+        if report.passed() { "PASS" } else { "FAIL" }
+    );
+    Ok(report)
+}
+
+/// `lull demo`: exit 0 when its check passed.
+pub async fn main(config: Config, args: DemoArgs) -> std::process::ExitCode {
+    super::init_tracing(config.log_format, "warn");
+    match run(config, args).await {
+        Ok(report) if report.passed() => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The operator commands, one file each: `run` (the worker), and the tools around it — `demo`,
+//! `bench`, `simulate`, `verify`, `topics`, `pending`, `monitor`, `dev-broker`. They sit on top of
+//! the library (and its [`lull::devkit`]); nothing in the library imports them.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (or a check failed: demo, bench, verify); 2 bad
+//! configuration or usage; 130 a second SIGINT/SIGTERM cut a graceful shutdown short.
+
+pub mod bench;
+pub mod demo;
+pub mod dev_broker;
+pub mod monitor;
+pub mod pending;
+pub mod run;
+pub mod simulate;
+pub mod topics;
+pub mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing::Instrument;
+
+use lull::config::{Config, LogFormat};
+
+/// Exit code for configuration errors and bad usage.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "lull",
+    version,
+    about = "Rapid-fire protection for chat bots: one batch per burst of a user's messages",
+    long_about = "lull consumes chat fragments from a Kafka topic keyed by user, holds each user's \
+burst in memory, and emits one batch per burst once the user goes quiet, with a hard cap on \
+waiting. Configuration comes from the environment (and a .env file); see the README."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the worker against KAFKA_BROKERS until SIGINT/SIGTERM.
+    Run,
+    /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches.
+    Demo(demo::DemoArgs),
+    /// Create the input, output and dead-letter topics on KAFKA_BROKERS.
+    Topics(topics::TopicsArgs),
+    /// Benchmark the whole path on the embedded mock cluster (and Redis when REDIS_URL is set):
+    /// throughput through a backlog, then live flush lateness; prints JSON. Fails if any fragment
+    /// is lost or duplicated. Build with --release for meaningful figures.
+    Bench(bench::BenchArgs),
+    /// Type simulated users' bursts into LULL_INPUT_TOPIC on KAFKA_BROKERS, in real time (to try
+    /// a running lull against a real broker).
+    Simulate(simulate::SimulateArgs),
+    /// Audit delivery: read the input, output and DLQ topics and report fragments lost,
+    /// duplicated or altered, batches breaking the configured boundaries, and latency. Exits 1 on
+    /// any loss, duplicate or alteration.
+    Verify(verify::VerifyArgs),
+    /// Show a user's open window from Redis: is this user mid-burst, and when does the batch go
+    /// out? Prints "none" when there is no open window. Needs REDIS_URL.
+    Pending(pending::PendingArgs),
+    /// Follow every Redis command on lull's keys, from any process, as a per-key timeline (who
+    /// updated a window, who flushed it, which TTL was set). Uses Redis MONITOR, which costs the
+    /// server throughput: for debugging only. Needs REDIS_URL; Ctrl-C to stop.
+    Monitor,
+    /// Run librdkafka's mock Kafka cluster as a process of its own, for local development and
+    /// tests. It keeps everything in memory (nothing on disk; all data is gone when it stops) and
+    /// keeps only about 5 MiB per partition. Runs until SIGINT/SIGTERM.
+    DevBroker(dev_broker::DevBrokerArgs),
+}
+
+/// Runs one command to its exit code.
+pub async fn dispatch(command: Command, config: Config) -> ExitCode {
+    match command {
+        Command::Run => {
+            init_tracing(config.log_format, "info");
+            // Every line this run logs, from any task, carries the instance id and pid.
+            let span = tracing::info_span!(
+                "lull",
+                instance = %config.instance_id,
+                pid = std::process::id()
+            );
+            run::main(config).instrument(span).await
+        }
+        Command::Demo(args) => demo::main(config, args).await,
+        Command::Topics(args) => topics::main(config, args).await,
+        Command::Pending(args) => pending::main(config, args).await,
+        Command::Verify(args) => verify::main(config, args).await,
+        Command::Bench(args) => bench::main(config, args).await,
+        Command::Simulate(args) => simulate::main(config, args).await,
+        Command::Monitor => monitor::main(config).await,
+        Command::DevBroker(args) => dev_broker::main(config, args).await,
+    }
+}
+
+/// Logs to stderr, pretty or JSON, with levels from `RUST_LOG` (else `default_filter`).
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

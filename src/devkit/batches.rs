@@ -1,0 +1,183 @@
+//! Reading lull's output back, for the demo and the benchmark: a reader of the output topic and a
+//! [`Tally`] of what it saw — fragments lost, doubled or out of their user's order, batches per
+//! reason, flush lateness and end-to-end latency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// A batch as the tools read it (the fields they use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchView {
+    /// The user.
+    pub key: String,
+    /// Why it went out.
+    pub reason: String,
+    /// Earliest fragment time, Unix ms.
+    pub first_ts: i64,
+    /// Latest fragment time, Unix ms.
+    pub last_ts: i64,
+    /// When lull encoded it, Unix ms.
+    pub flushed_at: i64,
+    /// Its fragments.
+    pub fragments: Vec<FragmentView>,
+    /// The joined text, if every fragment had one.
+    pub text: Option<String>,
+}
+
+/// A fragment of a batch, as the load generator wrote it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FragmentView {
+    /// Unique per fragment typed.
+    pub event_id: String,
+    /// Place in its user's sequence.
+    pub seq: usize,
+}
+
+/// A consumer of `topic` from its beginning, in a group of its own.
+pub fn reader(brokers: &str, topic: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Percentiles of a latency, ms: p50, p99, max.
+pub type Quantiles = (u64, u64, u64);
+
+/// What the tools tally from the batches they read.
+pub struct Tally {
+    quiet_ms: i64,
+    max_wait_ms: i64,
+    grace_ms: i64,
+    seen: HashMap<String, usize>,
+    last_seq: HashMap<String, usize>,
+    /// Fragments that came after a later one of the same user.
+    pub out_of_order: usize,
+    /// Batches per reason.
+    pub reasons: BTreeMap<String, usize>,
+    /// Batches read.
+    pub batches: usize,
+    /// A few batches of three fragments or more, to show.
+    pub samples: Vec<BatchView>,
+    lateness: Histogram<u64>,
+    end_to_end: Histogram<u64>,
+}
+
+impl Tally {
+    /// An empty tally for a run with these window settings.
+    pub fn new(quiet: Duration, max_wait: Duration, grace: Duration) -> Self {
+        // Three significant digits, auto-resizing: these cannot fail.
+        let histogram = || Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+        Self {
+            quiet_ms: quiet.as_millis() as i64,
+            max_wait_ms: max_wait.as_millis() as i64,
+            grace_ms: grace.as_millis() as i64,
+            seen: HashMap::new(),
+            last_seq: HashMap::new(),
+            out_of_order: 0,
+            reasons: BTreeMap::new(),
+            batches: 0,
+            samples: Vec::new(),
+            lateness: histogram(),
+            end_to_end: histogram(),
+        }
+    }
+
+    /// Counts one batch (its raw value; anything else is ignored).
+    pub fn add(&mut self, payload: &[u8]) {
+        let Ok(b) = serde_json::from_slice::<BatchView>(payload) else {
+            return;
+        };
+        for f in &b.fragments {
+            *self.seen.entry(f.event_id.clone()).or_default() += 1;
+            if let Some(prev) = self.last_seq.insert(b.key.clone(), f.seq) {
+                if f.seq <= prev {
+                    self.out_of_order += 1;
+                }
+            }
+        }
+        // Lull's own delay: from the moment the window was due (close time + grace) to the
+        // flush. Only windows that closed by time have such a moment.
+        if b.reason == "quiet" || b.reason == "max_wait" {
+            let close = (b.last_ts + self.quiet_ms).min(b.first_ts + self.max_wait_ms);
+            let late = (b.flushed_at - close - self.grace_ms).max(0);
+            let _ = self.lateness.record(late as u64);
+        }
+        let _ = self
+            .end_to_end
+            .record((b.flushed_at - b.last_ts).max(0) as u64);
+        *self.reasons.entry(b.reason.clone()).or_default() += 1;
+        self.batches += 1;
+        if b.fragments.len() >= 3 && self.samples.len() < 16 {
+            self.samples.push(b);
+        }
+    }
+
+    /// Distinct fragments seen in some batch.
+    pub fn distinct(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Extra copies: fragments seen in more than one batch count once per extra batch.
+    pub fn duplicated(&self) -> usize {
+        self.seen.values().map(|n| n.saturating_sub(1)).sum()
+    }
+
+    /// Flush lateness (flush − close − grace), ms.
+    pub fn lateness_ms(&self) -> Quantiles {
+        quantiles(&self.lateness)
+    }
+
+    /// Last fragment to flush, ms.
+    pub fn end_to_end_ms(&self) -> Quantiles {
+        quantiles(&self.end_to_end)
+    }
+}
+
+fn quantiles(h: &Histogram<u64>) -> Quantiles {
+    (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(key: &str, reason: &str, seqs: &[usize], last_ts: i64, flushed_at: i64) -> Vec<u8> {
+        let fragments: Vec<_> = seqs
+            .iter()
+            .map(|s| serde_json::json!({"event_id": format!("{key}-{s}"), "seq": s}))
+            .collect();
+        serde_json::json!({
+            "key": key, "reason": reason, "first_ts": last_ts - 100, "last_ts": last_ts,
+            "flushed_at": flushed_at, "fragments": fragments,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn counts_doubles_disorder_and_lateness() {
+        let ms = Duration::from_millis;
+        let mut t = Tally::new(ms(500), ms(15_000), ms(200));
+        t.add(&batch("a", "quiet", &[0, 1], 1_000, 1_705));
+        t.add(&batch("a", "quiet", &[1], 2_000, 2_700));
+        t.add(&batch("b", "max_fragments", &[3, 2], 1_000, 1_000));
+        t.add(b"not a batch");
+        assert_eq!(t.batches, 3);
+        assert_eq!(t.distinct(), 4);
+        assert_eq!(t.duplicated(), 1);
+        assert_eq!(t.out_of_order, 2, "a-1 again after a-1, and b-2 after b-3");
+        assert_eq!(t.lateness_ms().2, 5);
+        assert_eq!(t.reasons["quiet"], 2);
+    }
+}

@@ -1,0 +1,271 @@
+//! The one load generator of the demo, the benchmark and `lull simulate`: simulated users typing
+//! bursts (a [`Plan`]), and a [`Writer`] that produces them with bounded memory.
+//!
+//! A burst is a few fragments with short gaps (under 2/5 of the quiet period), then a pause of two
+//! to four quiet periods: with a quiet period of `quiet_ms`, every planned burst is exactly one
+//! batch. Plans are seeded, so a run can be repeated.
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+/// What to plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanArgs {
+    /// Simulated users.
+    pub users: usize,
+    /// Fragments in total, spread evenly over the users.
+    pub fragments: usize,
+    /// The quiet period the typing is planned around, ms.
+    pub quiet_ms: u64,
+    /// Largest burst (bursts are 1..=this fragments).
+    pub max_burst: usize,
+    /// Bytes of `text` per fragment; `None` picks short chat phrases.
+    pub text_bytes: Option<usize>,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// One planned fragment: when it is typed (ms from the start), by whom, its place in that user's
+/// sequence, and which phrase it says.
+#[derive(Debug, Clone, Copy)]
+pub struct Planned {
+    /// Milliseconds after the start of the session.
+    pub at_ms: u64,
+    /// The user (an index; see [`user_name`]).
+    pub user: usize,
+    /// Place in the user's sequence, from 0.
+    pub seq: usize,
+    phrase: u8,
+}
+
+/// A typing session.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every fragment, in typing order.
+    pub events: Vec<Planned>,
+    /// How many bursts the users type (each should become one batch).
+    pub bursts: usize,
+    text_bytes: Option<usize>,
+}
+
+const PHRASES: &[&str] = &[
+    "hi",
+    "I need help",
+    "with my order #123",
+    "it hasn't arrived yet",
+    "can you check?",
+    "also",
+    "the tracking page is blank",
+    "my email changed",
+    "one more thing",
+    "thanks!",
+    "hello?",
+    "is anyone there",
+];
+
+/// The key of user number `user`.
+pub fn user_name(user: usize) -> String {
+    format!("user-{user:04}")
+}
+
+impl Plan {
+    /// Plans the session.
+    pub fn new(args: PlanArgs) -> Self {
+        let mut rng = StdRng::seed_from_u64(args.seed);
+        let users = args.users.max(1);
+        let quiet = args.quiet_ms.max(1);
+        let mut events = Vec::with_capacity(args.fragments);
+        let mut bursts = 0;
+        for user in 0..users {
+            let share = args.fragments / users + usize::from(user < args.fragments % users);
+            let mut t = rng.gen_range(0..2_000u64);
+            let mut seq = 0;
+            while seq < share {
+                let size = rng.gen_range(1..=args.max_burst.max(1)).min(share - seq);
+                bursts += 1;
+                for i in 0..size {
+                    if i > 0 {
+                        t += rng.gen_range(20..=(quiet * 2 / 5).max(21));
+                    }
+                    events.push(Planned {
+                        at_ms: t,
+                        user,
+                        seq,
+                        phrase: rng.gen_range(0..PHRASES.len() as u8),
+                    });
+                    seq += 1;
+                }
+                t += rng.gen_range(quiet * 2..=quiet * 4);
+            }
+        }
+        events.sort_by_key(|e| (e.at_ms, e.user, e.seq));
+        Self {
+            events,
+            bursts,
+            text_bytes: args.text_bytes,
+        }
+    }
+
+    /// How long typing the whole session takes, ms.
+    pub fn span_ms(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.at_ms)
+    }
+
+    /// The key and JSON value of a planned fragment. `run` prefixes its event id, so sessions
+    /// typed into the same topic twice do not share event ids.
+    pub fn message(&self, e: &Planned, run: &str) -> (String, String) {
+        let user = user_name(e.user);
+        let text = match self.text_bytes {
+            Some(n) => "x".repeat(n),
+            None => PHRASES[usize::from(e.phrase) % PHRASES.len()].to_string(),
+        };
+        let value = serde_json::json!({
+            "user_id": user,
+            "event_id": format!("{run}{user}-{}", e.seq),
+            "seq": e.seq,
+            "text": text,
+        })
+        .to_string();
+        (user, value)
+    }
+}
+
+/// Produces load: an lz4, lingering producer and its deliveries, awaited as they complete.
+pub struct Writer {
+    producer: FutureProducer,
+    topic: String,
+    pending: FuturesUnordered<DeliveryFuture>,
+    acked: usize,
+}
+
+impl Writer {
+    /// A writer of `topic` on `brokers`.
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            pending: FuturesUnordered::new(),
+            acked: 0,
+        })
+    }
+
+    /// Hands one message to the producer (timestamp `ts`, else now). When librdkafka's queue is
+    /// full it waits for a delivery and tries again; any other error is returned, never retried
+    /// in a loop.
+    pub async fn send(
+        &mut self,
+        key: &str,
+        value: &str,
+        ts: Option<i64>,
+    ) -> Result<(), KafkaError> {
+        let topic = self.topic.clone();
+        let mut record = FutureRecord::to(&topic).key(key).payload(value);
+        if let Some(ts) = ts {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(d) => {
+                    self.pending.push(d);
+                    return self.poll_acks();
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match self.pending.next().await {
+                        Some(d) => self.settled(d)?,
+                        // Nothing of ours in flight: the queue is full of someone else's
+                        // messages; give it a moment.
+                        None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                    }
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes the deliveries that completed, without waiting.
+    pub fn poll_acks(&mut self) -> Result<(), KafkaError> {
+        while let Some(Some(d)) = futures_util::FutureExt::now_or_never(self.pending.next()) {
+            self.settled(d)?;
+        }
+        Ok(())
+    }
+
+    fn settled<E>(
+        &mut self,
+        d: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
+    ) -> Result<(), KafkaError> {
+        match d {
+            Ok(Ok(_)) => {
+                self.acked += 1;
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    }
+
+    /// Waits for every delivery; returns how many messages were acknowledged in all.
+    pub async fn finish(&mut self) -> Result<usize, KafkaError> {
+        while let Some(d) = self.pending.next().await {
+            self.settled(d)?;
+        }
+        Ok(self.acked)
+    }
+
+    /// Messages acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_burst_fits_the_quiet_period_and_the_session_is_repeatable() {
+        let args = PlanArgs {
+            users: 20,
+            fragments: 500,
+            quiet_ms: 500,
+            max_burst: 5,
+            text_bytes: None,
+            seed: 3,
+        };
+        let plan = Plan::new(args);
+        assert_eq!(plan.events.len(), 500);
+        let mut by_user: std::collections::HashMap<usize, Vec<u64>> = Default::default();
+        for e in &plan.events {
+            by_user.entry(e.user).or_default().push(e.at_ms);
+        }
+        let mut bursts = 0;
+        for times in by_user.values() {
+            bursts += 1;
+            for w in times.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(gap <= 200 || gap >= 1_000, "a gap of {gap} ms is ambiguous");
+                if gap >= 1_000 {
+                    bursts += 1;
+                }
+            }
+        }
+        assert_eq!(bursts, plan.bursts);
+        let again = Plan::new(args);
+        assert_eq!(
+            plan.message(&plan.events[7], "r-"),
+            again.message(&again.events[7], "r-")
+        );
+    }
+}
