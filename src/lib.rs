@@ -52,7 +52,7 @@ pub enum RunError {
     Sink(#[from] io::producer::SinkError),
     /// The consumer failed to start, or a worker failed fatally.
     #[error(transparent)]
-    Consume(#[from] flow::consumer::ConsumeError),
+    Flow(#[from] flow::FlowError),
     /// The HTTP endpoints could not be served (address in use, no permission).
     #[error("cannot serve HTTP on {0} (LULL_HTTP_ADDR): {1}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
@@ -74,7 +74,7 @@ impl RunError {
         };
         match self {
             RunError::Sink(io::producer::SinkError::Create(e)) => client(e),
-            RunError::Consume(flow::consumer::ConsumeError::Start(e)) => client(e),
+            RunError::Flow(flow::FlowError::Start(e)) => client(e),
             RunError::Http(..) => true,
             _ => false,
         }
@@ -126,7 +126,7 @@ pub async fn run_with_health(
             Some(store)
         }
     };
-    let result = flow::consumer::run(
+    let result = flow::run(
         config.clone(),
         sink.clone(),
         store,

@@ -98,8 +98,8 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     let (max_held, paused) = sampler.1.await.unwrap();
     let counts = event_counts(&out.seen);
     assert!(counts.values().all(|&n| n == 1), "nothing lost or doubled");
-    // The budget is checked per message fetched, and fetches already on their way still land:
-    // allow one fetch's worth per partition; without the budget this backlog would hold ~4 MiB.
+    // The budget is checked between chunks of input, each at most 64 KiB per partition: allow one
+    // chunk's worth per partition; without the budget this backlog would hold ~4 MiB.
     let slack = 8 * 64 * 1024;
     assert!(
         max_held <= (budget + slack) as i64,

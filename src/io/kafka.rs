@@ -2,6 +2,7 @@
 //! `LULL_KAFKA_*` pass-through property on top, so an operator can override anything (SASL/SSL,
 //! timeouts, `group.protocol`) without a new release.
 
+use std::ffi::CStr;
 use std::time::Duration;
 
 use rdkafka::client::Client;
@@ -218,4 +219,27 @@ pub fn topic_id<C: ClientContext>(
         }
         Err(format!("DescribeTopics did not describe {topic}"))
     }
+}
+
+/// The partition's high watermark as librdkafka last saw it in a fetch response (a local
+/// lookup, no request); `None` while unknown.
+pub fn cached_high_watermark<C: ClientContext>(
+    client: &Client<C>,
+    topic: &CStr,
+    partition: i32,
+) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed, `topic` is a valid
+    // NUL-terminated string, and the out-pointers point at live locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }

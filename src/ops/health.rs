@@ -46,9 +46,9 @@ impl Health {
         self.last_poll_ms.store(now_ms(), Ordering::Release);
     }
 
-    /// Records that an input message was read and handed to its partition worker.
-    pub fn message_read(&self) {
-        self.messages.fetch_add(1, Ordering::AcqRel);
+    /// Records that `n` input messages were read by a partition worker.
+    pub fn messages_read_by(&self, n: u64) {
+        self.messages.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Input messages read by this run.

@@ -1,0 +1,150 @@
+//! The source: the Kafka consumer, its group membership, and the poll of its main queue.
+//!
+//! Each assigned partition's messages go to that partition's own queue, read by its worker
+//! ([`crate::flow::rebalance`] splits them off); the main queue carries what is left — rebalance
+//! callbacks and errors — and polling it is what keeps this member in the group. The loop also
+//! proves liveness (it turns at least every [`TICK`]), checks that the brokers answer, and
+//! reports readiness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::io::producer::Sink;
+use crate::io::store::Store;
+use crate::ops::budget::Budget;
+use crate::ops::health::Health;
+use crate::ops::metrics::metrics;
+
+use super::partitions::{Owner, Shared};
+use super::rebalance::{LullConsumer, LullContext};
+use super::supervisor::Supervisor;
+use super::FlowError;
+
+/// How often the loop proves it turns (liveness) and publishes readiness.
+const TICK: Duration = Duration::from_millis(500);
+
+/// How often the brokers' reachability is checked (for readiness).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the consumer until `shutdown` is cancelled (then drains, commits and returns), or until
+/// a supervised task fails.
+pub async fn run(
+    config: Arc<Config>,
+    sink: Sink,
+    store: Option<Arc<Store>>,
+    budget: Arc<Budget>,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> Result<(), FlowError> {
+    let supervisor = Supervisor::new(health.clone(), shutdown.clone());
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    // A revocation may wait for the workers' drain; a little more than that for the answer.
+    let revoke_wait = config.drain_timeout + Duration::from_secs(2);
+    let context = LullContext::new(&config.input_topic, events_tx, health.clone(), revoke_wait);
+    let consumer: Arc<LullConsumer> = Arc::new(
+        crate::io::kafka::consumer_config(&config)
+            .create_with_context(context)
+            .map_err(FlowError::Start)?,
+    );
+    consumer.context().attach(&consumer);
+    consumer
+        .subscribe(&[config.input_topic.as_str()])
+        .map_err(FlowError::Start)?;
+    info!(topic = %config.input_topic, group = %config.group_id, "consuming");
+
+    // If this future is dropped before it returns (its task aborted), the owner and the workers
+    // stop with it: nothing may keep the consumer, and its partitions, alive.
+    let abandoned = CancellationToken::new();
+    let _abandon_on_drop = abandoned.clone().drop_guard();
+    let owner = Owner::new(Shared {
+        config: config.clone(),
+        topic: Arc::from(config.input_topic.as_str()),
+        consumer: consumer.clone(),
+        sink,
+        store,
+        budget,
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        abandoned,
+        supervisor: supervisor.clone(),
+    });
+    let owner_task = tokio::spawn(owner.run(events));
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe: Option<JoinHandle<()>> = None;
+    health.polled();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                // The tick is a branch of this very loop: it proves the loop turns (liveness).
+                health.polled();
+                let ready = crate::ops::http::readiness(&health, &config.instance_id).ready;
+                metrics().ready.set(i64::from(ready));
+            }
+            _ = probe_tick.tick() => {
+                if probe.as_ref().is_none_or(|t| t.is_finished()) {
+                    supervisor.check("kafka probe", probe.take());
+                    probe = Some(spawn_probe(&consumer, &config.input_topic, &health));
+                }
+            }
+            received = consumer.recv() => match received {
+                // Every assigned partition has its own queue: a message here was not split off.
+                Ok(m) => error!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "message on the consumer's main queue; its partition has no worker"
+                ),
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(e) => warn!(error = %e, "consumer error"),
+            },
+        }
+    }
+
+    health.set_shutting_down();
+    if let Some(t) = probe.take() {
+        t.abort();
+    }
+    // The owner drains the workers and commits; then the consumer may close (leaving the group,
+    // so its partitions move at once). Closing blocks briefly: off the async workers.
+    if let Err(e) = owner_task.await {
+        supervisor.joined("partition owner", e);
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    match supervisor.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Checks on a blocking thread that the brokers answer a metadata request.
+fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) -> JoinHandle<()> {
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    let health = health.clone();
+    tokio::task::spawn_blocking(move || {
+        let ok = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(3))
+            .is_ok();
+        if ok != health.kafka_reachable() {
+            if ok {
+                info!("kafka reachable");
+            } else {
+                warn!("kafka unreachable: metadata request failed");
+            }
+        }
+        health.set_kafka_reachable(ok);
+    })
+}

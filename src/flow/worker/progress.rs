@@ -1,0 +1,109 @@
+//! The progress of one partition, kept in one place: its commit point (the offset tracker), its
+//! contribution to the gauges and to the process-wide memory budget, and the value it sends back
+//! to the owner of the partition set, which commits and reports.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::model::offsets::OffsetTracker;
+use crate::model::window::WindowEngine;
+use crate::ops::budget::Budget;
+use crate::ops::metrics::metrics;
+
+/// What a worker reports about its partition, through a `watch` channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The offset that may be committed (the next one to read when nothing is pending); `None`
+    /// until something was read.
+    pub commit: Option<i64>,
+    /// The partition's high watermark as last seen; `None` while unknown.
+    pub high: Option<i64>,
+    /// First timestamp of the oldest open window.
+    pub oldest_open_ts: Option<i64>,
+    /// Whether the worker is reading input (false while the budget or its outbox hold it back).
+    pub reading: bool,
+}
+
+/// One partition's commit point and accounting.
+pub struct Progress {
+    tracker: OffsetTracker,
+    tx: watch::Sender<PartitionProgress>,
+    budget: Arc<Budget>,
+    reported_windows: i64,
+    reported_bytes: i64,
+    reported_held: i64,
+}
+
+impl Progress {
+    /// Progress reporting to `tx`, counting against `budget`.
+    pub fn new(tx: watch::Sender<PartitionProgress>, budget: Arc<Budget>) -> Self {
+        Self {
+            tracker: OffsetTracker::new(),
+            tx,
+            budget,
+            reported_windows: 0,
+            reported_bytes: 0,
+            reported_held: 0,
+        }
+    }
+
+    /// An input message at `offset` was read (whatever becomes of it).
+    pub fn read(&mut self, offset: i64) {
+        self.tracker.read(offset);
+    }
+
+    /// An output record covering offsets from `first_offset` up was made.
+    pub fn hold(&mut self, first_offset: i64) {
+        self.tracker.hold(first_offset);
+    }
+
+    /// The output record starting at `first_offset` was acknowledged.
+    pub fn release(&mut self, first_offset: i64) {
+        self.tracker.release(first_offset);
+    }
+
+    /// Publishes the commit point and this partition's share of the gauges and the budget:
+    /// bytes in open windows plus `outbox_bytes` not yet acknowledged.
+    pub fn publish(
+        &mut self,
+        engine: &WindowEngine,
+        outbox_bytes: usize,
+        high: Option<i64>,
+        reading: bool,
+    ) {
+        let commit = self.tracker.watermark(engine.low_watermark());
+        let windows = engine.open_windows() as i64;
+        let bytes = engine.open_bytes() as i64;
+        let held = bytes + outbox_bytes as i64;
+        let m = metrics();
+        m.open_windows.add(windows - self.reported_windows);
+        m.open_window_bytes.add(bytes - self.reported_bytes);
+        self.budget.add(held - self.reported_held);
+        self.reported_windows = windows;
+        self.reported_bytes = bytes;
+        self.reported_held = held;
+        let now = PartitionProgress {
+            commit,
+            high,
+            oldest_open_ts: engine.oldest_open_ts(),
+            reading,
+        };
+        self.tx.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
+    }
+
+    /// Takes this partition's share back out of the gauges and the budget (the worker stops).
+    pub fn finish(&mut self) {
+        let m = metrics();
+        m.open_windows.sub(self.reported_windows);
+        m.open_window_bytes.sub(self.reported_bytes);
+        self.budget.add(-self.reported_held);
+        self.reported_windows = 0;
+        self.reported_bytes = 0;
+        self.reported_held = 0;
+    }
+}
