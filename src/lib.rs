@@ -2,34 +2,31 @@
 //!
 //! Fragments (one user's quick messages) come in on a Kafka topic keyed by user; lull holds each
 //! user's burst in memory in the one worker that owns the user's partition and emits one batch per
-//! burst once the user goes quiet, with a hard cap on waiting. The data path is one straight line:
+//! burst once the user goes quiet, with a hard cap on waiting. `ARCHITECTURE.md` at the top of the
+//! repository describes the whole; this is its map. Layers point down only:
 //!
 //! ```text
-//! consumer ──(bounded channel)──▶ partition worker ──▶ window engine ──▶ sink ──▶ commit
-//! consumer.rs                     partition.rs         window.rs         sink.rs   offsets.rs
+//! flow      source ─▶ rebalance ─▶ partitions ─▶ worker: intake ▸ gate ▸ engine ▸ outbox ▸ ledger ▸ progress ─▶ commit
+//! model     fragment, window (the engine), offsets, wire        pure: no tokio, rdkafka or redis
+//! io        kafka, headers, producer, store (Redis + lua/), backoff
+//! ops       health, budget, http, metrics, shutdown
+//! config    every setting, read and validated as a whole
+//! devkit    mock cluster, load generator, batch tally, audit    for the tools and tests; the worker never imports it
 //! ```
 //!
 //! * [`config`]: typed settings from the environment, validated as a whole.
-//! * [`fragment`]: bytes in → a [`fragment::Fragment`], or a reason for the dead-letter topic.
-//! * [`window`]: the window engine; pure, synchronous, deterministic.
-//! * [`offsets`]: the per-partition commit point (low watermark).
-//! * [`partition`]: one task per assigned partition; owns its windows, timers and deliveries.
-//! * [`consumer`]: the Kafka consumer loop, rebalances, dispatch and commits.
-//! * [`output`]: the batch and dead-letter wire formats.
-//! * [`sink`]: the idempotent producer and the retry policy.
-//! * [`store`]: shared state in Redis (ownership fencing, flushed watermarks, duplicates,
-//!   pending-window summaries), its Lua scripts and MONITOR tracing.
-//! * [`kafka`]: librdkafka client settings, with `LULL_KAFKA_*` pass-through.
-//! * [`headers`]: message headers as bytes (any name a producer can send).
-//! * [`metrics`]: the metric families.
-//! * [`health`]: per-run facts (partitions owned, poll loop liveness) and the memory budget.
-//! * [`http`]: `/metrics`, `/health/live`, `/health/ready`.
-//! * [`mock`]: librdkafka's in-process mock cluster, for `demo`, `dev-broker` and tests.
-//! * [`topics`]: creating the input, output and dead-letter topics.
-//! * [`verify`]: the delivery audit of input, output and dead-letter topics.
-//! * [`bench`]: the end-to-end benchmark (`lull bench`).
-//! * [`demo`]: the self-contained demonstration with its own end-to-end check.
-//! * [`shutdown`]: SIGINT/SIGTERM handling.
+//! * [`model`]: what a fragment, a window and a batch are, when a window closes
+//!   ([`model::window`]), which offset may be committed ([`model::offsets`]), and the wire formats
+//!   ([`model::wire`]).
+//! * [`flow`]: the data path: the consumer ([`flow::source`]), its rebalance callbacks
+//!   ([`flow::rebalance`]), the owner of the partition set and the commits
+//!   ([`flow::partitions`], [`flow::commit`]), one worker per partition ([`flow::worker`]), and the
+//!   supervisor that takes the process down when a task dies.
+//! * [`io`]: Kafka client settings and topic identity, headers as bytes, the producer, the Redis
+//!   store and its scripts, the retry backoff.
+//! * [`ops`]: per-run health, the memory budget, `/metrics` and `/health/*`, the metric families,
+//!   signal handling.
+//! * [`devkit`]: what the operator tools (the binary's `cli/`) and the tests share.
 
 pub mod config;
 pub mod devkit;

@@ -1,5 +1,5 @@
 //! Batching end to end, against real Apache Kafka (the suite's single node; the mock cluster only
-//! where a broker must go down on command): the semantics of DESIGN.md as a user sees them on the
+//! where a broker must go down on command): the semantics of the README as a user sees them on the
 //! output topic.
 
 mod common;

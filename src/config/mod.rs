@@ -1,4 +1,4 @@
-//! Typed settings, read from the environment (and a `.env` file) exactly as DESIGN.md's
+//! Typed settings, read from the environment (and a `.env` file) exactly as the README's
 //! configuration table names them.
 //!
 //! Everything is validated as a whole at start: every problem is reported, one line each, naming

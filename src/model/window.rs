@@ -1,7 +1,7 @@
 //! The window engine: pure, synchronous, deterministic, no I/O.
 //!
 //! One [`WindowEngine`] per input partition holds every open window of that partition and decides
-//! when each closes, exactly as DESIGN.md's "Batching semantics" say:
+//! when each closes, exactly as the README's "How batching works" says (ARCHITECTURE.md has why):
 //!
 //! * A window's close time is `min(last_ts + quiet, first_ts + max_wait)`. A fragment whose
 //!   timestamp is past its key's close time flushes that window first, then opens a new one.

@@ -1,7 +1,7 @@
 //! The wire formats lull writes: the batch message and the dead-letter message.
 //!
 //! Both are pure functions from what lull holds to a [`Record`] ready for the producer, so the
-//! contract in DESIGN.md ("Output", "Input" → DLQ headers) is pinned down by unit tests here.
+//! contract (README "Output", "Input"; ARCHITECTURE.md) is pinned down by unit tests here.
 //! Fragment values are copied into the batch byte-for-byte, never re-serialised.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,7 +78,7 @@ fn push_num(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(n.to_string().as_bytes());
 }
 
-/// Encodes a batch as DESIGN.md's output message.
+/// Encodes a batch as the output message (README, "Output").
 pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64) -> Record {
     let id = batch_id(topic, partition, batch.first_offset());
     let count = batch.fragments.len();
@@ -176,7 +176,7 @@ pub const DEAD_LETTER_HEADERS: [&str; 5] = [
     "x-failed-at",
 ];
 
-/// Encodes a refused message for the dead-letter topic with DESIGN.md's headers.
+/// Encodes a refused message for the dead-letter topic with its headers (README, "Input").
 ///
 /// Every original header is kept as it came, in order (name bytes, value or null), except one
 /// that carries the very name of a header lull adds: a message dead-lettered twice (read back
