@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench window
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
@@ -12,21 +12,24 @@ use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use lull::model::fragment::Fragment;
 use lull::model::window::{WindowConfig, WindowEngine};
 
-/// Counts live heap bytes, to measure memory per open window.
+/// Counts live heap bytes, to measure memory per open window; allocates with mimalloc, as the
+/// `lull` binary does (glibc's malloc would be most of what this benchmark measures).
 struct Counting;
+
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded to the system allocator with the caller's layout.
-        unsafe { System.alloc(layout) }
+        // SAFETY: forwarded to mimalloc with the caller's layout.
+        unsafe { INNER.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: `ptr` was allocated by `alloc` above (mimalloc) with this layout.
+        unsafe { INNER.dealloc(ptr, layout) }
     }
 }
 

@@ -48,18 +48,15 @@ local function other_topic(tid)
   return tid ~= nil and tid ~= '' and topic_id ~= '' and tid ~= topic_id
 end
 
--- flushed:{key} as (topic_id, partition, offset, last_ts), or nils; a legacy string has
--- neither topic id nor timestamp.
+-- flushed:{key} as (topic_id, partition, offset, last_ts), nil or false where absent; a legacy
+-- "partition:offset" string (HMGET fails on it) has neither topic id nor timestamp.
 local function flushed(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'hash' then
-    local r = redis.call('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts')
-    return r[1], r[2], tonumber(r[3]), tonumber(r[4])
-  elseif kind == 'string' then
+  local got = redis.pcall('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts')
+  if got.err then
     local p, o = string.match(redis.call('GET', key), '^(%-?%d+):(%-?%d+)$')
     return nil, p, tonumber(o), nil
   end
-  return nil, nil, nil, nil
+  return got[1], got[2], tonumber(got[3]), tonumber(got[4])
 end
 
 local out = {}

@@ -35,8 +35,9 @@ pub struct BatchView {
 pub struct FragmentView {
     /// Unique per fragment typed.
     pub event_id: String,
-    /// Place in its user's sequence.
-    pub seq: usize,
+    /// Place in its user's sequence, when the writer numbered it.
+    #[serde(default)]
+    pub seq: Option<usize>,
 }
 
 /// A consumer of `topic` from its beginning, in a group of its own.
@@ -100,8 +101,9 @@ impl Tally {
         };
         for f in &b.fragments {
             *self.seen.entry(f.event_id.clone()).or_default() += 1;
-            if let Some(prev) = self.last_seq.insert(b.key.clone(), f.seq) {
-                if f.seq <= prev {
+            let Some(seq) = f.seq else { continue };
+            if let Some(prev) = self.last_seq.insert(b.key.clone(), seq) {
+                if seq <= prev {
                     self.out_of_order += 1;
                 }
             }

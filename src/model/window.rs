@@ -13,17 +13,21 @@
 //!   missed its window: it is counted late, never dropped.
 //! * A timestamp more than [`FUTURE_TOLERANCE_MS`] ahead of the wall clock is clamped to it.
 //!
-//! All deadlines live in one ordered set keyed by `(due, first_offset)`; a window's first offset
-//! is unique in its partition, so it doubles as the window's id. Deadlines are moved lazily: a
-//! window whose close time grew keeps its old (earlier) entry until that entry comes up, which
-//! keeps the hot path at one hash lookup per fragment.
+//! All deadlines live in one binary heap of `(due, first_offset, key)`; a window's first offset is
+//! unique in its partition, so it doubles as the window's id. Deadlines are moved lazily: a window
+//! whose close time grew keeps its old (earlier) entry until that entry comes up, and entries of
+//! flushed windows are dropped when they reach the top — so a join is one hash lookup, and
+//! opening or flushing a window touches no ordered tree. The open windows' first offsets are kept
+//! in the order they opened (a queue, cleaned from the front as windows flush): its front is the
+//! low watermark.
 //!
 //! Invariants (checked by the property tests at the bottom of this file):
 //! * every fragment pushed leaves in exactly one batch, in offset order within its batch;
 //! * every open window has exactly one deadline entry, never later than its real due time;
 //! * [`WindowEngine::low_watermark`] is the lowest offset still held in an open window.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::model::fragment::Fragment;
@@ -175,10 +179,12 @@ type WindowMap = HashMap<Arc<str>, OpenWindow, foldhash::fast::RandomState>;
 pub struct WindowEngine {
     cfg: WindowConfig,
     windows: WindowMap,
-    /// `(due, first_offset)` of every open window: the one timer structure of the partition.
-    deadlines: BTreeSet<(i64, i64)>,
-    /// First offset of every open window -> its key: the low watermark and the id index.
-    by_offset: BTreeMap<i64, Arc<str>>,
+    /// `(due, first_offset, key)` of every open window (and stale entries, dropped when they come
+    /// up): the one timer structure of the partition.
+    deadlines: BinaryHeap<Reverse<(i64, i64, Arc<str>)>>,
+    /// `(first_offset, key)` of open windows in the order they opened; the front is always open
+    /// (entries of flushed windows behind it are dropped when they reach the front).
+    open_order: VecDeque<(i64, Arc<str>)>,
     partition_time: i64,
     open_bytes: usize,
     stats: EngineStats,
@@ -190,8 +196,8 @@ impl WindowEngine {
         Self {
             cfg,
             windows: WindowMap::default(),
-            deadlines: BTreeSet::new(),
-            by_offset: BTreeMap::new(),
+            deadlines: BinaryHeap::new(),
+            open_order: VecDeque::new(),
             partition_time: i64::MIN,
             open_bytes: 0,
             stats: EngineStats::default(),
@@ -251,12 +257,10 @@ impl WindowEngine {
                     let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
                     // A later due time is picked up lazily; an earlier one (an out-of-order
                     // straggler moved first_ts back) is rescheduled now, never flushed late.
-                    if due < w.scheduled {
-                        let first = w.first_offset();
-                        self.deadlines.remove(&(w.scheduled, first));
-                        self.deadlines.insert((due, first));
+                    let earlier = (due < w.scheduled).then(|| {
                         w.scheduled = due;
-                    }
+                        w.first_offset()
+                    });
                     let full = if w.fragments.len() >= cfg.max_fragments {
                         Some(FlushReason::MaxFragments)
                     } else if w.bytes >= cfg.max_batch_bytes {
@@ -264,6 +268,12 @@ impl WindowEngine {
                     } else {
                         None
                     };
+                    if let Some(first) = earlier {
+                        // The old entry is now stale: it no longer matches `scheduled`.
+                        if let Some((stored, _)) = self.windows.get_key_value(key.as_str()) {
+                            self.deadlines.push(Reverse((due, first, stored.clone())));
+                        }
+                    }
                     if let Some(reason) = full {
                         self.flush_key(&key, reason, out);
                     }
@@ -315,8 +325,8 @@ impl WindowEngine {
         let due = self.due_of(&w);
         w.scheduled = due;
         self.open_bytes += w.bytes;
-        self.deadlines.insert((due, offset));
-        self.by_offset.insert(offset, key.clone());
+        self.deadlines.push(Reverse((due, offset, key.clone())));
+        self.open_order.push_back((offset, key.clone()));
         self.windows.insert(key, w);
     }
 
@@ -334,10 +344,8 @@ impl WindowEngine {
         reason: FlushReason,
         out: &mut Vec<Batch>,
     ) {
-        let first = w.first_offset();
-        self.deadlines.remove(&(w.scheduled, first));
-        self.by_offset.remove(&first);
         self.open_bytes -= w.bytes;
+        self.drop_closed_front();
         let (close, _) = close_of(&self.cfg, &w);
         out.push(Batch {
             key,
@@ -347,6 +355,24 @@ impl WindowEngine {
             close_time: close,
             fragments: w.fragments,
         });
+    }
+
+    /// Whether `(first_offset, key)` names a window that is still open.
+    fn is_open(&self, first_offset: i64, key: &str) -> bool {
+        self.windows
+            .get(key)
+            .is_some_and(|w| w.first_offset() == first_offset)
+    }
+
+    /// Drops entries of flushed windows from the front of the open order, so its front is the
+    /// oldest open window.
+    fn drop_closed_front(&mut self) {
+        while let Some((first, key)) = self.open_order.front() {
+            if self.is_open(*first, key) {
+                break;
+            }
+            self.open_order.pop_front();
+        }
     }
 
     /// Accounts for a fragment that is in the log but not batched (already delivered before a
@@ -402,28 +428,37 @@ impl WindowEngine {
     /// its window's key.
     fn settle_first(&mut self) -> Option<(i64, Arc<str>)> {
         loop {
-            let &(scheduled, first) = self.deadlines.first()?;
-            let Some(key) = self.by_offset.get(&first).cloned() else {
-                self.deadlines.pop_first();
-                continue;
+            let Reverse((scheduled, first, key)) = self.deadlines.peek()?;
+            let (scheduled, first) = (*scheduled, *first);
+            let grace = self.cfg.grace_ms;
+            let cfg = self.cfg;
+            let current = match self.windows.get_mut(key.as_ref()) {
+                // The entry of a flushed window, or one superseded by an earlier reschedule.
+                Some(w) if w.first_offset() == first && w.scheduled == scheduled => {
+                    let due = close_of(&cfg, w).0.saturating_add(grace);
+                    w.scheduled = due;
+                    Some(due)
+                }
+                _ => None,
             };
-            let Some(w) = self.windows.get_mut(&key) else {
-                self.deadlines.pop_first();
-                continue;
-            };
-            let due = close_of(&self.cfg, w).0.saturating_add(self.cfg.grace_ms);
-            if due == scheduled {
-                return Some((due, key));
+            match current {
+                Some(due) if due == scheduled => return Some((due, key.clone())),
+                Some(due) => {
+                    // The window grew since: its entry moves to its real due time.
+                    if let Some(Reverse((_, first, key))) = self.deadlines.pop() {
+                        self.deadlines.push(Reverse((due, first, key)));
+                    }
+                }
+                None => {
+                    self.deadlines.pop();
+                }
             }
-            w.scheduled = due;
-            self.deadlines.pop_first();
-            self.deadlines.insert((due, first));
         }
     }
 
     /// Lowest offset held in an open window: nothing at or above it may be committed.
     pub fn low_watermark(&self) -> Option<i64> {
-        self.by_offset.first_key_value().map(|(offset, _)| *offset)
+        self.open_order.front().map(|(offset, _)| *offset)
     }
 
     /// Number of open windows.
@@ -437,9 +472,9 @@ impl WindowEngine {
     }
 
     /// First timestamp of the window holding the lowest offset — the oldest open window, for the
-    /// age metric (one ordered-map lookup, not a scan).
+    /// age metric (one lookup, not a scan).
     pub fn oldest_open_ts(&self) -> Option<i64> {
-        let (_, key) = self.by_offset.first_key_value()?;
+        let (_, key) = self.open_order.front()?;
         self.windows.get(key).map(|w| w.first_ts)
     }
 
@@ -619,7 +654,7 @@ mod tests {
 mod properties {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     /// A generated log: `(key index, gap since previous fragment, value size)`.
     fn log_strategy() -> impl Strategy<Value = Vec<(u8, i64, usize)>> {

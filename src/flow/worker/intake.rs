@@ -87,12 +87,15 @@ impl Intake {
     }
 
     /// Takes what the partition's queue holds now (up to [`READ_CHUNK`] messages, the `first`
-    /// one already received), lingering a little for more when a Redis gate wants full chunks.
+    /// one already received). A live partition (`live`: the last chunk reached its end) lingers
+    /// a little for more when a Redis gate wants full chunks; one catching up does not — its
+    /// next fetch is on its way anyway.
     pub async fn chunk<'q, C: ConsumerContext + 'static>(
         &self,
         first: Received<'q>,
         stream: &mut MessageStream<'q, C>,
         client: &rdkafka::client::Client<C>,
+        live: bool,
     ) -> Chunk {
         let now = wire::now_ms();
         let mut chunk = Chunk::default();
@@ -104,7 +107,7 @@ impl Intake {
                 _ => break,
             }
         }
-        if let Some(linger) = self.linger {
+        if let Some(linger) = self.linger.filter(|_| live) {
             let until = Instant::now() + linger;
             while chunk.items.len() < READ_CHUNK && chunk.bytes < READ_CHUNK_BYTES {
                 match tokio::time::timeout_at(until, stream.next()).await {

@@ -213,7 +213,10 @@ impl Worker {
                 }
                 first = stream.next(), if reading => {
                     if let Some(first) = first {
-                        let chunk = p.intake.chunk(first, &mut stream, self.consumer.client()).await;
+                        let chunk = p
+                            .intake
+                            .chunk(first, &mut stream, self.consumer.client(), p.caught_up)
+                            .await;
                         self.take(p, chunk).await?;
                     }
                 }
@@ -327,7 +330,8 @@ impl Worker {
         }
         let now = now_ms();
         let grace = self.config.grace.as_millis() as i64;
-        for batch in std::mem::take(&mut p.emitted) {
+        // Drained, not taken: the vector keeps its capacity for the next turn.
+        for batch in p.emitted.drain(..) {
             let m = metrics();
             if batch.reason != FlushReason::Passthrough {
                 m.flush_lateness
