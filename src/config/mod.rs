@@ -5,6 +5,8 @@
 //! the variable, the value and what was expected, and start-up stops. Secrets (Kafka passwords,
 //! the Redis URL's password) are wrapped so that `Debug` and the start-up dump mask them.
 
+pub mod settings;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -262,7 +264,8 @@ impl<E: Env> Reader<'_, E> {
         });
     }
 
-    fn string(&mut self, name: &str, default: &str) -> String {
+    fn string(&mut self, name: &str) -> String {
+        let default = settings::default_of(name);
         match self.raw(name) {
             Some(v) if v.is_empty() => {
                 self.problem(name, "", "a non-empty value");
@@ -273,8 +276,8 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
-    fn topic(&mut self, name: &str, default: &str) -> String {
-        let value = self.string(name, default);
+    fn topic(&mut self, name: &str) -> String {
+        let value = self.string(name);
         let valid = !value.is_empty()
             && value.len() <= 249
             && value != "."
@@ -294,7 +297,9 @@ impl<E: Env> Reader<'_, E> {
 
     /// A whole number in `range`: every setting has an upper bound too, so an absurd value
     /// (`u64::MAX` milliseconds) is refused here instead of overflowing a Redis TTL later.
-    fn number(&mut self, name: &str, default: u64, range: Range, what: &str) -> u64 {
+    fn number(&mut self, name: &str, range: Range, what: &str) -> u64 {
+        // The table's defaults are whole numbers (a test checks).
+        let default = settings::default_of(name).parse().unwrap_or(0);
         self.number_opt(name, range, what).unwrap_or(default)
     }
 
@@ -312,11 +317,12 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
-    fn millis(&mut self, name: &str, default: u64, range: Range) -> Duration {
-        Duration::from_millis(self.number(name, default, range, "milliseconds"))
+    fn millis(&mut self, name: &str, range: Range) -> Duration {
+        Duration::from_millis(self.number(name, range, "milliseconds"))
     }
 
-    fn boolean(&mut self, name: &str, default: bool) -> bool {
+    fn boolean(&mut self, name: &str) -> bool {
+        let default = settings::default_of(name) == "true";
         let Some(v) = self.raw(name) else {
             return default;
         };
@@ -330,7 +336,17 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
-    fn choice<T: Copy>(&mut self, name: &str, default: T, options: &[(&str, T)]) -> T {
+    /// One of `options`; the default is the option the table names.
+    fn choice<T: Copy>(&mut self, name: &str, options: &[(&str, T)]) -> T {
+        let default = settings::default_of(name);
+        let default = options
+            .iter()
+            .find(|(n, _)| *n == default)
+            .or(options.first())
+            .map(|(_, v)| *v);
+        let Some(default) = default else {
+            unreachable!("choice settings have options")
+        };
         let Some(v) = self.raw(name) else {
             return default;
         };
@@ -406,17 +422,16 @@ impl Config {
             env,
             problems: Vec::new(),
         };
-        let brokers = r.string("KAFKA_BROKERS", "localhost:9092");
+        let brokers = r.string("KAFKA_BROKERS");
         if brokers.split(',').any(|b| b.trim().is_empty()) {
             r.problem("KAFKA_BROKERS", &brokers, "host:port[,host:port...]");
         }
-        let input_topic = r.topic("LULL_INPUT_TOPIC", "chat.fragments");
-        let output_topic = r.topic("LULL_OUTPUT_TOPIC", "chat.batches");
-        let dlq_topic = r.topic("LULL_DLQ_TOPIC", "chat.fragments.dlq");
-        let group_id = r.string("LULL_GROUP_ID", "lull");
+        let input_topic = r.topic("LULL_INPUT_TOPIC");
+        let output_topic = r.topic("LULL_OUTPUT_TOPIC");
+        let dlq_topic = r.topic("LULL_DLQ_TOPIC");
+        let group_id = r.string("LULL_GROUP_ID");
         let batching = r.choice(
             "LULL_BATCHING",
-            Batching::On,
             &[
                 ("on", Batching::On),
                 ("off", Batching::Off),
@@ -424,21 +439,15 @@ impl Config {
                 ("false", Batching::Off),
             ],
         );
-        let quiet = r.millis("LULL_QUIET_MS", 2000, (1, DAY_MS));
-        let max_wait = r.millis("LULL_MAX_WAIT_MS", 15000, (1, DAY_MS));
-        let max_fragments = r.number(
-            "LULL_MAX_FRAGMENTS",
-            100,
-            (1, 1_000_000),
-            "a fragment count",
-        ) as usize;
-        let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", 262_144, (1, GIB), "bytes") as usize;
-        let max_fragment_bytes =
-            r.number("LULL_MAX_FRAGMENT_BYTES", 65_536, (1, GIB), "bytes") as usize;
-        let grace = r.millis("LULL_GRACE_MS", 200, (0, HOUR_MS));
+        let quiet = r.millis("LULL_QUIET_MS", (1, DAY_MS));
+        let max_wait = r.millis("LULL_MAX_WAIT_MS", (1, DAY_MS));
+        let max_fragments =
+            r.number("LULL_MAX_FRAGMENTS", (1, 1_000_000), "a fragment count") as usize;
+        let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", (1, GIB), "bytes") as usize;
+        let max_fragment_bytes = r.number("LULL_MAX_FRAGMENT_BYTES", (1, GIB), "bytes") as usize;
+        let grace = r.millis("LULL_GRACE_MS", (0, HOUR_MS));
         let timestamp = r.choice(
             "LULL_TIMESTAMP",
-            TimestampSource::Kafka,
             &[
                 ("kafka", TimestampSource::Kafka),
                 ("arrival", TimestampSource::Arrival),
@@ -459,7 +468,7 @@ impl Config {
                 None
             }
         };
-        let redis_prefix = r.string("LULL_REDIS_PREFIX", "lull");
+        let redis_prefix = r.string("LULL_REDIS_PREFIX");
         if redis_prefix.contains(char::is_whitespace) {
             r.problem(
                 "LULL_REDIS_PREFIX",
@@ -467,8 +476,8 @@ impl Config {
                 "a prefix without spaces",
             );
         }
-        let debug_redis_monitor = r.boolean("LULL_DEBUG_REDIS_MONITOR", false);
-        let http_text = r.string("LULL_HTTP_ADDR", "127.0.0.1:9898");
+        let debug_redis_monitor = r.boolean("LULL_DEBUG_REDIS_MONITOR");
+        let http_text = r.string("LULL_HTTP_ADDR");
         let http_addr = match http_text.parse::<SocketAddr>() {
             Ok(addr) => addr,
             Err(_) => {
@@ -486,18 +495,12 @@ impl Config {
         };
         let log_format = r.choice(
             "LULL_LOG_FORMAT",
-            LogFormat::Pretty,
             &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
         );
         let drain_timeout = r.number_opt("LULL_DRAIN_TIMEOUT_MS", (1, HOUR_MS), "milliseconds");
-        let event_ttl = r.millis("LULL_EVENT_TTL_MS", 3_600_000, (1_000, MONTH_MS));
-        let max_open_bytes = r.number(
-            "LULL_MAX_OPEN_BYTES",
-            268_435_456,
-            (1 << 20, 1 << 40),
-            "bytes",
-        ) as usize;
-        let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", 604_800_000, (60_000, YEAR_MS));
+        let event_ttl = r.millis("LULL_EVENT_TTL_MS", (1_000, MONTH_MS));
+        let max_open_bytes = r.number("LULL_MAX_OPEN_BYTES", (1 << 20, 1 << 40), "bytes") as usize;
+        let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", (60_000, YEAR_MS));
 
         let mut kafka = BTreeMap::new();
         for (name, value) in r.env.with_prefix(KAFKA_PREFIX) {
@@ -614,74 +617,13 @@ impl Config {
         }
     }
 
-    /// The effective settings as `name = value` pairs, secrets masked, for the start-up log.
+    /// The effective settings as `name = value` pairs, secrets masked, for the start-up log:
+    /// every setting of [`settings::SETTINGS`], in its order, then the `LULL_KAFKA_*` properties.
     pub fn summary(&self) -> Vec<(String, String)> {
-        let mut out = vec![
-            ("KAFKA_BROKERS".into(), self.brokers.clone()),
-            ("LULL_INPUT_TOPIC".into(), self.input_topic.clone()),
-            ("LULL_OUTPUT_TOPIC".into(), self.output_topic.clone()),
-            ("LULL_DLQ_TOPIC".into(), self.dlq_topic.clone()),
-            ("LULL_GROUP_ID".into(), self.group_id.clone()),
-            (
-                "LULL_BATCHING".into(),
-                match self.batching {
-                    Batching::On => "on".into(),
-                    Batching::Off => "off".into(),
-                },
-            ),
-            ("LULL_QUIET_MS".into(), self.quiet.as_millis().to_string()),
-            (
-                "LULL_MAX_WAIT_MS".into(),
-                self.max_wait.as_millis().to_string(),
-            ),
-            ("LULL_MAX_FRAGMENTS".into(), self.max_fragments.to_string()),
-            (
-                "LULL_MAX_BATCH_BYTES".into(),
-                self.max_batch_bytes.to_string(),
-            ),
-            (
-                "LULL_MAX_FRAGMENT_BYTES".into(),
-                self.max_fragment_bytes.to_string(),
-            ),
-            ("LULL_GRACE_MS".into(), self.grace.as_millis().to_string()),
-            (
-                "LULL_TIMESTAMP".into(),
-                match self.timestamp {
-                    TimestampSource::Kafka => "kafka".into(),
-                    TimestampSource::Arrival => "arrival".into(),
-                },
-            ),
-            (
-                "REDIS_URL".into(),
-                self.redis_url
-                    .as_ref()
-                    .map(|u| mask_url_password(u.expose()))
-                    .unwrap_or_else(|| "(unset)".into()),
-            ),
-            ("LULL_REDIS_PREFIX".into(), self.redis_prefix.clone()),
-            (
-                "LULL_DEBUG_REDIS_MONITOR".into(),
-                self.debug_redis_monitor.to_string(),
-            ),
-            ("LULL_HTTP_ADDR".into(), self.http_addr.to_string()),
-            ("LULL_INSTANCE_ID".into(), self.instance_id.clone()),
-            (
-                "LULL_DRAIN_TIMEOUT_MS".into(),
-                self.drain_timeout.as_millis().to_string(),
-            ),
-            (
-                "LULL_MAX_OPEN_BYTES".into(),
-                self.max_open_bytes.to_string(),
-            ),
-            (
-                "LULL_EVENT_TTL_MS".into(),
-                self.event_ttl.as_millis().to_string(),
-            ),
-            (
-                "LULL_FLUSHED_TTL_MS".into(),
-                self.flushed_ttl.as_millis().to_string(),
-            ),
-        ];
+        let mut out: Vec<(String, String)> = settings::SETTINGS
+            .iter()
+            .map(|s| (s.name.to_string(), self.shown(s.name)))
+            .collect();
         for (property, value) in &self.kafka {
             let shown = match value {
                 KafkaProperty::Plain(v) => v.clone(),
@@ -690,6 +632,59 @@ impl Config {
             out.push((format!("kafka:{property}"), shown));
         }
         out
+    }
+
+    /// The effective value of setting `name`, as it would be written in the environment
+    /// (secrets masked); `None` for a name this configuration does not have.
+    fn value_of(&self, name: &str) -> Option<String> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        Some(match name {
+            "KAFKA_BROKERS" => self.brokers.clone(),
+            "LULL_INPUT_TOPIC" => self.input_topic.clone(),
+            "LULL_OUTPUT_TOPIC" => self.output_topic.clone(),
+            "LULL_DLQ_TOPIC" => self.dlq_topic.clone(),
+            "LULL_GROUP_ID" => self.group_id.clone(),
+            "LULL_BATCHING" => match self.batching {
+                Batching::On => "on".into(),
+                Batching::Off => "off".into(),
+            },
+            "LULL_QUIET_MS" => ms(self.quiet),
+            "LULL_MAX_WAIT_MS" => ms(self.max_wait),
+            "LULL_MAX_FRAGMENTS" => self.max_fragments.to_string(),
+            "LULL_MAX_BATCH_BYTES" => self.max_batch_bytes.to_string(),
+            "LULL_MAX_FRAGMENT_BYTES" => self.max_fragment_bytes.to_string(),
+            "LULL_GRACE_MS" => ms(self.grace),
+            "LULL_TIMESTAMP" => match self.timestamp {
+                TimestampSource::Kafka => "kafka".into(),
+                TimestampSource::Arrival => "arrival".into(),
+            },
+            "REDIS_URL" => self
+                .redis_url
+                .as_ref()
+                .map(|u| mask_url_password(u.expose()))
+                .unwrap_or_default(),
+            "LULL_REDIS_PREFIX" => self.redis_prefix.clone(),
+            "LULL_DEBUG_REDIS_MONITOR" => self.debug_redis_monitor.to_string(),
+            "LULL_EVENT_TTL_MS" => ms(self.event_ttl),
+            "LULL_FLUSHED_TTL_MS" => ms(self.flushed_ttl),
+            "LULL_HTTP_ADDR" => self.http_addr.to_string(),
+            "LULL_INSTANCE_ID" => self.instance_id.clone(),
+            "LULL_LOG_FORMAT" => match self.log_format {
+                LogFormat::Pretty => "pretty".into(),
+                LogFormat::Json => "json".into(),
+            },
+            "LULL_DRAIN_TIMEOUT_MS" => ms(self.drain_timeout),
+            "LULL_MAX_OPEN_BYTES" => self.max_open_bytes.to_string(),
+            _ => return None,
+        })
+    }
+
+    fn shown(&self, name: &str) -> String {
+        match self.value_of(name) {
+            Some(v) if v.is_empty() => "(unset)".to_string(),
+            Some(v) => v,
+            None => "?".to_string(),
+        }
     }
 
     /// The window engine's settings, derived from this configuration.
@@ -883,5 +878,32 @@ mod tests {
             ("LULL_KAFKA_COMPRESSION_TYPE", "zstd"),
         ]));
         assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn the_settings_table_drives_reading_and_the_summary() {
+        let c = Config::defaults();
+        let summary = c.summary();
+        assert_eq!(
+            summary.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            settings::SETTINGS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>(),
+            "the summary lists exactly the table"
+        );
+        for s in settings::SETTINGS {
+            let value = c.value_of(s.name);
+            assert!(value.is_some(), "{} is in the table but not read", s.name);
+            if !s.default.is_empty() {
+                assert_eq!(
+                    value.as_deref(),
+                    Some(s.default),
+                    "{}: the default read is the table's",
+                    s.name
+                );
+            }
+            assert!(!s.meaning.is_empty());
+        }
     }
 }
