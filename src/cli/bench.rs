@@ -61,6 +61,14 @@ pub struct BenchArgs {
     /// spread over them).
     #[arg(long, default_value_t = 1)]
     pub brokers: i32,
+    /// Run on this Kafka cluster (bootstrap servers) instead of the embedded mock: fresh topics
+    /// are created there for each phase (replication 1).
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Also time a plain librdkafka consume-and-produce copy of the same backlog: the machine's
+    /// reference for the throughput phase.
+    #[arg(long)]
+    pub reference: bool,
 }
 
 /// One phase's figures.
@@ -161,12 +169,12 @@ fn acked_fragments() -> u64 {
 }
 
 /// Fresh topics for one phase, and the config pointing at them.
-fn phase_config(base: &Config, broker: &MockBroker, name: &str, batching: bool) -> Config {
+fn phase_config(base: &Config, brokers: &str, run: &str, name: &str, batching: bool) -> Config {
     let mut c = base.clone();
-    c.brokers = broker.bootstrap().to_string();
-    c.input_topic = format!("bench.{name}.in");
-    c.output_topic = format!("bench.{name}.out");
-    c.dlq_topic = format!("bench.{name}.dlq");
+    c.brokers = brokers.to_string();
+    c.input_topic = format!("bench.{run}{name}.in");
+    c.output_topic = format!("bench.{run}{name}.out");
+    c.dlq_topic = format!("bench.{run}{name}.dlq");
     c.group_id = format!("bench-{name}-{}", std::process::id());
     c.batching = if batching {
         Batching::On
@@ -183,6 +191,113 @@ fn phase_config(base: &Config, broker: &MockBroker, name: &str, batching: bool) 
         );
     }
     c
+}
+
+/// Creates `topics` (name, partitions) on an external cluster, replication 1.
+async fn create_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<(), BenchError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics(&new, &opts).await? {
+        if let Err((topic, code)) = r {
+            return Err(BenchError::Worker(format!("cannot create {topic}: {code}")));
+        }
+    }
+    Ok(())
+}
+
+/// The backlog every throughput-like phase reads: a typing session an hour old.
+async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchError> {
+    let plan = Plan::new(PlanArgs {
+        users: args.users,
+        fragments: args.fragments,
+        quiet_ms: args.quiet_ms,
+        max_burst: args.burst,
+        text_bytes: Some(args.payload),
+        seed: 11,
+    });
+    let base = lull::model::wire::now_ms() - 3_600_000;
+    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    for e in &plan.events {
+        let (key, value) = plan.message(e, "");
+        writer
+            .send(&key, &value, Some(base + e.at_ms as i64))
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The reference: librdkafka alone copies the backlog from the input topic to the output topic
+/// (consume, produce with lull's producer settings, wait for every acknowledgement), timed like
+/// the throughput phase. lull's rate divided by this one is how close lull comes to the machine.
+async fn copy(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    write_backlog(args, config).await?;
+    let consumer: StreamConsumer = lull::io::kafka::consumer_config(config).create()?;
+    consumer.subscribe(&[config.input_topic.as_str()])?;
+    let producer: FutureProducer = lull::io::kafka::producer_config(config).create()?;
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let (mut read, mut acked) = (0usize, 0usize);
+    let deadline = start + Duration::from_secs(600);
+    while acked < args.fragments {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout("copy".into()));
+        }
+        tokio::select! {
+            m = consumer.recv(), if read < args.fragments => match m {
+                Ok(m) => {
+                    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.output_topic);
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    if let Some(v) = m.payload() {
+                        record = record.payload(v);
+                    }
+                    loop {
+                        match producer.send_result(record) {
+                            Ok(d) => {
+                                pending.push(d);
+                                break;
+                            }
+                            Err((_, back)) => {
+                                record = back;
+                                use futures_util::StreamExt;
+                                if pending.next().await.is_some() {
+                                    acked += 1;
+                                }
+                            }
+                        }
+                    }
+                    read += 1;
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {}
+                Err(e) => return Err(BenchError::Kafka(e)),
+            },
+            Some(_) = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => acked += 1,
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(PhaseReport {
+        phase: "copy".into(),
+        batching: false,
+        fragments: args.fragments,
+        batches: args.fragments,
+        seconds,
+        fragments_per_sec: args.fragments as f64 / seconds,
+        batches_per_sec: args.fragments as f64 / seconds,
+        cpu_seconds: cpu_seconds() - cpu0,
+        ..PhaseReport::default()
+    })
 }
 
 /// A fragment value of about `payload` bytes of text.
@@ -241,24 +356,7 @@ async fn throughput(
     config: &Config,
     name: &str,
 ) -> Result<PhaseReport, BenchError> {
-    // The backlog: a typing session an hour old, written before the worker starts.
-    let plan = Plan::new(PlanArgs {
-        users: args.users,
-        fragments: args.fragments,
-        quiet_ms: args.quiet_ms,
-        max_burst: args.burst,
-        text_bytes: Some(args.payload),
-        seed: 11,
-    });
-    let base = lull::model::wire::now_ms() - 3_600_000;
-    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
-    for e in &plan.events {
-        let (key, value) = plan.message(e, "");
-        writer
-            .send(&key, &value, Some(base + e.at_ms as i64))
-            .await?;
-    }
-    writer.finish().await?;
+    write_backlog(args, config).await?;
 
     let acked_before = acked_fragments();
     let batches_before: u64 = metrics().batch_fragments.get_sample_count();
@@ -418,26 +516,47 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
     }
     let mut topics = Vec::new();
     let mut names = vec![("throughput", true)];
+    if args.reference {
+        names.push(("copy", true));
+    }
     if args.compare {
         names.push(("passthrough", false));
     }
     if args.live_users > 0 {
         names.push(("live", true));
     }
+    // On an external cluster the topics of each run are new; the mock starts empty.
+    let run = match &args.kafka {
+        Some(_) => format!("{}.", lull::model::wire::now_ms()),
+        None => String::new(),
+    };
     for (name, _) in &names {
         for suffix in ["in", "out", "dlq"] {
-            topics.push((format!("bench.{name}.{suffix}"), args.partitions.max(1)));
+            topics.push((
+                format!("bench.{run}{name}.{suffix}"),
+                args.partitions.max(1),
+            ));
         }
     }
-    let broker = MockBroker::start(args.brokers.max(1), &topics)?;
+    let (_broker, brokers) = match &args.kafka {
+        None => {
+            let broker = MockBroker::start(args.brokers.max(1), &topics)?;
+            let brokers = broker.bootstrap().to_string();
+            (Some(broker), brokers)
+        }
+        Some(bootstrap) => {
+            create_topics(bootstrap, &topics).await?;
+            (None, bootstrap.clone())
+        }
+    };
     let mut phases = Vec::new();
     for (name, batching) in names {
-        let config = phase_config(&base, &broker, name, batching);
+        let config = phase_config(&base, &brokers, &run, name, batching);
         eprintln!("bench: {name} phase");
-        let report = if name == "live" {
-            live(&args, &config).await?
-        } else {
-            throughput(&args, &config, name).await?
+        let report = match name {
+            "live" => live(&args, &config).await?,
+            "copy" => copy(&args, &config).await?,
+            _ => throughput(&args, &config, name).await?,
         };
         phases.push(report);
     }
