@@ -97,7 +97,7 @@ import json, re
 d = json.load(open("grafana/lull.json"))
 exprs = [t["expr"] for p in d["panels"] for t in p["targets"]]
 names = set(re.findall(r"lull_[a-z_]+", " ".join(exprs)))
-src = open("../src/metrics.rs").read()
+src = open("../src/ops/metrics.rs").read()
 missing = [n for n in names if re.sub(r"_(bucket|sum|count)$", "", n) not in src]
 assert not missing, missing
 print(len(d["panels"]), "panels")
