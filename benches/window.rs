@@ -43,6 +43,8 @@ const CFG: WindowConfig = WindowConfig {
     max_fragments: 100,
     max_batch_bytes: 262_144,
     grace_ms: 200,
+    typing_ms: 6_000,
+    followup_ms: 10_000,
 };
 
 const VALUE: &[u8] = br#"{"user_id":"user-000000","text":"hi there, I need help"}"#;
@@ -56,6 +58,8 @@ fn fragment(user: usize, offset: i64, ts: i64) -> Fragment {
         text: Some("hi there, I need help".into()),
         correlation_id: None,
         event_id: None,
+        is_final: false,
+        bypass: false,
     }
 }
 

@@ -14,12 +14,14 @@
 -- ARGV[5+3i]   offset of fragment i
 -- ARGV[6+3i]   "1" if fragment i has an event id, else "0"
 -- ARGV[7+3i]   timestamp of fragment i, Unix ms
--- Returns      {v_1, ..., v_n}: 0 = new; 1 = already emitted in a batch (offset <= the key's
+-- Returns      {{v_1, ..., v_n}, {i, batch_id, last_ts, ...}}. The second list names, for the
+--              first new fragment of each key whose flushed record describes this log, the key's
+--              last batch (for `follows` after a restart or handoff). Verdicts: 0 = new; 1 = already emitted in a batch (offset <= the key's
 --              flushed watermark on this partition): skip; 2 = duplicate event id first seen at
 --              another offset: drop; 3 = new, and the key's flushed record belongs to another
 --              incarnation of the topic (another topic id): ignored; 4 = new, and the key's
 --              flushed record names an offset at or above the high watermark (it cannot have
---              been read from this log): ignored; 5 = new, and the record would skip this
+--              been read from this log; judged only when an identity is unknown): ignored; 5 = new, and the record would skip this
 --              fragment although the fragment is newer than the record's last fragment by more
 --              than ARGV[7] (a log without topic ids replaced under the same name, e.g. a dev
 --              cluster): ignored. Or the error "STALE <generation>" when fenced off.
@@ -48,6 +50,14 @@ local function other_topic(tid)
   return tid ~= nil and tid ~= '' and topic_id ~= '' and tid ~= topic_id
 end
 
+-- Whether the record or the live topic lacks an identity. Only then does the high watermark
+-- judge a record: a partition's high watermark can step back for a moment when its leader
+-- changes (the new leader's is behind until its followers catch up), so with identities on both
+-- sides it would only turn good records stale (and batches emitted twice).
+local function unknown_identity(tid)
+  return topic_id == '' or not tid or tid == ''
+end
+
 -- flushed:{key} as (topic_id, partition, offset, last_ts), nil or false where absent; a legacy
 -- "partition:offset" string (HMGET fails on it) has neither topic id nor timestamp.
 local function flushed(key)
@@ -60,6 +70,8 @@ local function flushed(key)
 end
 
 local out = {}
+local seeds = {}
+local seeded = {}
 local n = (#KEYS - 1) / 2
 for i = 1, n do
   local offset = tonumber(ARGV[5 + 3 * i])
@@ -69,7 +81,7 @@ for i = 1, n do
   if p == partition and o then
     if other_topic(tid) then
       verdict = 3
-    elseif o >= high then
+    elseif unknown_identity(tid) and o >= high then
       verdict = 4
     elseif offset <= o then
       if tolerance >= 0 and last_ts and ts > last_ts + tolerance then
@@ -87,7 +99,8 @@ for i = 1, n do
       if not ep then
         ep, eo = string.match(seen, '^(%-?%d+):(%-?%d+)$')
       end
-      local stale = other_topic(et) or (ep == partition and tonumber(eo) and tonumber(eo) >= high)
+      local stale = other_topic(et)
+        or (unknown_identity(et) and ep == partition and tonumber(eo) and tonumber(eo) >= high)
       if stale then
         -- A sighting in an older incarnation of the topic: this one is the first here.
         redis.call('SET', KEYS[2 * i + 1], here, 'PX', ARGV[3])
@@ -99,5 +112,14 @@ for i = 1, n do
     end
   end
   out[i] = verdict
+  if verdict == 0 and o and not seeded[KEYS[2 * i]] then
+    seeded[KEYS[2 * i]] = true
+    local id = redis.pcall('HGET', KEYS[2 * i], 'batch_id')
+    if type(id) == 'string' and last_ts and not other_topic(tid) then
+      seeds[#seeds + 1] = tostring(i)
+      seeds[#seeds + 1] = id
+      seeds[#seeds + 1] = tostring(last_ts)
+    end
+  end
 end
-return out
+return {out, seeds}

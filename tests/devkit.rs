@@ -56,6 +56,7 @@ async fn redis_round_trips_count_the_sync_pipeline() {
         first_offset: 1,
         last_offset: 2,
         last_ts: 1,
+        batch_id: "t/0/0".into(),
     };
     store
         .sync(&fence, 100, &[window], &[batch])

@@ -71,6 +71,7 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         first_offset: 1,
         last_offset: last,
         last_ts: T0,
+        batch_id: "t/0/0".into(),
     };
     owner
         .record_flushed(&new, HIGH, &[batch(10)])
@@ -139,6 +140,7 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         first_offset: first,
         last_offset: last,
         last_ts: T0,
+        batch_id: "t/0/0".into(),
     };
     s.record_flushed(&f, HIGH, &[batch("u", 10, 15)])
         .await
@@ -179,6 +181,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
             first_offset: 3,
             last_offset: 5,
             last_ts: T0,
+            batch_id: "t/0/0".into(),
         }],
     )
     .await
@@ -198,7 +201,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
         .await
         .unwrap();
     assert_eq!(
-        v,
+        v.verdicts,
         vec![
             Verdict::Emitted,
             Verdict::Emitted,
@@ -212,7 +215,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
         .admit(&f, HIGH, &[cand("u", 6, Some("e6"))])
         .await
         .unwrap();
-    assert_eq!(v, vec![Verdict::New]);
+    assert_eq!(v.verdicts, vec![Verdict::New]);
     let mut c = redis.conn().await;
     let ttl: i64 = c.pttl(format!("{prefix}:event:e6")).await.unwrap();
     assert!(ttl > 3_000_000, "event TTL set: {ttl}");
@@ -229,6 +232,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         first_offset: 0,
         last_offset: last,
         last_ts: T0,
+        batch_id: "t/0/0".into(),
     };
     old.record_flushed(&f, HIGH, &[batch("u", 100), batch("w", 5)])
         .await
@@ -253,7 +257,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         .await
         .unwrap();
     assert_eq!(
-        v,
+        v.verdicts,
         vec![
             Verdict::NewPastStale(Stale::TopicId),
             Verdict::NewPastStale(Stale::TopicId),
@@ -268,7 +272,10 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         (new_tid.into(), "0".into(), "1".into())
     );
     assert_eq!(
-        old.admit(&f, 3, &[cand("u", 1, None)]).await.unwrap(),
+        old.admit(&f, 3, &[cand("u", 1, None)])
+            .await
+            .unwrap()
+            .verdicts,
         vec![Verdict::Emitted],
         "records of this incarnation skip as before"
     );
@@ -276,7 +283,11 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     // Without topic ids (a cluster that gives none): a record at or above the high watermark
     // cannot describe this log.
     let f = old.claim("t", 0, "", false).await.unwrap();
-    let v = old.admit(&f, 4, &[cand("w", 3, None)]).await.unwrap();
+    let v = old
+        .admit(&f, 4, &[cand("w", 3, None)])
+        .await
+        .unwrap()
+        .verdicts;
     assert_eq!(v, vec![Verdict::NewPastStale(Stale::BeyondHighWatermark)]);
     old.record_flushed(&f, 4, &[batch("w", 3)]).await.unwrap();
     assert_eq!(flushed(&redis, &prefix, "w").await.2, "3");
@@ -302,7 +313,8 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
             ],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .verdicts;
     assert_eq!(
         v,
         vec![
@@ -337,7 +349,8 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
             &[cand("legacy", 7, None), cand("legacy", 8, None)],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .verdicts;
     assert_eq!(v, vec![Verdict::Emitted, Verdict::New]);
     old.record_flushed(&f, HIGH, &[batch("legacy", 9)])
         .await
@@ -385,6 +398,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         first_offset: 5,
         last_offset: 7,
         last_ts: T0,
+        batch_id: "t/0/0".into(),
     };
     s.record_flushed(&f, HIGH, &[old]).await.unwrap();
     assert!(
@@ -396,6 +410,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
         first_offset: 9,
         last_offset: 9,
         last_ts: T0,
+        batch_id: "t/0/0".into(),
     };
     s.record_flushed(&f, HIGH, &[new]).await.unwrap();
     assert!(

@@ -115,6 +115,14 @@ pub struct Config {
     pub grace: Duration,
     /// Which clock stamps fragments.
     pub timestamp: TimestampSource,
+    /// How long one `typing` signal holds a window open (`LULL_TYPING_MS`).
+    pub typing: Duration,
+    /// `follows` window after a key's previous batch; zero = off (`LULL_FOLLOWUP_MS`).
+    pub followup: Duration,
+    /// Fragments whose `text` matches go out alone (`LULL_BYPASS_PATTERN`).
+    pub bypass_pattern: Option<regex::Regex>,
+    /// Where lifecycle events go; `None` = off (`LULL_EVENTS_TOPIC`).
+    pub events_topic: Option<String>,
     /// Shared state in Redis; `None` runs without it.
     pub redis_url: Option<Secret>,
     /// Namespace of every Redis key.
@@ -453,6 +461,35 @@ impl Config {
                 ("arrival", TimestampSource::Arrival),
             ],
         );
+        let typing = r.millis("LULL_TYPING_MS", (0, HOUR_MS));
+        let followup = r.millis("LULL_FOLLOWUP_MS", (0, DAY_MS));
+        let bypass_pattern = match r.raw("LULL_BYPASS_PATTERN") {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => match regex::RegexBuilder::new(&v).size_limit(1 << 20).build() {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    let why = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    r.problem(
+                        "LULL_BYPASS_PATTERN",
+                        &v,
+                        &format!("a regular expression ({why})"),
+                    );
+                    None
+                }
+            },
+        };
+        let events_topic = match r.raw("LULL_EVENTS_TOPIC") {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(_) => Some(r.topic("LULL_EVENTS_TOPIC")),
+        };
         let redis_url = match r.raw("REDIS_URL") {
             None => None,
             Some(v) if v.is_empty() => None,
@@ -554,6 +591,13 @@ impl Config {
             );
         }
         let distinct = [&input_topic, &output_topic, &dlq_topic];
+        if events_topic.as_ref() == Some(&input_topic) {
+            r.problem(
+                "LULL_EVENTS_TOPIC",
+                &input_topic,
+                "a topic other than the input topic",
+            );
+        }
         if output_topic == input_topic || dlq_topic == input_topic {
             r.problem(
                 "LULL_OUTPUT_TOPIC",
@@ -595,6 +639,10 @@ impl Config {
             max_fragment_bytes,
             grace,
             timestamp,
+            typing,
+            followup,
+            bypass_pattern,
+            events_topic,
             redis_url,
             redis_prefix,
             debug_redis_monitor,
@@ -658,6 +706,14 @@ impl Config {
                 TimestampSource::Kafka => "kafka".into(),
                 TimestampSource::Arrival => "arrival".into(),
             },
+            "LULL_TYPING_MS" => ms(self.typing),
+            "LULL_FOLLOWUP_MS" => ms(self.followup),
+            "LULL_BYPASS_PATTERN" => self
+                .bypass_pattern
+                .as_ref()
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            "LULL_EVENTS_TOPIC" => self.events_topic.clone().unwrap_or_default(),
             "REDIS_URL" => self
                 .redis_url
                 .as_ref()
@@ -696,6 +752,16 @@ impl Config {
             max_fragments: self.max_fragments,
             max_batch_bytes: self.max_batch_bytes,
             grace_ms: self.grace.as_millis() as i64,
+            typing_ms: self.typing.as_millis() as i64,
+            followup_ms: self.followup.as_millis() as i64,
+        }
+    }
+
+    /// What fragment parsing needs from this configuration.
+    pub fn rules(&self) -> crate::model::fragment::Rules {
+        crate::model::fragment::Rules {
+            max_fragment_bytes: self.max_fragment_bytes,
+            bypass: self.bypass_pattern.clone(),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct VerifyReport {
     pub dropped_duplicates: usize,
     /// Invalid input messages in range.
     pub invalid_in: usize,
+    /// Chat signals in range (valid input that is never part of a batch).
+    pub signals_in: usize,
     /// Of those, found in the dead-letter topic.
     pub dead_lettered: usize,
     /// Batches read.
@@ -98,6 +100,10 @@ struct Input {
     ts: i64,
     event_id: Option<String>,
     valid: bool,
+    /// A chat signal: valid input, never in a batch.
+    signal: bool,
+    /// A `typing` signal.
+    typing: bool,
 }
 
 #[derive(Deserialize)]
@@ -209,15 +215,21 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                 offset: m.offset(),
                 ts,
             },
-            config.max_fragment_bytes,
+            &config.rules(),
         );
-        let (key, event_id, valid) = match &parsed {
-            Ok(f) => (
+        let typing = matches!(
+            &parsed,
+            Ok(fragment::Parsed::Signal(s)) if s.kind == fragment::SignalKind::Typing
+        );
+        let (key, event_id, valid, signal) = match &parsed {
+            Ok(fragment::Parsed::Fragment(f)) => (
                 Some(f.key.clone()),
                 f.event_id.as_deref().map(str::to_string),
                 true,
+                false,
             ),
-            Err(_) => (None, None, false),
+            Ok(fragment::Parsed::Signal(s)) => (Some(s.key.clone()), None, false, true),
+            Err(_) => (None, None, false, false),
         };
         inputs.entry(m.partition()).or_default().push(Input {
             offset: m.offset(),
@@ -226,6 +238,8 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
             ts,
             event_id,
             valid,
+            signal,
+            typing,
         });
     }
     for list in inputs.values_mut() {
@@ -233,6 +247,17 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
     }
     let in_range =
         |ts: i64| opts.from_ms.is_none_or(|f| ts >= f) && opts.to_ms.is_none_or(|t| ts < t);
+
+    // Typing signals per (partition, key): they may hold a window open past the quiet period.
+    let typing_ms = config.typing.as_millis() as i64;
+    let mut typing: HashMap<(i32, &str), Vec<i64>> = HashMap::new();
+    for (&p, list) in &inputs {
+        for i in list.iter().filter(|i| i.signal && i.typing) {
+            if let Some(k) = i.key.as_deref() {
+                typing.entry((p, k)).or_default().push(i.ts);
+            }
+        }
+    }
 
     // Valid input of each (partition, key), in offset order: a batch's candidates are a range.
     let mut by_key: HashMap<(i32, &str), Vec<&Input>> = HashMap::new();
@@ -300,8 +325,21 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         }
         if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
             latency.push(b.flushed_at - last);
+            // A gap longer than the quiet period is right where a typing signal held the window.
+            let typing_of = typing.get(&(b.source.partition, b.key.as_str()));
+            let held_until = |from: i64, to: i64| {
+                typing_of
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| **s >= from && **s <= to)
+                    .map(|s| s + typing_ms)
+                    .max()
+                    .unwrap_or(i64::MIN)
+            };
             let gap_ok = config.timestamp == TimestampSource::Arrival
-                || times.windows(2).all(|w| w[1] - w[0] <= quiet);
+                || times
+                    .windows(2)
+                    .all(|w| w[1] - w[0] <= quiet || w[1] <= held_until(w[0], w[1]));
             let span_ok = last - first <= max_wait;
             let caps_ok = b.fragments.len() <= config.max_fragments
                 && (bytes <= config.max_batch_bytes || b.fragments.len() == 1);
@@ -340,6 +378,10 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         for i in list {
             let first_sighting = i.event_id.as_deref().is_none_or(|e| seen_events.insert(e));
             if !in_range(i.ts) {
+                continue;
+            }
+            if i.signal {
+                report.signals_in += 1;
                 continue;
             }
             if !i.valid {

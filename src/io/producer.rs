@@ -4,6 +4,7 @@
 //! partition worker keeps each record until its delivery is acknowledged, re-sends failed ones
 //! in their original order after [`Backoff`], and only then lets the commit point pass them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -40,8 +41,10 @@ impl SinkError {
 #[derive(Clone)]
 pub struct Sink {
     producer: FutureProducer,
-    output_topic: String,
-    dlq_topic: String,
+    output_topic: Arc<str>,
+    dlq_topic: Arc<str>,
+    /// `LULL_EVENTS_TOPIC`, when lifecycle events are on.
+    events_topic: Option<Arc<str>>,
 }
 
 impl Sink {
@@ -52,8 +55,9 @@ impl Sink {
             .map_err(SinkError::Create)?;
         Ok(Self {
             producer,
-            output_topic: config.output_topic.clone(),
-            dlq_topic: config.dlq_topic.clone(),
+            output_topic: Arc::from(config.output_topic.as_str()),
+            dlq_topic: Arc::from(config.dlq_topic.as_str()),
+            events_topic: config.events_topic.as_deref().map(Arc::from),
         })
     }
 
@@ -65,6 +69,14 @@ impl Sink {
         let topic = match record.destination {
             Destination::Output => &self.output_topic,
             Destination::DeadLetter => &self.dlq_topic,
+            Destination::Events => match &self.events_topic {
+                Some(topic) => topic,
+                None => {
+                    return Err(SinkError::Fatal(
+                        "a lifecycle event with LULL_EVENTS_TOPIC unset".into(),
+                    ))
+                }
+            },
         };
         let headers = crate::io::headers::build(&record.headers);
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);

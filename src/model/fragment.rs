@@ -1,8 +1,11 @@
-//! Bytes in -> a [`Fragment`], or the reason it belongs in the dead-letter topic.
+//! Bytes in -> a [`Fragment`], a chat [`Signal`], or the reason it belongs in the dead-letter
+//! topic.
 //!
 //! A fragment's value is kept byte-for-byte (it is copied into the batch unchanged); the JSON is
 //! parsed once here only to check it is an object and to pick out the few fields lull reads:
-//! `user_id` (the key when the message has none), `event_id`, `text` and `correlation_id`.
+//! `user_id` (the key when the message has none), `event_id`, `text`, `correlation_id`, `final`
+//! (`true`: the client says the thought is complete) and `signal` (a string: the message is a
+//! chat signal — `typing`, `stopped` or `flush` — never part of a batch).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -24,6 +27,64 @@ pub struct Fragment {
     pub correlation_id: Option<Box<str>>,
     /// The `event_id` header or field, for duplicate detection.
     pub event_id: Option<Box<str>>,
+    /// `"final": true`: its window goes out right after it.
+    pub is_final: bool,
+    /// Its `text` matches `LULL_BYPASS_PATTERN`: it goes out alone, after its key's open window.
+    pub bypass: bool,
+}
+
+/// What a chat platform says about a user, on the input topic among the fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SignalKind {
+    /// The user is composing: the open window is held for `LULL_TYPING_MS`.
+    Typing,
+    /// The user stopped composing without sending.
+    Stopped,
+    /// Flush the open window now.
+    Flush,
+}
+
+impl SignalKind {
+    /// The name on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::Typing => "typing",
+            SignalKind::Stopped => "stopped",
+            SignalKind::Flush => "flush",
+        }
+    }
+}
+
+/// A chat signal: never part of a batch, but it moves partition time and can re-time or flush
+/// its key's open window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// The grouping key.
+    pub key: String,
+    /// Which signal.
+    pub kind: SignalKind,
+    /// Offset in the input partition.
+    pub offset: i64,
+    /// Timestamp in Unix milliseconds.
+    pub ts: i64,
+}
+
+/// A valid input message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A fragment of a user's burst.
+    Fragment(Fragment),
+    /// A chat signal.
+    Signal(Signal),
+}
+
+/// What parsing needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Larger values go to the dead-letter topic.
+    pub max_fragment_bytes: usize,
+    /// `LULL_BYPASS_PATTERN`: fragments whose `text` matches go out alone.
+    pub bypass: Option<regex::Regex>,
 }
 
 impl Fragment {
@@ -48,6 +109,9 @@ pub enum Invalid {
     /// The message key is not UTF-8.
     #[error("message key is not valid UTF-8")]
     KeyNotUtf8,
+    /// A `signal` field names no signal lull knows.
+    #[error("unknown signal {0:?} (expected typing, stopped or flush)")]
+    UnknownSignal(String),
     /// The value is larger than `LULL_MAX_FRAGMENT_BYTES`.
     #[error("value is {size} bytes, over LULL_MAX_FRAGMENT_BYTES ({limit})")]
     TooLarge {
@@ -67,6 +131,7 @@ impl Invalid {
             Invalid::NoKey => "no_key",
             Invalid::KeyNotUtf8 => "key_not_utf8",
             Invalid::TooLarge { .. } => "too_large",
+            Invalid::UnknownSignal(_) => "unknown_signal",
         }
     }
 }
@@ -82,6 +147,8 @@ struct Probe<'a> {
     event_id: Option<&'a RawValue>,
     text: Option<&'a RawValue>,
     correlation_id: Option<&'a RawValue>,
+    is_final: Option<&'a RawValue>,
+    signal: Option<&'a RawValue>,
 }
 
 /// The name of an object member, sorted into the few lull reads (borrowed or escaped alike).
@@ -90,6 +157,8 @@ enum Field {
     EventId,
     Text,
     CorrelationId,
+    Final,
+    Signal,
     Other,
 }
 
@@ -107,6 +176,8 @@ impl<'de> Deserialize<'de> for Field {
                     "event_id" => Field::EventId,
                     "text" => Field::Text,
                     "correlation_id" => Field::CorrelationId,
+                    "final" => Field::Final,
+                    "signal" => Field::Signal,
                     _ => Field::Other,
                 })
             }
@@ -134,6 +205,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
                         Field::EventId => &mut probe.event_id,
                         Field::Text => &mut probe.text,
                         Field::CorrelationId => &mut probe.correlation_id,
+                        Field::Final => &mut probe.is_final,
+                        Field::Signal => &mut probe.signal,
                         Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             continue;
@@ -172,13 +245,13 @@ pub struct RawMessage<'a> {
     pub ts: i64,
 }
 
-/// Validates a message and builds its fragment.
-pub fn parse(msg: RawMessage<'_>, max_fragment_bytes: usize) -> Result<Fragment, Invalid> {
+/// Validates a message and builds its fragment or signal.
+pub fn parse(msg: RawMessage<'_>, rules: &Rules) -> Result<Parsed, Invalid> {
     let value = msg.value.unwrap_or_default();
-    if value.len() > max_fragment_bytes {
+    if value.len() > rules.max_fragment_bytes {
         return Err(Invalid::TooLarge {
             size: value.len(),
-            limit: max_fragment_bytes,
+            limit: rules.max_fragment_bytes,
         });
     }
     let first = value.iter().find(|b| !b.is_ascii_whitespace());
@@ -202,26 +275,58 @@ pub fn parse(msg: RawMessage<'_>, max_fragment_bytes: usize) -> Result<Fragment,
             .filter(|k| !k.is_empty())
             .ok_or(Invalid::NoKey)?,
     };
+    if let Some(signal) = as_string(probe.signal) {
+        let kind = match signal.as_str() {
+            "typing" => SignalKind::Typing,
+            "stopped" => SignalKind::Stopped,
+            "flush" => SignalKind::Flush,
+            _ => return Err(Invalid::UnknownSignal(signal)),
+        };
+        return Ok(Parsed::Signal(Signal {
+            key,
+            kind,
+            offset: msg.offset,
+            ts: msg.ts,
+        }));
+    }
     let event_id = msg
         .event_id_header
         .and_then(|h| std::str::from_utf8(h).ok())
         .map(str::to_string)
         .or_else(|| as_string(probe.event_id))
         .filter(|e| !e.is_empty());
-    Ok(Fragment {
+    let text = as_string(probe.text);
+    let bypass = match (&rules.bypass, &text) {
+        (Some(pattern), Some(text)) => pattern.is_match(text),
+        _ => false,
+    };
+    Ok(Parsed::Fragment(Fragment {
         key,
         offset: msg.offset,
         ts: msg.ts,
         value: value.into(),
-        text: as_string(probe.text).map(String::into_boxed_str),
+        text: text.map(String::into_boxed_str),
         correlation_id: as_string(probe.correlation_id).map(String::into_boxed_str),
         event_id: event_id.map(String::into_boxed_str),
-    })
+        is_final: probe.is_final.is_some_and(|v| v.get() == "true"),
+        bypass,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fragment(m: RawMessage<'_>, max: usize) -> Result<Fragment, Invalid> {
+        let rules = Rules {
+            max_fragment_bytes: max,
+            bypass: None,
+        };
+        match parse(m, &rules)? {
+            Parsed::Fragment(f) => Ok(f),
+            Parsed::Signal(s) => panic!("a signal, not a fragment: {s:?}"),
+        }
+    }
 
     fn msg<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> RawMessage<'a> {
         RawMessage {
@@ -236,7 +341,7 @@ mod tests {
     #[test]
     fn valid_fragment_keeps_bytes_and_reads_fields() {
         let value = br#"{"text":"hi","correlation_id":"c-1","event_id":"e-1","extra":[1,2]}"#;
-        let f = parse(msg(Some(b"user-1"), value), 1024).unwrap();
+        let f = fragment(msg(Some(b"user-1"), value), 1024).unwrap();
         assert_eq!(f.key, "user-1");
         assert_eq!(&*f.value, &value[..]);
         assert_eq!(f.text.as_deref(), Some("hi"));
@@ -247,15 +352,15 @@ mod tests {
 
     #[test]
     fn user_id_is_the_key_when_the_message_has_none() {
-        let f = parse(msg(None, br#"{"user_id":"u-9","text":"x"}"#), 1024).unwrap();
+        let f = fragment(msg(None, br#"{"user_id":"u-9","text":"x"}"#), 1024).unwrap();
         assert_eq!(f.key, "u-9");
-        let f = parse(msg(Some(b""), br#"{"user_id":"u-9"}"#), 1024).unwrap();
+        let f = fragment(msg(Some(b""), br#"{"user_id":"u-9"}"#), 1024).unwrap();
         assert_eq!(f.key, "u-9");
     }
 
     #[test]
     fn non_string_fields_are_ignored_not_rejected() {
-        let f = parse(msg(Some(b"k"), br#"{"text":5,"event_id":null}"#), 1024).unwrap();
+        let f = fragment(msg(Some(b"k"), br#"{"text":5,"event_id":null}"#), 1024).unwrap();
         assert_eq!(f.text, None);
         assert_eq!(f.event_id, None);
     }
@@ -264,45 +369,48 @@ mod tests {
     fn event_id_header_wins_over_the_field() {
         let mut m = msg(Some(b"k"), br#"{"event_id":"field"}"#);
         m.event_id_header = Some(b"header");
-        assert_eq!(parse(m, 1024).unwrap().event_id.as_deref(), Some("header"));
+        assert_eq!(
+            fragment(m, 1024).unwrap().event_id.as_deref(),
+            Some("header")
+        );
     }
 
     #[test]
     fn invalid_inputs_are_classified() {
         assert!(matches!(
-            parse(msg(Some(b"k"), b"not json"), 1024),
+            fragment(msg(Some(b"k"), b"not json"), 1024),
             Err(Invalid::NotJson(_))
         ));
         assert!(matches!(
-            parse(msg(Some(b"k"), b""), 1024),
+            fragment(msg(Some(b"k"), b""), 1024),
             Err(Invalid::NotJson(_))
         ));
         assert!(matches!(
-            parse(msg(Some(b"k"), b"{\"a\":1} trailing"), 1024),
+            fragment(msg(Some(b"k"), b"{\"a\":1} trailing"), 1024),
             Err(Invalid::NotJson(_))
         ));
         assert_eq!(
-            parse(msg(Some(b"k"), b"[1,2]"), 1024),
+            fragment(msg(Some(b"k"), b"[1,2]"), 1024),
             Err(Invalid::NotObject)
         );
         assert_eq!(
-            parse(msg(Some(b"k"), b"\"s\""), 1024),
+            fragment(msg(Some(b"k"), b"\"s\""), 1024),
             Err(Invalid::NotObject)
         );
         assert_eq!(
-            parse(msg(None, br#"{"text":"x"}"#), 1024),
+            fragment(msg(None, br#"{"text":"x"}"#), 1024),
             Err(Invalid::NoKey)
         );
         assert_eq!(
-            parse(msg(None, br#"{"user_id":7}"#), 1024),
+            fragment(msg(None, br#"{"user_id":7}"#), 1024),
             Err(Invalid::NoKey)
         );
         assert_eq!(
-            parse(msg(Some(&[0xff, 0xfe]), b"{}"), 1024),
+            fragment(msg(Some(&[0xff, 0xfe]), b"{}"), 1024),
             Err(Invalid::KeyNotUtf8)
         );
         assert_eq!(
-            parse(msg(Some(b"k"), &[b' '; 11]), 10),
+            fragment(msg(Some(b"k"), &[b' '; 11]), 10),
             Err(Invalid::TooLarge {
                 size: 11,
                 limit: 10
@@ -313,14 +421,77 @@ mod tests {
     #[test]
     fn a_repeated_field_is_valid_json_and_the_last_one_wins() {
         let value = br#"{"text":"first","user_id":"a","text":"second","user_id":"b","x":1,"x":2}"#;
-        let f = parse(msg(None, value), 1024).unwrap();
+        let f = fragment(msg(None, value), 1024).unwrap();
         assert_eq!(f.key, "b");
         assert_eq!(f.text.as_deref(), Some("second"));
         assert_eq!(&*f.value, &value[..], "the bytes are kept as they came");
         let escaped = br#"{"te\u0078t":"escaped name","user_id":"u"}"#;
         assert_eq!(
-            parse(msg(None, escaped), 1024).unwrap().text.as_deref(),
+            fragment(msg(None, escaped), 1024).unwrap().text.as_deref(),
             Some("escaped name")
+        );
+    }
+
+    #[test]
+    fn a_string_signal_field_makes_a_signal_and_an_unknown_one_a_dead_letter() {
+        let rules = Rules {
+            max_fragment_bytes: 1024,
+            bypass: None,
+        };
+        let s = parse(msg(None, br#"{"user_id":"u","signal":"typing"}"#), &rules).unwrap();
+        assert_eq!(
+            s,
+            Parsed::Signal(Signal {
+                key: "u".into(),
+                kind: SignalKind::Typing,
+                offset: 7,
+                ts: 1000
+            })
+        );
+        for (name, kind) in [
+            ("stopped", SignalKind::Stopped),
+            ("flush", SignalKind::Flush),
+        ] {
+            let v = format!(r#"{{"signal":"{name}"}}"#);
+            match parse(msg(Some(b"k"), v.as_bytes()), &rules).unwrap() {
+                Parsed::Signal(s) => assert_eq!(s.kind, kind),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            parse(msg(Some(b"k"), br#"{"signal":"dancing"}"#), &rules),
+            Err(Invalid::UnknownSignal("dancing".into()))
+        );
+        assert_eq!(
+            parse(msg(None, br#"{"signal":"typing"}"#), &rules),
+            Err(Invalid::NoKey),
+            "a signal needs its user like a fragment"
+        );
+        // A signal field that is not a string is just a field of a fragment.
+        assert!(matches!(
+            parse(msg(Some(b"k"), br#"{"signal":1,"text":"x"}"#), &rules),
+            Ok(Parsed::Fragment(_))
+        ));
+    }
+
+    #[test]
+    fn final_and_the_bypass_pattern_mark_the_fragment() {
+        let rules = Rules {
+            max_fragment_bytes: 1024,
+            bypass: Some(regex::Regex::new("^/").unwrap()),
+        };
+        let get = |v: &[u8]| match parse(msg(Some(b"k"), v), &rules).unwrap() {
+            Parsed::Fragment(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert!(get(br#"{"text":"done","final":true}"#).is_final);
+        assert!(!get(br#"{"text":"done","final":"true"}"#).is_final);
+        assert!(!get(br#"{"text":"done","final":false}"#).is_final);
+        assert!(get(br#"{"text":"/help"}"#).bypass);
+        assert!(!get(br#"{"text":"help /me"}"#).bypass);
+        assert!(
+            !get(br#"{"note":"/help"}"#).bypass,
+            "the pattern applies to text only"
         );
     }
 
@@ -333,6 +504,6 @@ mod tests {
             offset: 0,
             ts: 0,
         };
-        assert!(matches!(parse(m, 10), Err(Invalid::NotJson(_))));
+        assert!(matches!(fragment(m, 10), Err(Invalid::NotJson(_))));
     }
 }

@@ -11,15 +11,16 @@
 //! Invariant: the watermark never passes an offset that is held in a window or unacknowledged,
 //! and it never moves backwards once reported (a property test below checks both).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// Tracks read and unacknowledged offsets of one partition.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     /// One past the highest offset read.
     next: Option<i64>,
-    /// Lowest offset of every output record not yet acknowledged.
-    unacked: BTreeSet<i64>,
+    /// Lowest offset of every output record not yet acknowledged, with how many records start
+    /// there (a batch and its lifecycle events share their first offset).
+    unacked: BTreeMap<i64, u32>,
     /// Highest watermark reported so far.
     reported: Option<i64>,
 }
@@ -37,12 +38,17 @@ impl OffsetTracker {
 
     /// Records an output record covering offsets from `first_offset` up, not yet acknowledged.
     pub fn hold(&mut self, first_offset: i64) {
-        self.unacked.insert(first_offset);
+        *self.unacked.entry(first_offset).or_default() += 1;
     }
 
     /// Records that the output record starting at `first_offset` was acknowledged.
     pub fn release(&mut self, first_offset: i64) {
-        self.unacked.remove(&first_offset);
+        if let Some(n) = self.unacked.get_mut(&first_offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.unacked.remove(&first_offset);
+            }
+        }
     }
 
     /// Number of unacknowledged output records.
@@ -55,7 +61,7 @@ impl OffsetTracker {
     pub fn watermark(&mut self, open_low: Option<i64>) -> Option<i64> {
         let next = self.next?;
         let mut mark = next;
-        if let Some(&low) = self.unacked.first() {
+        if let Some((&low, _)) = self.unacked.first_key_value() {
             mark = mark.min(low);
         }
         if let Some(low) = open_low {
@@ -73,6 +79,7 @@ impl OffsetTracker {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn watermark_is_the_lowest_pending_offset() {
@@ -99,7 +106,7 @@ mod tests {
             use crate::model::window::{WindowConfig, WindowEngine};
             let cfg = WindowConfig {
                 batching: true, quiet_ms: 100, max_wait_ms: 500,
-                max_fragments: 4, max_batch_bytes: 1_000, grace_ms: 10,
+                max_fragments: 4, max_batch_bytes: 1_000, grace_ms: 10, typing_ms: 0, followup_ms: 0,
             };
             let mut engine = WindowEngine::new(cfg);
             let mut tracker = OffsetTracker::new();
@@ -114,7 +121,7 @@ mod tests {
                 tracker.read(offset);
                 engine.push(Fragment {
                     key: format!("k{k}"), offset, ts, value: b"{}".to_vec().into(),
-                    text: None, correlation_id: None, event_id: None,
+                    text: None, correlation_id: None, event_id: None, is_final: false, bypass: false,
                 }, i64::MAX / 4, &mut out);
                 for b in out.drain(..) {
                     tracker.hold(b.first_offset());

@@ -3,8 +3,16 @@
 //! One [`WindowEngine`] per input partition holds every open window of that partition and decides
 //! when each closes, exactly as the README's "How batching works" says (ARCHITECTURE.md has why):
 //!
-//! * A window's close time is `min(last_ts + quiet, first_ts + max_wait)`. A fragment whose
-//!   timestamp is past its key's close time flushes that window first, then opens a new one.
+//! * A window's close time is `min(max(last_ts + quiet, typing_until), first_ts + max_wait)`: a
+//!   `typing` signal holds a window open, never past the max-wait cap. A fragment (or signal)
+//!   whose timestamp is past its key's close time flushes that window first.
+//! * Chat signals ([`WindowEngine::signal`]): `typing` sets `typing_until = ts + typing`,
+//!   `stopped` sets it to `ts`, `flush` flushes now (reason `signal`); with no open window they
+//!   change nothing. A `final` fragment flushes its window right after joining it; a bypass
+//!   fragment flushes its key's window (`interrupted`) and then goes out alone (`bypass`).
+//! * `follows`: a batch names the key's previous batch when its first fragment is at most
+//!   `followup` after that batch's last one. Resolved when the window opens, from a bounded map
+//!   that forgets batches older than the follow-up window (by log time, so replays agree).
 //! * *Partition time* is the highest timestamp pushed, or the wall clock handed to
 //!   [`WindowEngine::advance`] while the partition is caught up. A window is flushed once partition
 //!   time passes `close time + grace`, so during catch-up batch boundaries depend only on the log.
@@ -30,7 +38,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::model::fragment::Fragment;
+use crate::model::fragment::{Fragment, SignalKind};
 
 /// Timestamps further ahead of the wall clock than this are clamped to it.
 pub const FUTURE_TOLERANCE_MS: i64 = 5_000;
@@ -50,6 +58,10 @@ pub struct WindowConfig {
     pub max_batch_bytes: usize,
     /// Wait for stragglers past the close time.
     pub grace_ms: i64,
+    /// How long one `typing` signal holds a window open.
+    pub typing_ms: i64,
+    /// `follows` window after a key's previous batch; 0 = off.
+    pub followup_ms: i64,
 }
 
 /// Why a batch was flushed; the `reason` field of the output.
@@ -65,6 +77,14 @@ pub enum FlushReason {
     MaxBytes,
     /// Batching is off.
     Passthrough,
+    /// A `"final": true` fragment closed it.
+    Final,
+    /// A `flush` signal closed it.
+    Signal,
+    /// A fragment matching `LULL_BYPASS_PATTERN`, alone.
+    Bypass,
+    /// Closed early because a bypass fragment of its key came.
+    Interrupted,
     /// Flushed early because the process was stopping (reserved; lull leaves open windows to the
     /// next owner instead).
     Shutdown,
@@ -79,6 +99,10 @@ impl FlushReason {
             FlushReason::MaxFragments => "max_fragments",
             FlushReason::MaxBytes => "max_bytes",
             FlushReason::Passthrough => "passthrough",
+            FlushReason::Final => "final",
+            FlushReason::Signal => "signal",
+            FlushReason::Bypass => "bypass",
+            FlushReason::Interrupted => "interrupted",
             FlushReason::Shutdown => "shutdown",
         }
     }
@@ -99,6 +123,50 @@ pub struct Batch {
     pub close_time: i64,
     /// The fragments, in offset order; never empty.
     pub fragments: Vec<Fragment>,
+    /// The key's previous batch, when this one started within the follow-up window after it.
+    pub follows: Option<Follows>,
+}
+
+/// The batch a batch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follows {
+    /// A batch of this partition, by its first offset (its id is `{topic}/{partition}/{offset}`).
+    Offset(i64),
+    /// A batch known by its full id (learnt from Redis after a restart or handoff).
+    Id(Arc<str>),
+}
+
+/// What a signal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// It re-timed or flushed its key's open window.
+    Applied,
+    /// Its key had no open window (or batching is off): nothing changed.
+    Ignored,
+    /// It came after its key's window had closed: that window went out, nothing else changed.
+    Expired,
+}
+
+impl SignalOutcome {
+    /// The name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalOutcome::Applied => "applied",
+            SignalOutcome::Ignored => "ignored",
+            SignalOutcome::Expired => "expired",
+        }
+    }
+}
+
+/// A window that just opened (reported when asked, for lifecycle events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Grouping key.
+    pub key: Arc<str>,
+    /// Its first offset (its future batch id's).
+    pub first_offset: i64,
+    /// When it is expected to go out, as things stand: close time + grace.
+    pub flush_at: i64,
 }
 
 impl Batch {
@@ -151,6 +219,10 @@ struct OpenWindow {
     bytes: usize,
     /// The due time currently in the deadline set (≤ the real due time).
     scheduled: i64,
+    /// A `typing` signal holds the window open until then; `i64::MIN` when none.
+    typing_until: i64,
+    /// The key's previous batch, if this one follows it.
+    follows: Option<Follows>,
 }
 
 impl OpenWindow {
@@ -161,7 +233,7 @@ impl OpenWindow {
 
 /// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
 fn close_of(cfg: &WindowConfig, w: &OpenWindow) -> (i64, FlushReason) {
-    let quiet = w.last_ts.saturating_add(cfg.quiet_ms);
+    let quiet = w.last_ts.saturating_add(cfg.quiet_ms).max(w.typing_until);
     let cap = w.first_ts.saturating_add(cfg.max_wait_ms);
     if cap < quiet {
         (cap, FlushReason::MaxWait)
@@ -185,6 +257,15 @@ pub struct WindowEngine {
     /// `(first_offset, key)` of open windows in the order they opened; the front is always open
     /// (entries of flushed windows behind it are dropped when they reach the front).
     open_order: VecDeque<(i64, Arc<str>)>,
+    /// Each key's latest batch (what a new one may follow) and its `last_ts`.
+    previous: HashMap<Arc<str>, (Follows, i64), foldhash::fast::RandomState>,
+    /// `(last_ts, key)` of `previous` entries in the order they were made, to forget old ones.
+    previous_order: VecDeque<(i64, Arc<str>)>,
+    /// The highest timestamp read (fragments and signals): the log's own clock, which forgets
+    /// previous batches the same way in every replay.
+    log_time: i64,
+    /// Windows opened since the last [`WindowEngine::take_opened`], when tracked.
+    opened: Option<Vec<Opened>>,
     partition_time: i64,
     open_bytes: usize,
     stats: EngineStats,
@@ -198,6 +279,10 @@ impl WindowEngine {
             windows: WindowMap::default(),
             deadlines: BinaryHeap::new(),
             open_order: VecDeque::new(),
+            previous: HashMap::default(),
+            previous_order: VecDeque::new(),
+            log_time: i64::MIN,
+            opened: None,
             partition_time: i64::MIN,
             open_bytes: 0,
             stats: EngineStats::default(),
@@ -224,18 +309,34 @@ impl WindowEngine {
         }
         let key = std::mem::take(&mut f.key);
         let ts = f.ts;
+        self.saw(ts);
         if !self.cfg.batching {
-            out.push(Batch {
-                key: Arc::from(key),
-                reason: FlushReason::Passthrough,
-                first_ts: ts,
-                last_ts: ts,
-                close_time: ts,
-                fragments: vec![f],
-            });
+            self.alone(Arc::from(key), f, FlushReason::Passthrough, out);
             self.partition_time = self.partition_time.max(ts);
             return;
         }
+        if f.bypass {
+            // In order: the key's open window, then the bypass fragment alone.
+            let key = match self.windows.remove_entry(key.as_str()) {
+                Some((stored, w)) => {
+                    // A window whose close time passed went out for its own reason already, as
+                    // far as the log is concerned; only a still-open one is interrupted.
+                    let (close, reason) = close_of(&self.cfg, &w);
+                    let reason = if ts > close {
+                        reason
+                    } else {
+                        FlushReason::Interrupted
+                    };
+                    self.flush_window(stored.clone(), w, reason, out);
+                    stored
+                }
+                None => Arc::from(key),
+            };
+            self.alone(key, f, FlushReason::Bypass, out);
+            self.advance(ts, out);
+            return;
+        }
+        let is_final = f.is_final;
         let size = f.size();
         let cfg = self.cfg;
 
@@ -276,6 +377,8 @@ impl WindowEngine {
                     }
                     if let Some(reason) = full {
                         self.flush_key(&key, reason, out);
+                    } else if is_final {
+                        self.flush_key(&key, FlushReason::Final, out);
                     }
                     self.advance(ts, out);
                     return;
@@ -309,21 +412,33 @@ impl WindowEngine {
                 FlushReason::MaxBytes
             };
             self.flush_key(&key, reason, out);
+        } else if is_final {
+            self.flush_key(&key, FlushReason::Final, out);
         }
         self.advance(ts, out);
     }
 
     fn open(&mut self, key: Arc<str>, f: Fragment) {
         let offset = f.offset;
+        let follows = self.follows_for(&key, f.ts);
         let mut w = OpenWindow {
             first_ts: f.ts,
             last_ts: f.ts,
             bytes: f.size(),
             fragments: vec![f],
             scheduled: 0,
+            typing_until: i64::MIN,
+            follows,
         };
         let due = self.due_of(&w);
         w.scheduled = due;
+        if let Some(opened) = &mut self.opened {
+            opened.push(Opened {
+                key: key.clone(),
+                first_offset: offset,
+                flush_at: due,
+            });
+        }
         self.open_bytes += w.bytes;
         self.deadlines.push(Reverse((due, offset, key.clone())));
         self.open_order.push_back((offset, key.clone()));
@@ -347,14 +462,153 @@ impl WindowEngine {
         self.open_bytes -= w.bytes;
         self.drop_closed_front();
         let (close, _) = close_of(&self.cfg, &w);
-        out.push(Batch {
-            key,
-            reason,
-            first_ts: w.first_ts,
-            last_ts: w.last_ts,
-            close_time: close,
-            fragments: w.fragments,
-        });
+        self.emit(
+            Batch {
+                key,
+                reason,
+                first_ts: w.first_ts,
+                last_ts: w.last_ts,
+                close_time: close,
+                fragments: w.fragments,
+                follows: w.follows,
+            },
+            out,
+        );
+    }
+
+    /// A fragment that goes out alone (pass-through, bypass).
+    fn alone(&mut self, key: Arc<str>, f: Fragment, reason: FlushReason, out: &mut Vec<Batch>) {
+        let ts = f.ts;
+        let follows = self.follows_for(&key, ts);
+        self.emit(
+            Batch {
+                key,
+                reason,
+                first_ts: ts,
+                last_ts: ts,
+                close_time: ts,
+                fragments: vec![f],
+                follows,
+            },
+            out,
+        );
+    }
+
+    /// Hands a batch out, and remembers it as its key's latest (what the next may follow).
+    fn emit(&mut self, batch: Batch, out: &mut Vec<Batch>) {
+        if self.cfg.followup_ms > 0 {
+            self.previous.insert(
+                batch.key.clone(),
+                (Follows::Offset(batch.first_offset()), batch.last_ts),
+            );
+            self.previous_order
+                .push_back((batch.last_ts, batch.key.clone()));
+        }
+        out.push(batch);
+    }
+
+    /// The key's previous batch, if a batch starting at `first_ts` follows it.
+    fn follows_for(&self, key: &str, first_ts: i64) -> Option<Follows> {
+        let (follows, last_ts) = self.previous.get(key)?;
+        (first_ts.saturating_sub(*last_ts) <= self.cfg.followup_ms).then(|| follows.clone())
+    }
+
+    /// Moves the log's clock, and forgets previous batches no later batch can follow (older than
+    /// the follow-up window and the grace: only a late fragment could still have).
+    fn saw(&mut self, ts: i64) {
+        self.log_time = self.log_time.max(ts);
+        let horizon = self.cfg.followup_ms.saturating_add(self.cfg.grace_ms);
+        while let Some((last_ts, key)) = self.previous_order.front() {
+            if last_ts.saturating_add(horizon) >= self.log_time {
+                break;
+            }
+            if self.previous.get(key).is_some_and(|(_, t)| t == last_ts) {
+                self.previous.remove(key);
+            }
+            self.previous_order.pop_front();
+        }
+    }
+
+    /// Tells the engine a key's previous batch learnt elsewhere (Redis, after a restart or a
+    /// handoff), unless it knows a later one itself.
+    pub fn seed_follows(&mut self, key: &str, batch_id: &str, last_ts: i64) {
+        let horizon = self.cfg.followup_ms.saturating_add(self.cfg.grace_ms);
+        if self.cfg.followup_ms <= 0
+            || self.previous.contains_key(key)
+            || last_ts.saturating_add(horizon) < self.log_time
+        {
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.previous
+            .insert(key.clone(), (Follows::Id(Arc::from(batch_id)), last_ts));
+        self.previous_order.push_back((last_ts, key));
+    }
+
+    /// Applies a chat signal of `key` at `ts`; batches it closes go to `out`.
+    pub fn signal(
+        &mut self,
+        key: &str,
+        kind: SignalKind,
+        ts: i64,
+        now_ms: i64,
+        out: &mut Vec<Batch>,
+    ) -> SignalOutcome {
+        let ts = if ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            self.stats.clamped += 1;
+            now_ms
+        } else {
+            ts
+        };
+        self.saw(ts);
+        if !self.cfg.batching {
+            return SignalOutcome::Ignored;
+        }
+        let cfg = self.cfg;
+        let outcome = match self.windows.get_mut(key) {
+            None => SignalOutcome::Ignored,
+            Some(w) => {
+                let (close, reason) = close_of(&cfg, w);
+                if ts > close {
+                    self.flush_key(key, reason, out);
+                    SignalOutcome::Expired
+                } else {
+                    match kind {
+                        SignalKind::Typing => {
+                            w.typing_until = w.typing_until.max(ts.saturating_add(cfg.typing_ms));
+                        }
+                        SignalKind::Stopped => w.typing_until = ts,
+                        SignalKind::Flush => {}
+                    }
+                    let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
+                    // Later: picked up lazily; earlier (`stopped`): rescheduled now.
+                    let earlier = (due < w.scheduled).then(|| {
+                        w.scheduled = due;
+                        w.first_offset()
+                    });
+                    if kind == SignalKind::Flush {
+                        self.flush_key(key, FlushReason::Signal, out);
+                    } else if let Some(first) = earlier {
+                        if let Some((stored, _)) = self.windows.get_key_value(key) {
+                            self.deadlines.push(Reverse((due, first, stored.clone())));
+                        }
+                    }
+                    SignalOutcome::Applied
+                }
+            }
+        };
+        self.advance(ts, out);
+        outcome
+    }
+
+    /// Starts reporting the windows that open ([`WindowEngine::take_opened`]).
+    pub fn track_opened(&mut self) {
+        self.opened.get_or_insert_with(Vec::new);
+    }
+
+    /// The windows opened since the last call (empty unless tracked).
+    pub fn take_opened(&mut self) -> Vec<Opened> {
+        self.opened.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Whether `(first_offset, key)` names a window that is still open.
@@ -384,6 +638,7 @@ impl WindowEngine {
         } else {
             ts
         };
+        self.saw(ts);
         self.advance(ts, out);
     }
 
@@ -500,6 +755,8 @@ mod tests {
         max_fragments: 5,
         max_batch_bytes: 1_000,
         grace_ms: 20,
+        typing_ms: 0,
+        followup_ms: 0,
     };
 
     fn frag(key: &str, offset: i64, ts: i64) -> Fragment {
@@ -511,6 +768,8 @@ mod tests {
             text: None,
             correlation_id: None,
             event_id: None,
+            is_final: false,
+            bypass: false,
         }
     }
 
@@ -648,6 +907,135 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].reason, FlushReason::MaxWait);
     }
+
+    const CHAT: WindowConfig = WindowConfig {
+        typing_ms: 300,
+        followup_ms: 500,
+        ..CFG
+    };
+
+    #[test]
+    fn typing_holds_a_window_open_but_never_past_max_wait() {
+        let mut e = WindowEngine::new(CHAT);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        // Quiet would close at 100; typing at 90 holds it to 390.
+        assert_eq!(
+            e.signal("a", SignalKind::Typing, 90, NOW, &mut out),
+            SignalOutcome::Applied
+        );
+        assert_eq!(e.next_deadline(), Some(390 + 20 + 1));
+        e.push(frag("a", 1, 380), NOW, &mut out);
+        assert!(out.is_empty(), "a fragment after a long typing pause joins");
+        // Typing forever: the max-wait cap (1000) still closes it.
+        for t in (400..2_000).step_by(200) {
+            e.signal("a", SignalKind::Typing, t, NOW, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, FlushReason::MaxWait);
+        assert_eq!(offsets(&out[0]), vec![0, 1]);
+    }
+
+    #[test]
+    fn stopped_ends_the_hold_and_flush_closes_now() {
+        let mut e = WindowEngine::new(CHAT);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.signal("a", SignalKind::Typing, 50, NOW, &mut out);
+        e.signal("a", SignalKind::Stopped, 60, NOW, &mut out);
+        assert_eq!(
+            e.next_deadline(),
+            Some(100 + 20 + 1),
+            "back to the quiet period"
+        );
+        e.push(frag("b", 1, 70), NOW, &mut out);
+        assert_eq!(
+            e.signal("b", SignalKind::Flush, 75, NOW, &mut out),
+            SignalOutcome::Applied
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].reason, out[0].key.as_ref()),
+            (FlushReason::Signal, "b")
+        );
+        // No open window: nothing changes. Past the close time: the window goes out first.
+        assert_eq!(
+            e.signal("c", SignalKind::Typing, 80, NOW, &mut out),
+            SignalOutcome::Ignored
+        );
+        assert_eq!(
+            e.signal("a", SignalKind::Typing, 101, NOW, &mut out),
+            SignalOutcome::Expired
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].reason, FlushReason::Quiet);
+    }
+
+    #[test]
+    fn final_flushes_at_once_and_bypass_interrupts_then_goes_alone() {
+        let mut e = WindowEngine::new(CHAT);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        let mut last = frag("a", 1, 10);
+        last.is_final = true;
+        e.push(last, NOW, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].reason, offsets(&out[0])),
+            (FlushReason::Final, vec![0, 1])
+        );
+        e.push(frag("a", 2, 20), NOW, &mut out);
+        let mut command = frag("a", 3, 30);
+        command.bypass = true;
+        e.push(command, NOW, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            (out[1].reason, offsets(&out[1])),
+            (FlushReason::Interrupted, vec![2])
+        );
+        assert_eq!(
+            (out[2].reason, offsets(&out[2])),
+            (FlushReason::Bypass, vec![3])
+        );
+        assert_eq!(e.open_windows(), 0);
+    }
+
+    #[test]
+    fn follows_names_the_previous_batch_within_the_follow_up_window() {
+        let mut e = WindowEngine::new(CHAT);
+        let mut out = Vec::new();
+        e.push(frag("a", 0, 0), NOW, &mut out);
+        e.advance(200, &mut out);
+        assert_eq!(out[0].follows, None);
+        // Starts 400 ms after the last one ended (≤ 500): follows it.
+        e.push(frag("a", 1, 400), NOW, &mut out);
+        e.advance(600, &mut out);
+        assert_eq!(out[1].follows, Some(Follows::Offset(0)));
+        // Starts 1000 ms later: no.
+        e.push(frag("a", 2, 1_400), NOW, &mut out);
+        e.advance(1_600, &mut out);
+        assert_eq!(out[2].follows, None);
+        // Learnt from Redis after a restart: a full id, used when nothing newer is known.
+        let mut fresh = WindowEngine::new(CHAT);
+        fresh.seed_follows("a", "t/0/2", 1_400);
+        fresh.push(frag("a", 3, 1_700), NOW, &mut out);
+        fresh.advance(2_000, &mut out);
+        assert_eq!(out[3].follows, Some(Follows::Id(Arc::from("t/0/2"))));
+    }
+
+    #[test]
+    fn old_previous_batches_are_forgotten() {
+        let mut e = WindowEngine::new(CHAT);
+        let mut out = Vec::new();
+        for u in 0..100 {
+            e.push(frag(&format!("u{u}"), u, 0), NOW, &mut out);
+        }
+        e.advance(200, &mut out);
+        assert_eq!(e.previous.len(), 100);
+        // The log moves on past follow-up + grace: they are gone.
+        e.push(frag("z", 100, 1_000), NOW, &mut out);
+        assert_eq!(e.previous.len(), 0);
+    }
 }
 
 #[cfg(test)]
@@ -670,6 +1058,8 @@ mod properties {
                 max_fragments,
                 max_batch_bytes,
                 grace_ms: grace,
+                typing_ms: 500,
+                followup_ms: 600,
             },
         )
     }
@@ -688,6 +1078,8 @@ mod properties {
                     text: None,
                     correlation_id: None,
                     event_id: None,
+                    is_final: false,
+                    bypass: false,
                 }
             })
             .collect()
@@ -838,6 +1230,152 @@ mod properties {
                     .map(Fragment::size)
                     .sum();
                 prop_assert_eq!(e.open_bytes(), held);
+            }
+        }
+    }
+
+    /// A generated chat log: `(key index, gap since previous event, what)`, where `what` is
+    /// 0..=3 a plain fragment, 4 a final one, 5 a bypass one, 6 typing, 7 stopped, 8 flush.
+    fn chat_strategy() -> impl Strategy<Value = Vec<(u8, i64, u8)>> {
+        prop::collection::vec((0u8..4, 0i64..400, 0u8..9), 1..200)
+    }
+
+    /// One chat event.
+    #[derive(Clone)]
+    enum Event {
+        Fragment(Fragment),
+        Signal(String, SignalKind, i64),
+    }
+
+    impl Event {
+        fn ts(&self) -> i64 {
+            match self {
+                Event::Fragment(f) => f.ts,
+                Event::Signal(_, _, ts) => *ts,
+            }
+        }
+    }
+
+    fn build_chat(log: &[(u8, i64, u8)]) -> Vec<Event> {
+        let mut ts = 1_000;
+        log.iter()
+            .enumerate()
+            .map(|(i, &(k, gap, what))| {
+                ts += gap;
+                let key = format!("k{k}");
+                let kind = match what {
+                    6 => Some(SignalKind::Typing),
+                    7 => Some(SignalKind::Stopped),
+                    8 => Some(SignalKind::Flush),
+                    _ => None,
+                };
+                match kind {
+                    Some(kind) => Event::Signal(key, kind, ts),
+                    None => Event::Fragment(Fragment {
+                        key,
+                        offset: 100 + i as i64,
+                        ts,
+                        value: vec![b' '; 10].into(),
+                        text: None,
+                        correlation_id: None,
+                        event_id: None,
+                        is_final: what == 4,
+                        bypass: what == 5,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn feed(e: &mut WindowEngine, ev: &Event, out: &mut Vec<Batch>) {
+        match ev {
+            Event::Fragment(f) => e.push(f.clone(), FAR, out),
+            Event::Signal(key, kind, ts) => {
+                e.signal(key, *kind, *ts, FAR, out);
+            }
+        }
+    }
+
+    /// The chat log read after the fact, or live (the wall clock advancing between events).
+    fn run_chat(cfg: WindowConfig, events: &[Event], fractions: Option<&[u8]>) -> Vec<Batch> {
+        let mut e = WindowEngine::new(cfg);
+        let mut out = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            feed(&mut e, ev, &mut out);
+            if let (Some(fractions), Some(next)) = (fractions, events.get(i + 1)) {
+                let span = next.ts() - ev.ts();
+                if span > 0 {
+                    let frac = i64::from(fractions[i % fractions.len()]);
+                    e.advance(ev.ts() + (span - 1) * frac / 255, &mut out);
+                }
+            }
+        }
+        e.advance(FAR, &mut out);
+        out
+    }
+
+    type Shape = (Arc<str>, FlushReason, Vec<i64>, Option<Follows>);
+
+    fn shapes(batches: &[Batch]) -> BTreeMap<i64, Shape> {
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    b.first_offset(),
+                    (
+                        b.key.clone(),
+                        b.reason,
+                        b.fragments.iter().map(|f| f.offset).collect(),
+                        b.follows.clone(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn chat_signals_keep_batches_a_function_of_the_log(
+            cfg in cfg_strategy(),
+            log in chat_strategy(),
+            fractions in prop::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let events = build_chat(&log);
+            let after = run_chat(cfg, &events, None);
+            let live = run_chat(cfg, &events, Some(&fractions));
+            // Any read speed: the same batches, reasons and follows.
+            prop_assert_eq!(shapes(&after), shapes(&live));
+
+            // Nothing lost, signals never in a batch, every fragment exactly once.
+            let mut seen: Vec<i64> = after.iter().flat_map(|b| b.fragments.iter().map(|f| f.offset)).collect();
+            seen.sort_unstable();
+            let fragments: Vec<i64> = events.iter().filter_map(|e| match e {
+                Event::Fragment(f) => Some(f.offset),
+                Event::Signal(..) => None,
+            }).collect();
+            prop_assert_eq!(seen, fragments);
+
+            for b in &after {
+                // Typing never holds a window past the max-wait cap.
+                prop_assert!(b.last_ts - b.first_ts <= cfg.max_wait_ms);
+                prop_assert!(b.close_time <= b.first_ts + cfg.max_wait_ms);
+                // Bypass fragments go alone; a final fragment ends its batch.
+                if b.reason == FlushReason::Bypass {
+                    prop_assert_eq!(b.fragments.len(), 1);
+                    prop_assert!(b.fragments[0].bypass);
+                }
+                if b.reason == FlushReason::Final {
+                    prop_assert!(b.fragments.last().is_some_and(|f| f.is_final));
+                }
+                // follows names an earlier batch of the same key, ended within the window.
+                if let Some(Follows::Offset(prev)) = &b.follows {
+                    let p = after.iter().find(|x| x.first_offset() == *prev);
+                    prop_assert!(p.is_some_and(|p| p.key == b.key
+                        && p.first_offset() < b.first_offset()
+                        && b.first_ts - p.last_ts <= cfg.followup_ms));
+                }
             }
         }
     }

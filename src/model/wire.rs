@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::model::window::Batch;
+use crate::model::window::{Batch, Follows};
 
 /// One header as it was on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub enum Destination {
     Output,
     /// The dead-letter topic (invalid input).
     DeadLetter,
+    /// The lifecycle events topic (`LULL_EVENTS_TOPIC`).
+    Events,
 }
 
 /// One message to produce, with the lowest input offset it covers (for the commit point).
@@ -91,7 +93,15 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
     push_num(&mut buf, count as i64);
     buf.extend_from_slice(b",\"reason\":\"");
     buf.extend_from_slice(batch.reason.as_str().as_bytes());
-    buf.extend_from_slice(b"\",\"first_ts\":");
+    buf.push(b'"');
+    if let Some(follows) = &batch.follows {
+        buf.extend_from_slice(b",\"follows\":");
+        match follows {
+            Follows::Offset(o) => push_json_str(&mut buf, &batch_id(topic, partition, *o)),
+            Follows::Id(id) => push_json_str(&mut buf, id),
+        }
+    }
+    buf.extend_from_slice(b",\"first_ts\":");
     push_num(&mut buf, batch.first_ts);
     buf.extend_from_slice(b",\"last_ts\":");
     push_num(&mut buf, batch.last_ts);
@@ -142,6 +152,57 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
         headers,
         first_offset: batch.first_offset(),
         fragments: count,
+    }
+}
+
+/// A window opened: `{"event":"opened","key","batch_id","at","close_at"}`, keyed by the user,
+/// covering `first_offset` (the window's) until acknowledged.
+pub fn encode_opened(
+    key: &str,
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    at: i64,
+    close_at: i64,
+) -> Record {
+    let value = serde_json::json!({
+        "event": "opened",
+        "key": key,
+        "batch_id": batch_id(topic, partition, first_offset),
+        "at": at,
+        "close_at": close_at,
+    });
+    event_record(key, value, first_offset)
+}
+
+/// A batch acknowledged: `{"event":"flushed","key","batch_id","at","reason","count"}`.
+pub fn encode_flushed(
+    key: &str,
+    batch_id: &str,
+    first_offset: i64,
+    at: i64,
+    reason: &str,
+    count: usize,
+) -> Record {
+    let value = serde_json::json!({
+        "event": "flushed",
+        "key": key,
+        "batch_id": batch_id,
+        "at": at,
+        "reason": reason,
+        "count": count,
+    });
+    event_record(key, value, first_offset)
+}
+
+fn event_record(key: &str, value: serde_json::Value, first_offset: i64) -> Record {
+    Record {
+        destination: Destination::Events,
+        key: Some(key.as_bytes().to_vec()),
+        payload: Some(value.to_string().into_bytes()),
+        headers: Vec::new(),
+        first_offset,
+        fragments: 0,
     }
 }
 
@@ -226,6 +287,8 @@ mod tests {
             text: text.map(Into::into),
             correlation_id: (offset == 1042).then(|| "corr-1".into()),
             event_id: None,
+            is_final: false,
+            bypass: false,
         }
     }
 
@@ -237,6 +300,7 @@ mod tests {
             first_ts: 1764000000000,
             last_ts: 1764000001800,
             close_time: 1764000003800,
+            follows: None,
             fragments: vec![
                 frag(1042, 1764000000000, r#"{"text":"hi", "n":1}"#, Some("hi")),
                 frag(
@@ -291,6 +355,7 @@ mod tests {
             first_ts: 1,
             last_ts: 1,
             close_time: 1,
+            follows: Some(crate::model::window::Follows::Offset(0)),
             fragments: vec![
                 frag(1, 1, r#"{"text":"a"}"#, Some("a")),
                 frag(2, 1, "{}", None),

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub fragments_duplicate: IntCounter,
     /// Fragments skipped on replay because they were already emitted in a batch.
     pub fragments_skipped: IntCounter,
+    /// Chat signals read, by signal and outcome (`applied`, `ignored`, `expired`).
+    pub signals: IntCounterVec,
+    /// Lifecycle events delivered (`LULL_EVENTS_TOPIC`).
+    pub events: IntCounter,
     /// Flushed records in Redis ignored because they cannot describe the log being read, by
     /// reason (`topic_id`, `beyond_high_watermark`).
     pub redis_stale_records: IntCounterVec,
@@ -228,6 +232,25 @@ impl Metrics {
                 "lull_redis_stale_records_total",
                 "Flushed records in Redis ignored because they belong to another incarnation of the input topic or lie beyond its high watermark.",
                 "reason",
+            ),
+            signals: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "lull_signals_total",
+                        "Chat signals read (typing, stopped, flush), by what they did: applied to an open window, ignored (none open, or batching off), expired (after the window's close time: it went out first).",
+                    ),
+                    &["signal", "outcome"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
+            events: counter(
+                &registry,
+                "lull_events_total",
+                "Lifecycle events (opened, flushed) acknowledged by the events topic.",
             ),
             fragments_skipped: counter(
                 &registry,

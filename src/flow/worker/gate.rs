@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::io::producer::Sink;
-use crate::io::store::{Candidate, Fence, Stale, Store, StoreError, Verdict};
+use crate::io::store::{Admission, Candidate, Fence, Stale, Store, StoreError};
 use crate::ops::metrics::metrics;
 
 use super::ledger::SyncBatch;
@@ -89,7 +89,7 @@ impl Gate {
         &mut self,
         fragments: &[Candidate<'_>],
         high: i64,
-    ) -> Result<Option<Vec<Verdict>>, Fenced> {
+    ) -> Result<Option<Admission>, Fenced> {
         let Gate::Redis(g) = self else {
             return Ok(None);
         };

@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::{Config, TimestampSource};
 use crate::io::headers;
-use crate::model::fragment::{self, Fragment, RawMessage};
+use crate::model::fragment::{self, Fragment, Parsed, RawMessage, Rules, Signal};
 use crate::model::wire::{self, Record, Rejected};
 use crate::ops::metrics::metrics;
 
@@ -43,6 +43,8 @@ pub type Received<'q> = Result<BorrowedMessage<'q>, KafkaError>;
 pub enum Item {
     /// A valid fragment.
     Fragment(Fragment),
+    /// A chat signal.
+    Signal(Signal),
     /// Invalid input, encoded for the dead-letter topic.
     DeadLetter(Record),
     /// The partition's end: everything there is was read.
@@ -65,7 +67,7 @@ pub struct Intake {
     topic: Arc<str>,
     topic_c: CString,
     partition: i32,
-    max_fragment_bytes: usize,
+    rules: Rules,
     timestamp: TimestampSource,
     linger: Option<Duration>,
 }
@@ -80,7 +82,7 @@ impl Intake {
             topic,
             topic_c,
             partition,
-            max_fragment_bytes: config.max_fragment_bytes,
+            rules: config.rules(),
             timestamp: config.timestamp,
             linger: lingers.then(|| ADMIT_LINGER.min(config.grace / 4)),
         }
@@ -146,7 +148,7 @@ impl Intake {
         }
     }
 
-    /// Turns a message into a fragment, or a dead letter saying why it cannot be one.
+    /// Turns a message into a fragment or a signal, or a dead letter saying why it is neither.
     fn parse(&self, m: &BorrowedMessage<'_>, now: i64) -> Item {
         let ts = match self.timestamp {
             TimestampSource::Kafka => m.timestamp().to_millis().unwrap_or(now),
@@ -161,12 +163,13 @@ impl Intake {
             offset: m.offset(),
             ts,
         };
-        match fragment::parse(raw, self.max_fragment_bytes) {
-            Ok(f) => {
+        match fragment::parse(raw, &self.rules) {
+            Ok(Parsed::Fragment(f)) => {
                 #[cfg(feature = "fault-injection")]
                 fault_injection::panic_on(&f.key);
                 Item::Fragment(f)
             }
+            Ok(Parsed::Signal(s)) => Item::Signal(s),
             Err(invalid) => {
                 metrics()
                     .fragments_invalid

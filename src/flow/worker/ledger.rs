@@ -26,10 +26,11 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(50);
 pub const SYNC_BATCH: usize = 256;
 
 /// A batch emitted and not yet recorded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Unrecorded {
     last_offset: i64,
     last_ts: i64,
+    batch_id: Arc<str>,
     acknowledged: bool,
 }
 
@@ -64,12 +65,20 @@ impl SyncBatch {
 
 impl Ledger {
     /// Notes a batch emitted (sent, not yet acknowledged).
-    pub fn emitted(&mut self, key: &Arc<str>, first_offset: i64, last_offset: i64, last_ts: i64) {
+    pub fn emitted(
+        &mut self,
+        key: &Arc<str>,
+        batch_id: Arc<str>,
+        first_offset: i64,
+        last_offset: i64,
+        last_ts: i64,
+    ) {
         self.unrecorded.entry(key.clone()).or_default().insert(
             first_offset,
             Unrecorded {
                 last_offset,
                 last_ts,
+                batch_id,
                 acknowledged: false,
             },
         );
@@ -110,6 +119,7 @@ impl Ledger {
                     first_offset,
                     last_offset: b.last_offset,
                     last_ts: b.last_ts,
+                    batch_id: b.batch_id.to_string(),
                 },
             );
             self.schedule();
@@ -182,6 +192,8 @@ mod tests {
             max_fragments: 10,
             max_batch_bytes: 1_000,
             grace_ms: 0,
+            typing_ms: 0,
+            followup_ms: 0,
         })
     }
 
@@ -189,8 +201,8 @@ mod tests {
     async fn a_batch_is_recorded_only_after_every_earlier_batch_of_its_key() {
         let mut l = Ledger::default();
         let k: Arc<str> = Arc::from("u");
-        l.emitted(&k, 1, 3, 10);
-        l.emitted(&k, 4, 6, 20);
+        l.emitted(&k, "t/0/1".into(), 1, 3, 10);
+        l.emitted(&k, "t/0/4".into(), 4, 6, 20);
         l.acknowledged(&k, 4);
         assert!(
             l.take(&engine()).batches.is_empty(),
@@ -210,10 +222,10 @@ mod tests {
     async fn a_failed_write_goes_again_with_the_next_one() {
         let mut l = Ledger::default();
         let k: Arc<str> = Arc::from("u");
-        l.emitted(&k, 1, 1, 10);
+        l.emitted(&k, "t/0/1".into(), 1, 1, 10);
         l.acknowledged(&k, 1);
         let failed = l.take(&engine());
-        l.emitted(&k, 2, 2, 11);
+        l.emitted(&k, "t/0/2".into(), 2, 2, 11);
         l.acknowledged(&k, 2);
         l.retry(failed);
         let again = l.take(&engine());

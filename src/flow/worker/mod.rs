@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::flow::rebalance::{LullConsumer, LullContext};
 use crate::io::producer::{Sink, SinkError};
 use crate::io::store::{Candidate, Store, Verdict};
-use crate::model::window::{Batch, FlushReason, WindowEngine};
+use crate::model::window::{Batch, FlushReason, SignalOutcome, WindowEngine};
 use crate::model::wire::{self, now_ms};
 use crate::ops::budget::Budget;
 use crate::ops::health::Health;
@@ -146,6 +146,9 @@ impl Worker {
             caught_up: false,
             high: None,
         };
+        if self.config.events_topic.is_some() {
+            p.engine.track_opened();
+        }
         debug!(partition = self.partition, "partition worker started");
         let result = match self.event_loop(&mut p).await {
             Ok(()) => Ok(()),
@@ -265,14 +268,35 @@ impl Worker {
             .collect();
         let floor = candidates.iter().map(|c| c.offset + 1).max().unwrap_or(0);
         let high = p.high.unwrap_or(0).max(floor);
-        let verdicts = p.gate.admit(&candidates, high).await?;
+        let admission = p.gate.admit(&candidates, high).await?.unwrap_or_default();
+        // Keys' last batches as Redis remembers them (after a restart or a handoff), so `follows`
+        // survives: seeded before the fragments go in.
+        for seed in &admission.seeds {
+            if let Some(c) = candidates.get(seed.index) {
+                p.engine.seed_follows(c.key, &seed.batch_id, seed.last_ts);
+            }
+        }
         drop(candidates);
-        let mut verdicts = verdicts.into_iter().flatten();
+        let mut verdicts = admission.verdicts.into_iter();
         for item in chunk.items {
             match item {
                 Item::End => {
                     p.caught_up = true;
                     p.engine.advance(now_ms(), &mut p.emitted);
+                }
+                Item::Signal(signal) => {
+                    p.caught_up = false;
+                    p.progress.read(signal.offset);
+                    let outcome =
+                        p.engine
+                            .signal(&signal.key, signal.kind, signal.ts, now, &mut p.emitted);
+                    metrics()
+                        .signals
+                        .with_label_values(&[signal.kind.as_str(), outcome.as_str()])
+                        .inc();
+                    if outcome == SignalOutcome::Applied && p.gate.is_redis() {
+                        p.ledger.touched(&signal.key);
+                    }
                 }
                 Item::DeadLetter(record) => {
                     p.caught_up = false;
@@ -323,8 +347,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Turns the batches the engine emitted into output records, in emission order.
+    /// Turns the windows that opened into `opened` events, and the batches the engine emitted
+    /// into output records, in emission order.
     fn route(&self, p: &mut Parts) {
+        for opened in p.engine.take_opened() {
+            let record = wire::encode_opened(
+                &opened.key,
+                &self.topic,
+                self.partition,
+                opened.first_offset,
+                now_ms(),
+                opened.flush_at,
+            );
+            // Held until acknowledged, like the window's batch: events are at-least-once.
+            p.progress.hold(record.first_offset);
+            p.outbox.push(record, Kind::Event);
+        }
         if p.emitted.is_empty() {
             return;
         }
@@ -349,8 +387,10 @@ impl Worker {
             );
             p.progress.hold(record.first_offset);
             if p.gate.is_redis() {
+                let id = wire::batch_id(&self.topic, self.partition, batch.first_offset());
                 p.ledger.emitted(
                     &batch.key,
+                    Arc::from(id),
                     batch.first_offset(),
                     batch.last_offset(),
                     batch.last_ts,
@@ -391,8 +431,23 @@ impl Worker {
                 if p.gate.is_redis() {
                     p.ledger.acknowledged(&key, acked.first_offset);
                 }
+                if self.config.events_topic.is_some() {
+                    let id = wire::batch_id(&self.topic, self.partition, acked.first_offset);
+                    let record = wire::encode_flushed(
+                        &key,
+                        &id,
+                        acked.first_offset,
+                        now_ms(),
+                        reason,
+                        fragments,
+                    );
+                    // The batch's offsets stay held until its event is acknowledged too.
+                    p.progress.hold(record.first_offset);
+                    p.outbox.push(record, Kind::Event);
+                }
             }
             Kind::DeadLetter => m.dlq_messages.inc(),
+            Kind::Event => m.events.inc(),
         }
     }
 

@@ -61,6 +61,8 @@ pub enum Kind {
     },
     /// A dead letter.
     DeadLetter,
+    /// A lifecycle event.
+    Event,
 }
 
 /// A record the output topic acknowledged.

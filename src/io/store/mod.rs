@@ -175,6 +175,28 @@ pub struct Flushed {
     pub last_offset: i64,
     /// The batch's last fragment timestamp, Unix ms.
     pub last_ts: i64,
+    /// The batch's id.
+    pub batch_id: String,
+}
+
+/// A key's last batch as Redis remembers it, for `follows` after a restart or handoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// Index of the fragment (in the admitted chunk) whose key it is.
+    pub index: usize,
+    /// The batch's id.
+    pub batch_id: String,
+    /// Its last fragment's timestamp.
+    pub last_ts: i64,
+}
+
+/// What [`Store::admit`] says about a chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// One verdict per fragment.
+    pub verdicts: Vec<Verdict>,
+    /// Last batches of keys in the chunk, as recorded.
+    pub seeds: Vec<Seed>,
 }
 
 /// `pending:{key}` as read back by [`Store::read_pending`].
@@ -501,9 +523,9 @@ impl Store {
         fence: &Fence,
         high: i64,
         fragments: &[Candidate<'_>],
-    ) -> Result<Vec<Verdict>, StoreError> {
+    ) -> Result<Admission, StoreError> {
         if fragments.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Admission::default());
         }
         let script = Script::Admit;
         let mut inv = script.get().prepare_invoke();
@@ -525,7 +547,7 @@ impl Store {
                 .arg(if f.event_id.is_some() { "1" } else { "0" })
                 .arg(f.ts);
         }
-        let codes: Vec<u8> = self.run(script, inv, fragments.len()).await?;
+        let (codes, seeds): (Vec<u8>, Vec<String>) = self.run(script, inv, fragments.len()).await?;
         let verdicts: Vec<Verdict> = codes
             .into_iter()
             .map(|c| match c {
@@ -544,7 +566,18 @@ impl Store {
                 fragments.len()
             )));
         }
-        Ok(verdicts)
+        let seeds = seeds
+            .chunks_exact(3)
+            .filter_map(|s| {
+                Some(Seed {
+                    // Lua counts from 1.
+                    index: s[0].parse::<usize>().ok()?.checked_sub(1)?,
+                    batch_id: s[1].clone(),
+                    last_ts: s[2].parse().ok()?,
+                })
+            })
+            .collect();
+        Ok(Admission { verdicts, seeds })
     }
 
     /// Publishes the summaries of open windows (TTL refreshed on every write).
@@ -666,7 +699,8 @@ impl Store {
                 .key(self.keys.pending(&b.key))
                 .arg(b.last_offset)
                 .arg(b.first_offset)
-                .arg(b.last_ts);
+                .arg(b.last_ts)
+                .arg(&b.batch_id);
         }
         inv
     }
