@@ -46,7 +46,7 @@ fn chat_config(cluster: &Cluster, group: &str) -> Config {
 
 /// Writes `messages` (key, value, timestamp offset from `t0`) to the input topic, all at once
 /// (in order; acknowledgements are awaited together), so they land within milliseconds.
-async fn write(cluster: &Cluster, t0: i64, messages: &[(&str, Vec<u8>, i64)]) {
+async fn write(cluster: &Cluster, t0: i64, messages: &[Message]) {
     let producer = cluster.producer();
     let sends = messages.iter().map(|(key, value, dt)| {
         let record = rdkafka::producer::FutureRecord::to(&cluster.input)
@@ -87,7 +87,10 @@ fn of(seen: &[OutMsg], key: &str) -> Vec<(String, Vec<String>, Option<String>)> 
 }
 
 /// The scenario every rule is checked with: one user per rule, all in one log.
-fn script() -> (Vec<(&'static str, Vec<u8>, i64)>, usize) {
+/// A message of the log: key, value, milliseconds after the script's base time.
+type Message = (&'static str, Vec<u8>, i64);
+
+fn script() -> (Vec<Message>, usize) {
     let msgs = vec![
         // typing holds the burst open across a pause of 800 ms (quiet is 300).
         ("typist", chat("typist", 0, "hi", serde_json::json!({})), 0),
