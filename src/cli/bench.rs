@@ -215,12 +215,9 @@ async fn create_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<(), 
 /// The backlog every throughput-like phase reads: a typing session an hour old.
 async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchError> {
     let plan = Plan::new(PlanArgs {
-        users: args.users,
-        fragments: args.fragments,
-        quiet_ms: args.quiet_ms,
         max_burst: args.burst,
         text_bytes: Some(args.payload),
-        seed: 11,
+        ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, 11)
     });
     let base = lull::model::wire::now_ms() - 3_600_000;
     let mut writer = Writer::new(&config.brokers, &config.input_topic)?;

@@ -28,23 +28,30 @@ pub struct SimulateArgs {
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Share of users who type slowly and send `typing` signals (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub typing_share: f64,
+    /// Share of bursts that end with a `"final": true` fragment (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub final_share: f64,
+    /// Share of fragments that are bot commands (`/status`; set LULL_BYPASS_PATTERN=^/ on lull).
+    #[arg(long, default_value_t = 0.0)]
+    pub command_share: f64,
 }
 
 /// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
 /// how many fragments were acknowledged. For trying lull (or anything else) against a real broker.
 pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, DemoError> {
     let plan = Plan::new(PlanArgs {
-        users: args.users,
-        fragments: args.fragments,
-        quiet_ms: args.quiet_ms,
-        max_burst: 5,
-        text_bytes: None,
-        seed: args.seed,
+        typing_share: args.typing_share,
+        final_share: args.final_share,
+        command_share: args.command_share,
+        ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, args.seed)
     });
     let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
     eprintln!(
         "typing {} fragments in {} bursts for {} users into {}",
-        plan.events.len(),
+        plan.fragments(),
         plan.bursts,
         args.users,
         config.input_topic
@@ -57,7 +64,8 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
         let (key, value) = plan.message(e, &run);
         writer.send(&key, &value, None).await?;
     }
-    Ok(writer.finish().await?)
+    writer.finish().await?;
+    Ok(plan.fragments())
 }
 
 /// `lull simulate`.

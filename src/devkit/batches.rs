@@ -61,6 +61,8 @@ pub struct Tally {
     max_wait_ms: i64,
     grace_ms: i64,
     seen: HashMap<String, usize>,
+    /// The (first) batch each event id was seen in, by the order batches were read.
+    batch_of: HashMap<String, usize>,
     last_seq: HashMap<String, usize>,
     /// Fragments that came after a later one of the same user.
     pub out_of_order: usize,
@@ -72,6 +74,9 @@ pub struct Tally {
     pub samples: Vec<BatchView>,
     lateness: Histogram<u64>,
     end_to_end: Histogram<u64>,
+    /// Keys whose windows typing signals may hold open: their close time is not in the batch,
+    /// so they are left out of the lateness figure.
+    held_keys: std::collections::HashSet<String>,
 }
 
 impl Tally {
@@ -84,6 +89,7 @@ impl Tally {
             max_wait_ms: max_wait.as_millis() as i64,
             grace_ms: grace.as_millis() as i64,
             seen: HashMap::new(),
+            batch_of: HashMap::new(),
             last_seq: HashMap::new(),
             out_of_order: 0,
             reasons: BTreeMap::new(),
@@ -91,7 +97,14 @@ impl Tally {
             samples: Vec::new(),
             lateness: histogram(),
             end_to_end: histogram(),
+            held_keys: Default::default(),
         }
+    }
+
+    /// Leaves `keys` out of the lateness figure (their chat clients send typing signals).
+    pub fn without_lateness_of(mut self, keys: std::collections::HashSet<String>) -> Self {
+        self.held_keys = keys;
+        self
     }
 
     /// Counts one batch (its raw value; anything else is ignored).
@@ -101,6 +114,9 @@ impl Tally {
         };
         for f in &b.fragments {
             *self.seen.entry(f.event_id.clone()).or_default() += 1;
+            self.batch_of
+                .entry(f.event_id.clone())
+                .or_insert(self.batches);
             let Some(seq) = f.seq else { continue };
             if let Some(prev) = self.last_seq.insert(b.key.clone(), seq) {
                 if seq <= prev {
@@ -110,7 +126,7 @@ impl Tally {
         }
         // Lull's own delay: from the moment the window was due (close time + grace) to the
         // flush. Only windows that closed by time have such a moment.
-        if b.reason == "quiet" || b.reason == "max_wait" {
+        if (b.reason == "quiet" || b.reason == "max_wait") && !self.held_keys.contains(&b.key) {
             let close = (b.last_ts + self.quiet_ms).min(b.first_ts + self.max_wait_ms);
             let late = (b.flushed_at - close - self.grace_ms).max(0);
             let _ = self.lateness.record(late as u64);
@@ -123,6 +139,11 @@ impl Tally {
         if b.fragments.len() >= 3 && self.samples.len() < 16 {
             self.samples.push(b);
         }
+    }
+
+    /// Whether two fragments (by event id) came out in the same batch.
+    pub fn same_batch(&self, a: &str, b: &str) -> bool {
+        matches!((self.batch_of.get(a), self.batch_of.get(b)), (Some(x), Some(y)) if x == y)
     }
 
     /// Distinct fragments seen in some batch.

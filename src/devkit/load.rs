@@ -3,7 +3,11 @@
 //!
 //! A burst is a few fragments with short gaps (under 2/5 of the quiet period), then a pause of two
 //! to four quiet periods: with a quiet period of `quiet_ms`, every planned burst is exactly one
-//! batch. Plans are seeded, so a run can be repeated.
+//! batch. Some users (`typing_share`) type slowly — gaps of 1.2 to 2 quiet periods inside a burst —
+//! and their chat client says so with a `typing` signal after each fragment: those bursts stay
+//! whole only thanks to the signals. Some bursts end with a `"final": true` fragment
+//! (`final_share`), some fragments are bot commands (`/status`, `command_share`). Plans are
+//! seeded, so a run can be repeated.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
@@ -26,8 +30,44 @@ pub struct PlanArgs {
     pub max_burst: usize,
     /// Bytes of `text` per fragment; `None` picks short chat phrases.
     pub text_bytes: Option<usize>,
+    /// Share of users who type slowly and send `typing` signals (0 to 1).
+    pub typing_share: f64,
+    /// Share of bursts that end with a `"final": true` fragment.
+    pub final_share: f64,
+    /// Share of fragments that are bot commands (`/status`).
+    pub command_share: f64,
     /// Random seed.
     pub seed: u64,
+}
+
+impl PlanArgs {
+    /// Plain typing: no signals, no final fragments, no commands.
+    pub fn plain(users: usize, fragments: usize, quiet_ms: u64, seed: u64) -> Self {
+        Self {
+            users,
+            fragments,
+            quiet_ms,
+            max_burst: 5,
+            text_bytes: None,
+            typing_share: 0.0,
+            final_share: 0.0,
+            command_share: 0.0,
+            seed,
+        }
+    }
+}
+
+/// What a planned message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// A fragment.
+    Fragment,
+    /// A fragment with `"final": true`.
+    Final,
+    /// A bot command (`/status`).
+    Command,
+    /// A `typing` signal (not a fragment).
+    Typing,
 }
 
 /// One planned fragment: when it is typed (ms from the start), by whom, its place in that user's
@@ -38,8 +78,11 @@ pub struct Planned {
     pub at_ms: u64,
     /// The user (an index; see [`user_name`]).
     pub user: usize,
-    /// Place in the user's sequence, from 0.
+    /// Place in the user's sequence, from 0 (signals share the number of the fragment before
+    /// them).
     pub seq: usize,
+    /// Fragment, final fragment, command, or signal.
+    pub what: What,
     phrase: u8,
 }
 
@@ -50,6 +93,14 @@ pub struct Plan {
     pub events: Vec<Planned>,
     /// How many bursts the users type (each should become one batch).
     pub bursts: usize,
+    /// Bursts a plain quiet period would split (a gap over it) but typing signals hold: their
+    /// first and last fragments' event ids (without the run prefix).
+    pub held: Vec<(String, String)>,
+    /// How many more batches those bursts would make without the signals (each gap over the
+    /// quiet period would cut one).
+    pub held_splits: usize,
+    /// Users who type slowly and send `typing` signals.
+    pub slow_users: std::collections::HashSet<String>,
     text_bytes: Option<usize>,
 }
 
@@ -81,34 +132,81 @@ impl Plan {
         let quiet = args.quiet_ms.max(1);
         let mut events = Vec::with_capacity(args.fragments);
         let mut bursts = 0;
+        let mut held = Vec::new();
+        let mut held_splits = 0;
+        let mut slow_users = std::collections::HashSet::new();
         for user in 0..users {
             let share = args.fragments / users + usize::from(user < args.fragments % users);
+            let slow = rng.gen_bool(args.typing_share.clamp(0.0, 1.0));
+            if slow {
+                slow_users.insert(user_name(user));
+            }
             let mut t = rng.gen_range(0..2_000u64);
             let mut seq = 0;
             while seq < share {
                 let size = rng.gen_range(1..=args.max_burst.max(1)).min(share - seq);
+                let ends_final = rng.gen_bool(args.final_share.clamp(0.0, 1.0));
                 bursts += 1;
+                let first = seq;
+                let mut long_gap = false;
                 for i in 0..size {
                     if i > 0 {
-                        t += rng.gen_range(20..=(quiet * 2 / 5).max(21));
+                        if slow {
+                            // The client says "typing" soon after each fragment.
+                            events.push(Planned {
+                                at_ms: t + 50,
+                                user,
+                                seq: seq - 1,
+                                what: What::Typing,
+                                phrase: 0,
+                            });
+                            t += rng.gen_range(quiet * 6 / 5..=quiet * 2);
+                            long_gap = true;
+                        } else {
+                            t += rng.gen_range(20..=(quiet * 2 / 5).max(21));
+                        }
                     }
+                    let what = if rng.gen_bool(args.command_share.clamp(0.0, 1.0)) {
+                        What::Command
+                    } else if ends_final && i + 1 == size {
+                        What::Final
+                    } else {
+                        What::Fragment
+                    };
                     events.push(Planned {
                         at_ms: t,
                         user,
                         seq,
+                        what,
                         phrase: rng.gen_range(0..PHRASES.len() as u8),
                     });
                     seq += 1;
                 }
+                if long_gap {
+                    held_splits += size - 1;
+                    let name = user_name(user);
+                    held.push((format!("{name}-{first}"), format!("{name}-{}", seq - 1)));
+                }
                 t += rng.gen_range(quiet * 2..=quiet * 4);
             }
         }
-        events.sort_by_key(|e| (e.at_ms, e.user, e.seq));
+        events.sort_by_key(|e| (e.at_ms, e.user, e.seq, e.what == What::Typing));
         Self {
             events,
             bursts,
+            held,
+            held_splits,
+            slow_users,
             text_bytes: args.text_bytes,
         }
+    }
+
+    /// Planned fragments (signals are not).
+    pub fn fragments(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| e.what != What::Typing)
+            .count()
     }
 
     /// How long typing the whole session takes, ms.
@@ -120,18 +218,25 @@ impl Plan {
     /// typed into the same topic twice do not share event ids.
     pub fn message(&self, e: &Planned, run: &str) -> (String, String) {
         let user = user_name(e.user);
-        let text = match self.text_bytes {
-            Some(n) => "x".repeat(n),
-            None => PHRASES[usize::from(e.phrase) % PHRASES.len()].to_string(),
+        if e.what == What::Typing {
+            let value = serde_json::json!({"user_id": user, "signal": "typing"}).to_string();
+            return (user, value);
+        }
+        let text = match (e.what, self.text_bytes) {
+            (What::Command, _) => "/status".to_string(),
+            (_, Some(n)) => "x".repeat(n),
+            (_, None) => PHRASES[usize::from(e.phrase) % PHRASES.len()].to_string(),
         };
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "user_id": user,
             "event_id": format!("{run}{user}-{}", e.seq),
             "seq": e.seq,
             "text": text,
-        })
-        .to_string();
-        (user, value)
+        });
+        if e.what == What::Final {
+            value["final"] = serde_json::Value::Bool(true);
+        }
+        (user, value.to_string())
     }
 }
 
@@ -236,14 +341,7 @@ mod tests {
 
     #[test]
     fn every_burst_fits_the_quiet_period_and_the_session_is_repeatable() {
-        let args = PlanArgs {
-            users: 20,
-            fragments: 500,
-            quiet_ms: 500,
-            max_burst: 5,
-            text_bytes: None,
-            seed: 3,
-        };
+        let args = PlanArgs::plain(20, 500, 500, 3);
         let plan = Plan::new(args);
         assert_eq!(plan.events.len(), 500);
         let mut by_user: std::collections::HashMap<usize, Vec<u64>> = Default::default();
