@@ -100,9 +100,18 @@ names = set(re.findall(r"lull_[a-z_]+", " ".join(exprs)))
 src = open("../src/ops/metrics.rs").read()
 missing = [n for n in names if re.sub(r"_(bucket|sum|count)$", "", n) not in src]
 assert not missing, missing
+# Portable: no hard-coded datasource, every query follows the instance picker.
+variables = {v["name"]: v for v in d["templating"]["list"]}
+assert variables["datasource"]["type"] == "datasource", variables
+assert "instance" in variables, variables
+hard = [p["title"] for p in d["panels"] if p["datasource"]["uid"] != "${datasource}"]
+assert not hard, f"panels with a hard-coded datasource: {hard}"
+unfiltered = [e for e in exprs for m in re.finditer(r"\b(lull|process)_[a-z_]+(\{[^}]*\})?", e)
+              if '$instance' not in (m.group(2) or "")]
+assert not unfiltered, f"queries that ignore $instance: {unfiltered}"
 print(len(d["panels"]), "panels")
 PY
-    then ok "grafana/lull.json (JSON; every metric it uses exists)"; else bad "grafana/lull.json"; fi
+    then ok "grafana/lull.json (JSON; every metric it uses exists; \$datasource and \$instance variables)"; else bad "grafana/lull.json"; fi
 else
     skip "grafana/lull.json (no python3)"
 fi

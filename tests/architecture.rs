@@ -60,3 +60,24 @@ fn the_worker_does_not_import_the_tools_kit() {
         );
     }
 }
+
+/// Every setting in the one table is documented where operators look: the README's
+/// configuration table and the example environment file.
+#[test]
+fn every_setting_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("documentation file");
+    let (readme, example) = (read("README.md"), read("ecosystem/lull.env.example"));
+    for s in lull::config::settings::SETTINGS {
+        assert!(
+            readme.contains(&format!("| `{}` |", s.name)),
+            "{} is not in the README's configuration table",
+            s.name
+        );
+        assert!(
+            example.contains(&format!("#{}=", s.name)),
+            "{} is not in ecosystem/lull.env.example",
+            s.name
+        );
+    }
+}

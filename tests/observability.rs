@@ -130,6 +130,10 @@ async fn health_endpoints_and_every_metric_over_http() {
     moved("lull_redis_call_seconds_count{script=\"admit\"}");
     moved("lull_memory_budget_bytes");
     moved("lull_build_info{version=\"0.1.0\"}");
+    // Whole seconds (the prometheus crate's collector): present, possibly still 0.
+    assert!(metric(&p, "process_cpu_seconds_total").is_some(), "{p}");
+    moved("process_resident_memory_bytes");
+    moved("process_open_fds");
     assert!(
         metric(&p, "lull_consumer_lag{partition=\"0\"}").is_some()
             || metric(&p, "lull_consumer_lag{partition=\"1\"}").is_some(),

@@ -1,11 +1,12 @@
 //! The operator commands, one file each: `run` (the worker), and the tools around it — `demo`,
-//! `bench`, `simulate`, `verify`, `topics`, `pending`, `monitor`, `dev-broker`. They sit on top of
+//! `bench`, `simulate`, `send`, `tail`, `verify`, `topics`, `pending`, `monitor`, `dev-broker`. They sit on top of
 //! the library (and its [`lull::devkit`]); nothing in the library imports them.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (or a check failed: demo, bench, verify); 2 bad
 //! configuration or usage; 130 a second SIGINT/SIGTERM cut a graceful shutdown short.
 
 pub mod bench;
+pub mod chat;
 pub mod demo;
 pub mod dev_broker;
 pub mod monitor;
@@ -57,6 +58,12 @@ pub enum Command {
     /// Type simulated users' bursts into LULL_INPUT_TOPIC on KAFKA_BROKERS, in real time (to try
     /// a running lull against a real broker).
     Simulate(simulate::SimulateArgs),
+    /// Send chat messages by hand: each JSON line typed on stdin (a fragment or a signal) goes to
+    /// LULL_INPUT_TOPIC at once, keyed by its user_id (or --key).
+    Send(chat::SendArgs),
+    /// Print the batches lull writes to LULL_OUTPUT_TOPIC (and its lifecycle events when
+    /// LULL_EVENTS_TOPIC is set), one line each, until Ctrl-C.
+    Tail(chat::TailArgs),
     /// Audit delivery: read the input, output and DLQ topics and report fragments lost,
     /// duplicated or altered, batches breaking the configured boundaries, and latency. Exits 1 on
     /// any loss, duplicate or alteration.
@@ -93,6 +100,8 @@ pub async fn dispatch(command: Command, config: Config) -> ExitCode {
         Command::Verify(args) => verify::main(config, args).await,
         Command::Bench(args) => bench::main(config, args).await,
         Command::Simulate(args) => simulate::main(config, args).await,
+        Command::Send(args) => chat::send(config, args).await,
+        Command::Tail(args) => chat::tail(config, args).await,
         Command::Monitor => monitor::main(config).await,
         Command::DevBroker(args) => dev_broker::main(config, args).await,
     }

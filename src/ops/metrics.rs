@@ -132,6 +132,14 @@ impl Metrics {
         registry
             .register(Box::new(build))
             .expect("metric names are unique");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: what
+        // an operator checks first, read from /proc at each scrape (Linux only).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
         Self {
             fragments_received: counter(
                 &registry,

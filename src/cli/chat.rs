@@ -1,0 +1,230 @@
+//! `lull send` and `lull tail`: a chat by hand. `send` writes the JSON lines you type (fragments
+//! or signals) to the input topic as they are typed; `tail` prints the batches (and lifecycle
+//! events) lull writes. Together they let a newcomer watch a `typing` signal hold a burst open
+//! against any broker lull can reach, the `dev-broker` included.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio::io::AsyncBufReadExt;
+
+use lull::config::Config;
+use lull::io::kafka::{consumer_config, producer_config};
+
+/// `lull send`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// Key every line with this user; without it a line's `user_id` field is its key.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `lull tail`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// Start from the beginning of the topics, not their ends.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Print each record's JSON value as it is, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a typed line becomes: its key and value, or why it cannot be sent.
+fn keyed(line: &str, key: Option<&str>) -> Result<(String, String), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
+    let key = match (key, value.get("user_id").and_then(|u| u.as_str())) {
+        (Some(k), _) => k.to_string(),
+        (None, Some(u)) => u.to_string(),
+        (None, None) => return Err("no user_id field and no --key".into()),
+    };
+    Ok((key, line.to_string()))
+}
+
+/// `lull send`: every JSON line on stdin goes to `LULL_INPUT_TOPIC` the moment it is read,
+/// stamped with the current time, so typing by hand makes real bursts.
+pub async fn send(config: Config, args: SendArgs) -> ExitCode {
+    super::init_tracing(config.log_format, "warn");
+    let producer: FutureProducer = match producer_config(&config).create() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot create a Kafka producer: {e}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    eprintln!(
+        "type one JSON object per line into {} on {}, e.g.",
+        config.input_topic, config.brokers
+    );
+    eprintln!(r#"  {{"user_id":"u1","text":"hi"}}   {{"user_id":"u1","signal":"typing"}}"#);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut failed = false;
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = match keyed(line.trim(), args.key.as_deref()) {
+            Ok(kv) => kv,
+            Err(why) => {
+                eprintln!("not sent: {why}");
+                failed = true;
+                continue;
+            }
+        };
+        let record = FutureRecord::to(&config.input_topic)
+            .key(&key)
+            .payload(&value);
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(delivery) => eprintln!(
+                "sent {key} -> {}/{}/{}",
+                config.input_topic, delivery.partition, delivery.offset
+            ),
+            Err((e, _)) => {
+                eprintln!("not sent: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One batch as a line a person reads: who, how many, why, what it follows, the text.
+fn describe_batch(v: &serde_json::Value) -> String {
+    let text = v["text"]
+        .as_str()
+        .map(|t| format!("  \"{}\"", t.replace('\n', " ⏎ ")))
+        .unwrap_or_default();
+    let follows = v["follows"]
+        .as_str()
+        .map(|f| format!("  follows {f}"))
+        .unwrap_or_default();
+    let count = v["count"].as_u64().unwrap_or(0);
+    let plural = if count == 1 { "" } else { "s" };
+    format!(
+        "batch  {}  {count} fragment{plural}  {}  {}{follows}{text}",
+        v["key"].as_str().unwrap_or("?"),
+        v["reason"].as_str().unwrap_or("?"),
+        v["batch_id"].as_str().unwrap_or("?"),
+    )
+}
+
+/// One lifecycle event as a line.
+fn describe_event(v: &serde_json::Value) -> String {
+    let key = v["key"].as_str().unwrap_or("?");
+    let id = v["batch_id"].as_str().unwrap_or("?");
+    match v["event"].as_str() {
+        Some("opened") => {
+            let wait = v["close_at"].as_i64().unwrap_or(0) - v["at"].as_i64().unwrap_or(0);
+            format!("event  {key}  opened  {id}  closes in {wait} ms unless more arrives")
+        }
+        Some(other) => format!(
+            "event  {key}  {other}  {id}  {}",
+            v["reason"].as_str().unwrap_or("")
+        ),
+        None => format!("event  {v}"),
+    }
+}
+
+/// `lull tail`: prints every batch lull writes to `LULL_OUTPUT_TOPIC` (and every lifecycle
+/// event, when `LULL_EVENTS_TOPIC` is set), until Ctrl-C. Reads in a group of its own and commits
+/// nothing, so it never disturbs a consumer.
+pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
+    super::init_tracing(config.log_format, "warn");
+    let mut client = consumer_config(&config);
+    client
+        .set("group.id", format!("lull-tail-{}", std::process::id()))
+        .set("enable.partition.eof", "false")
+        .set(
+            "auto.offset.reset",
+            if args.from_beginning {
+                "earliest"
+            } else {
+                "latest"
+            },
+        );
+    let consumer: StreamConsumer = match client.create() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot create a Kafka consumer: {e}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    let mut topics = vec![config.output_topic.as_str()];
+    if let Some(events) = &config.events_topic {
+        topics.push(events.as_str());
+    }
+    if let Err(e) = consumer.subscribe(&topics) {
+        eprintln!("cannot subscribe to {topics:?}: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "following {} on {} (Ctrl-C to stop)",
+        topics.join(", "),
+        config.brokers
+    );
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return ExitCode::SUCCESS,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("kafka: {e}");
+                continue;
+            }
+        };
+        let payload = message.payload().unwrap_or_default();
+        if args.json {
+            println!("{}", String::from_utf8_lossy(payload));
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(v) if v.get("event").is_some() => println!("{}", describe_event(&v)),
+            Ok(v) => println!("{}", describe_batch(&v)),
+            Err(_) => println!("{}", String::from_utf8_lossy(payload)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_keyed_by_user_id_unless_a_key_is_given() {
+        let line = r#"{"user_id":"u1","signal":"typing"}"#;
+        assert_eq!(keyed(line, None).unwrap().0, "u1");
+        assert_eq!(keyed(line, Some("u2")).unwrap().0, "u2");
+        assert!(keyed(r#"{"text":"hi"}"#, None).is_err());
+        assert!(keyed("hi", Some("u1")).is_err());
+    }
+
+    #[test]
+    fn batches_read_as_one_line() {
+        let v = serde_json::json!({"key":"u1","count":2,"reason":"quiet",
+            "batch_id":"t/0/4","follows":"t/0/1","text":"hi\nthere"});
+        assert_eq!(
+            describe_batch(&v),
+            "batch  u1  2 fragments  quiet  t/0/4  follows t/0/1  \"hi ⏎ there\""
+        );
+    }
+}
