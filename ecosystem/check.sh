@@ -2,7 +2,8 @@
 # Checks every deployment asset in ecosystem/ with the tools this machine has:
 #   PM2 config (node), docker-compose.yml (docker compose config, else a YAML check),
 #   Dockerfile (hadolint if present, else a structural check), lull.service (systemd-analyze),
-#   Prometheus rules and config (promtool, else a YAML check), Grafana dashboard (JSON).
+#   Prometheus rules and config (promtool, else a YAML check), Grafana dashboard (JSON),
+#   Kubernetes manifests (kubernetes/validate.py: the API's schemas and the real CRDs, offline).
 # Prints what it checked and what it could not; exits non-zero on a real problem.
 # The PM2 end-to-end run is ecosystem/pm2/check.sh (needs npm and ~40 s).
 set -euo pipefail
@@ -22,6 +23,7 @@ if command -v node >/dev/null 2>&1; then
         const ports = new Set(c.apps.map(a => a.env.LULL_HTTP_ADDR));
         if (c.apps.length !== 3 || ids.size !== 3 || ports.size !== 3) throw new Error("instances not distinct");
         if (!c.apps.every(a => a.kill_timeout > 10000 && a.args === "run")) throw new Error("kill_timeout must exceed the drain");
+        if (!c.apps.every(a => (a.stop_exit_codes || []).includes(2))) throw new Error("exit 2 (bad configuration) must not restart: stop_exit_codes");
         console.log(c.apps.map(a => a.name + "@" + a.env.LULL_HTTP_ADDR).join(" "));' 2>&1); then
         ok "pm2/ecosystem.config.js: $out"
     else
@@ -61,9 +63,16 @@ fi
 if command -v hadolint >/dev/null 2>&1; then
     hadolint Dockerfile && ok "Dockerfile (hadolint)" || bad "Dockerfile"
 else
-    grep -q '^FROM .* AS build' Dockerfile && grep -q '^USER lull' Dockerfile && grep -q 'ENTRYPOINT' Dockerfile \
-        && ok "Dockerfile (multi-stage, non-root; no hadolint here)" || bad "Dockerfile"
+    grep -q '^FROM .* AS build' Dockerfile && grep -q 'ENTRYPOINT' Dockerfile \
+        && ok "Dockerfile (multi-stage; no hadolint here)" || bad "Dockerfile"
 fi
+# Kubernetes' runAsNonRoot needs a numeric user; a dependency layer keeps rebuilds short.
+grep -Eq '^USER [1-9][0-9]*(:[0-9]+)?$' Dockerfile && ok "Dockerfile runs as a numeric non-root user" || bad "Dockerfile: USER must be a numeric non-root uid"
+grep -q 'COPY Cargo.toml Cargo.lock' Dockerfile && [ -f ../.dockerignore ] && grep -qx 'target' ../.dockerignore \
+    && ok "Dockerfile dependency layer and .dockerignore" || bad "Dockerfile: dependency layer or .dockerignore (target) missing"
+
+grep -qx 'RestartPreventExitStatus=2' systemd/lull.service && ok "systemd/lull.service does not restart on exit 2 (bad configuration)" \
+    || bad "systemd/lull.service: RestartPreventExitStatus=2 missing"
 
 if command -v systemd-analyze >/dev/null 2>&1; then
     tmp=$(mktemp -d)
@@ -114,6 +123,28 @@ PY
     then ok "grafana/lull.json (JSON; every metric it uses exists; \$datasource and \$instance variables)"; else bad "grafana/lull.json"; fi
 else
     skip "grafana/lull.json (no python3)"
+fi
+
+# Kubernetes manifests, offline: the schemas ship with kubernetes-validate (PyPI), the CRDs of
+# ServiceMonitor, PrometheusRule and ScaledObject come from their projects' Go modules (the module
+# proxy); both are fetched once into the cache, outside git.
+cache=${LULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lull}
+venv="$cache/k8s-venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ] && command -v python3 >/dev/null 2>&1; then
+    rm -rf "$venv"
+    { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        'kubernetes-validate==1.37.0' 'PyYAML>=6'; } >/dev/null 2>&1 || rm -rf "$venv"
+fi
+if [ -x "$venv/bin/python" ]; then
+    if out=$("$venv/bin/python" kubernetes/validate.py "$cache" 2>&1); then
+        ok "kubernetes/: $out"
+    else
+        bad "kubernetes/:"$'\n'"$out"
+    fi
+elif [ "${CI:-}" = "true" ]; then
+    bad "kubernetes/ (could not install kubernetes-validate from PyPI)"
+else
+    skip "kubernetes/ (no python3 venv or PyPI here)"
 fi
 
 exit $fail

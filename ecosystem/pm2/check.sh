@@ -3,6 +3,7 @@
 # `lull dev-broker` and a private Redis. It types bursts (`lull simulate`), checks every batch with
 # `lull verify` and every instance's /health/ready, restarts one instance in the middle of more
 # bursts, checks again, and stops everything. Needs node/npm (pm2 is installed here, locally).
+#   ecosystem/pm2/check.sh [path/to/lull]     (default: cargo build --release of this checkout)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -10,8 +11,13 @@ cd "$root"
 
 log() { printf '==> %s\n' "$*"; }
 
-cargo build --release --quiet
-bin="$root/target/release/lull"
+# The binary under test: the first argument (or LULL_BIN), else this checkout's release build.
+bin="${1:-${LULL_BIN:-}}"
+if [ -z "$bin" ]; then
+    cargo build --release --quiet
+    bin="$root/target/release/lull"
+fi
+[ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
 [ -x "$here/node_modules/.bin/pm2" ] || npm install --no-audit --no-fund --prefix "$here" pm2@7 >/dev/null
 pm2="$here/node_modules/.bin/pm2"
 

@@ -25,6 +25,9 @@ module.exports = {
     interpreter: "none",
     exec_mode: "fork",
     autorestart: true,
+    // Exit 2 is a configuration error (lull names the bad variable on stderr): restarting cannot
+    // fix it, so PM2 leaves the process stopped instead of looping. 0 is a clean stop.
+    stop_exit_codes: [0, 2],
     // Give lull its full drain before PM2 resorts to SIGKILL.
     kill_timeout: drainMs + 5000,
     // A process that exits within 10 s of starting is counted as a crash loop.
