@@ -16,7 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let config = match Config::from_process_env() {
+    let flags = match &cli.command {
+        cli::Command::Run(args) => args.flags.clone(),
+        _ => Default::default(),
+    };
+    let config = match Config::from_process_env_with(flags) {
         Ok(c) => c,
         Err(e) => {
             for problem in &e.0 {

@@ -400,3 +400,107 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
 }
+
+/// A port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs `lull run` against brokers that are not there for `for_at_least`, with stderr in a file,
+/// then stops it with SIGINT; returns its log.
+fn run_against_no_kafka(dir: &Path, format: &str, for_at_least: Duration) -> String {
+    let log = dir.join(format!("lull-{format}.log"));
+    let child = lull()
+        .arg("run")
+        .env("KAFKA_BROKERS", format!("127.0.0.1:{}", closed_port()))
+        .env("LULL_LOG_FORMAT", format)
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+        .env("LULL_INSTANCE_ID", "inst-7")
+        .env("LULL_QUIETMS", "500")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Guard(child);
+    // Wait for the outage to be noticed, then let it last: the log must stay quiet meanwhile.
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("kafka unreachable")
+    {
+        assert!(Instant::now() < end, "the outage was never logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(for_at_least);
+    signal(&child.0, "-INT");
+    let status = wait_exit(&mut child.0, DEADLINE);
+    assert!(status.success(), "{status:?}");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn kafka_down_is_one_line_not_a_stream_and_every_line_names_the_instance() {
+    let dir = tempdir("kafka-down");
+    // librdkafka retries the connection many times a second: before, each try was two lines.
+    let log = run_against_no_kafka(&dir, "json", Duration::from_secs(5));
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert_eq!(l["instance"], "inst-7", "{l}");
+        assert!(l["pid"].as_u64().is_some(), "{l}");
+    }
+    let said = |m: &str| lines.iter().filter(|l| l["message"] == m).count();
+    assert_eq!(said("kafka unreachable"), 1, "{log}");
+    let loud: Vec<_> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" || l["level"] == "ERROR")
+        .collect();
+    // The outage, and the mistyped LULL_QUIETMS with its nearest real name.
+    assert_eq!(loud.len(), 2, "{loud:#?}");
+    assert!(log.contains("did you mean LULL_QUIET_MS?"), "{log}");
+    assert_eq!(
+        said("shutting down: draining (a second signal exits at once)"),
+        1
+    );
+}
+
+#[test]
+fn pretty_logs_to_a_file_have_no_colour_codes() {
+    let dir = tempdir("no-colour");
+    let log = run_against_no_kafka(&dir, "pretty", Duration::ZERO);
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a file:\n{log}"
+    );
+    assert!(
+        log.lines().all(|l| l.contains(" instance=inst-7 pid=")),
+        "a line without the instance:\n{log}"
+    );
+}
+
+#[test]
+fn run_help_lists_every_setting_with_its_default() {
+    let out = lull().args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for s in lull::config::settings::SETTINGS {
+        assert!(
+            help.contains(&format!("[env: {}", s.name)),
+            "{} missing:\n{help}",
+            s.name
+        );
+        if !s.default.is_empty() {
+            assert!(
+                help.contains(&format!("[default: {}]", s.default)),
+                "{}:\n{help}",
+                s.name
+            );
+        }
+    }
+    // A flag is the same setting as its variable, validated the same way.
+    let out = lull().args(["run", "--quiet-ms", "abc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LULL_QUIET_MS=abc: expected"));
+}

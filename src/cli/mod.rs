@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chat;
 pub mod demo;
 pub mod dev_broker;
+mod logging;
 pub mod monitor;
 pub mod pending;
 pub mod run;
@@ -19,7 +20,6 @@ pub mod verify;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing::Instrument;
 
 use lull::config::{Config, LogFormat};
 
@@ -45,8 +45,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the worker against KAFKA_BROKERS until SIGINT/SIGTERM.
-    Run,
+    /// Run the worker against KAFKA_BROKERS until SIGINT/SIGTERM. Every setting is an
+    /// environment variable (or the flag listed here).
+    Run(run::RunArgs),
     /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches.
     Demo(demo::DemoArgs),
     /// Create the input, output and dead-letter topics on KAFKA_BROKERS.
@@ -84,15 +85,10 @@ pub enum Command {
 /// Runs one command to its exit code.
 pub async fn dispatch(command: Command, config: Config) -> ExitCode {
     match command {
-        Command::Run => {
-            init_tracing(config.log_format, "info");
-            // Every line this run logs, from any task, carries the instance id and pid.
-            let span = tracing::info_span!(
-                "lull",
-                instance = %config.instance_id,
-                pid = std::process::id()
-            );
-            run::main(config).instrument(span).await
+        Command::Run(_) => {
+            // Every line this run logs, from any thread, carries the instance id and pid.
+            logging::init(config.log_format, "info", Some(&config.instance_id));
+            run::main(config).await
         }
         Command::Demo(args) => demo::main(config, args).await,
         Command::Topics(args) => topics::main(config, args).await,
@@ -107,15 +103,8 @@ pub async fn dispatch(command: Command, config: Config) -> ExitCode {
     }
 }
 
-/// Logs to stderr, pretty or JSON, with levels from `RUST_LOG` (else `default_filter`).
+/// Logs to stderr, pretty or JSON, with levels from `RUST_LOG` (else `default_filter`); see
+/// [`logging`].
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    logging::init(format, default_filter, None);
 }

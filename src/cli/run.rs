@@ -5,20 +5,87 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use lull::config::Config;
 
+/// `lull run`'s options: one per setting of [`lull::config::settings::SETTINGS`], each also read
+/// from its environment variable, so `lull run --help` lists every setting with its default and
+/// meaning, and `lull run --quiet-ms 500` is `LULL_QUIET_MS=500`. The values are validated by
+/// [`Config`], like the environment's.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Settings given as flags, by variable name.
+    pub flags: std::collections::BTreeMap<String, String>,
+}
+
+/// The flag of a setting: its variable without the `LULL_` prefix, in kebab case
+/// (`LULL_QUIET_MS` -> `--quiet-ms`, `KAFKA_BROKERS` -> `--kafka-brokers`).
+fn flag_of(variable: &str) -> String {
+    variable
+        .trim_start_matches("LULL_")
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+impl clap::FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = std::collections::BTreeMap::new();
+        for s in lull::config::settings::SETTINGS {
+            if matches.value_source(s.name) == Some(clap::parser::ValueSource::CommandLine) {
+                if let Some(v) = matches.get_one::<String>(s.name) {
+                    flags.insert(s.name.to_string(), v.clone());
+                }
+            }
+        }
+        Ok(Self { flags })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let secret = |name: &str| name == "REDIS_URL";
+        cmd.args(lull::config::settings::SETTINGS.iter().map(|s| {
+            let default = if s.default.is_empty() {
+                String::new()
+            } else {
+                format!(" [default: {}]", s.default)
+            };
+            clap::Arg::new(s.name)
+                .long(flag_of(s.name))
+                .env(s.name)
+                .value_name("VALUE")
+                .hide_env_values(secret(s.name))
+                .help(format!("{}{default}", s.meaning))
+        }))
+        .after_help(
+            "Every setting is also read from its environment variable (and a .env file); a flag \
+wins. LULL_KAFKA_<PROPERTY>=value passes any librdkafka property (LULL_KAFKA_SECURITY_PROTOCOL=SSL \
+-> security.protocol) to the clients it applies to. See the README's Configuration section.",
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
 /// `lull run`.
 pub async fn main(config: Config) -> ExitCode {
-    info!(
-        instance = %config.instance_id,
-        pid = std::process::id(),
-        version = env!("CARGO_PKG_VERSION"),
-        "lull starting"
-    );
+    info!(version = env!("CARGO_PKG_VERSION"), "lull starting");
     for (name, value) in config.summary() {
         info!(setting = %name, value = %value, "config");
+    }
+    for (variable, nearest) in lull::config::unknown_variables(&lull::config::ProcessEnv) {
+        match nearest {
+            Some(n) => warn!(%variable, "unknown setting, ignored: did you mean {n}?"),
+            None => warn!(%variable, "unknown setting, ignored (lull run --help lists them all)"),
+        }
     }
     let token = CancellationToken::new();
     if let Err(e) = lull::ops::shutdown::install(token.clone()) {

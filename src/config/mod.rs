@@ -183,8 +183,74 @@ pub trait Env {
     fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
 }
 
+/// Adds a `.env` file in the working directory to the process environment (real variables win).
+fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Err(error) if !error.not_found() => Err(ConfigError(vec![ConfigProblem {
+            variable: ".env".to_string(),
+            value: "(file)".to_string(),
+            expected: format!("KEY=value lines ({error})"),
+        }])),
+        _ => Ok(()),
+    }
+}
+
 /// The real process environment.
 pub struct ProcessEnv;
+
+/// Settings given on the command line (`lull run --quiet-ms 500`) over the process environment:
+/// a flag wins over its variable.
+pub struct WithFlags(pub BTreeMap<String, String>);
+
+impl Env for WithFlags {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned().or_else(|| ProcessEnv.get(name))
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut all: BTreeMap<String, String> =
+            ProcessEnv.with_prefix(prefix).into_iter().collect();
+        for (k, v) in &self.0 {
+            if k.starts_with(prefix) {
+                all.insert(k.clone(), v.clone());
+            }
+        }
+        all.into_iter().collect()
+    }
+}
+
+/// `LULL_*` variables that belong to lull's tooling around the worker (PM2 file, test suite,
+/// caches), not to the worker: never reported as unknown.
+const TOOLING_PREFIXES: &[&str] = &["LULL_TEST_", "LULL_PM2_", "LULL_FAULT_", "LULL_KAFKA_PORT_"];
+const TOOLING_NAMES: &[&str] = &["LULL_BIN", "LULL_CACHE", "LULL_KAFKA_CACHE"];
+
+/// `LULL_*` variables set in `env` that lull does not read (a typo like `LULL_QUIETMS`), each with
+/// the nearest real setting when one is close. `LULL_KAFKA_*` are librdkafka's and are checked
+/// with librdkafka instead.
+pub fn unknown_variables(env: &impl Env) -> Vec<(String, Option<&'static str>)> {
+    let mut out = Vec::new();
+    for (name, _) in env.with_prefix("LULL_") {
+        let known = settings::SETTINGS.iter().any(|s| s.name == name)
+            || TOOLING_NAMES.contains(&name.as_str())
+            || TOOLING_PREFIXES.iter().any(|p| name.starts_with(p))
+            || name.starts_with(KAFKA_PREFIX);
+        if !known {
+            out.push((name.clone(), nearest_setting(&name)));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The setting whose name is closest to `name`, if it is close enough to be a typo.
+fn nearest_setting(name: &str) -> Option<&'static str> {
+    settings::SETTINGS
+        .iter()
+        .map(|s| (strsim::levenshtein(name, s.name), s.name))
+        .filter(|(d, s)| *d <= 3.max(s.len() / 4))
+        .min()
+        .map(|(_, s)| s)
+}
 
 impl Env for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
@@ -412,16 +478,17 @@ fn default_instance_id() -> String {
 impl Config {
     /// Reads the process environment, after loading `.env` from the working directory if present.
     pub fn from_process_env() -> Result<Self, ConfigError> {
-        if let Err(error) = dotenvy::dotenv() {
-            if !error.not_found() {
-                return Err(ConfigError(vec![ConfigProblem {
-                    variable: ".env".to_string(),
-                    value: "(file)".to_string(),
-                    expected: format!("KEY=value lines ({error})"),
-                }]));
-            }
-        }
+        load_dotenv()?;
         Self::from_env(&ProcessEnv)
+    }
+
+    /// [`Config::from_process_env`], with settings given as flags over their variables.
+    pub fn from_process_env_with(flags: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        if flags.is_empty() {
+            return Self::from_process_env();
+        }
+        load_dotenv()?;
+        Self::from_env(&WithFlags(flags))
     }
 
     /// Reads and validates every setting from `env`, reporting all problems at once.
@@ -819,6 +886,28 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.starts_with("LULL_HTTP_ADDR=nowhere: expected")));
+    }
+
+    #[test]
+    fn unknown_lull_variables_are_named_with_the_nearest_setting() {
+        let unknown = unknown_variables(&env(&[
+            ("LULL_QUIETMS", "500"),
+            ("LULL_MAX_WAIT", "9000"),
+            ("LULL_SOMETHING_ELSE_ENTIRELY", "1"),
+            ("LULL_QUIET_MS", "500"),
+            ("LULL_KAFKA_LINGER_MS", "5"),
+            ("LULL_PM2_INSTANCES", "2"),
+            ("LULL_TEST_KAFKA", "/tmp/k"),
+            ("PATH", "/bin"),
+        ]));
+        assert_eq!(
+            unknown,
+            vec![
+                ("LULL_MAX_WAIT".to_string(), Some("LULL_MAX_WAIT_MS")),
+                ("LULL_QUIETMS".to_string(), Some("LULL_QUIET_MS")),
+                ("LULL_SOMETHING_ELSE_ENTIRELY".to_string(), None),
+            ]
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
+
+use crate::ops::kafka_log::kafka_log;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
@@ -97,15 +99,19 @@ impl LullContext {
 }
 
 impl ClientContext for LullContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka_log().librdkafka(level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             // End of partition is lull's "caught up" signal, not a problem.
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
             KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) => {
                 self.health.set_kafka_reachable(false);
-                warn!(error = %error, reason, "kafka unreachable");
+                kafka_log().unreachable(reason);
             }
-            other => warn!(error = %other, reason, "kafka client error"),
+            other => kafka_log().error("kafka client error", &other),
         }
     }
 }

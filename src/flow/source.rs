@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::io::producer::Sink;
@@ -108,7 +108,7 @@ pub async fn run(
                     "message on the consumer's main queue; its partition has no worker"
                 ),
                 Err(KafkaError::PartitionEOF(_)) => {}
-                Err(e) => warn!(error = %e, "consumer error"),
+                Err(e) => crate::ops::kafka_log::kafka_log().error("consumer error", &e),
             },
         }
     }
@@ -138,12 +138,11 @@ fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) 
         let ok = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(3))
             .is_ok();
-        if ok != health.kafka_reachable() {
-            if ok {
-                info!("kafka reachable");
-            } else {
-                warn!("kafka unreachable: metadata request failed");
-            }
+        let log = crate::ops::kafka_log::kafka_log();
+        if ok {
+            log.reachable();
+        } else {
+            log.unreachable("metadata request failed");
         }
         health.set_kafka_reachable(ok);
     })

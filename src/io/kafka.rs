@@ -30,9 +30,99 @@ fn base(config: &Config, role: &str) -> ClientConfig {
     c
 }
 
-fn with_pass_through(mut c: ClientConfig, config: &Config) -> ClientConfig {
+/// librdkafka's producer-only properties (CONFIGURATION.md, "C/P" column `P`, librdkafka 2.12).
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.level",
+    "compression.type",
+    "delivery.report.only.error",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "partitioner",
+    "produce.offset.report",
+    "queue.buffering.backpressure.threshold",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "queuing.strategy",
+    "request.required.acks",
+    "request.timeout.ms",
+    "retries",
+    "sticky.partitioning.linger.ms",
+    "transaction.timeout.ms",
+    "transactional.id",
+];
+
+/// librdkafka's consumer-only properties (CONFIGURATION.md, "C/P" column `C`, librdkafka 2.12).
+const CONSUMER_ONLY: &[&str] = &[
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "coordinator.query.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "fetch.error.backoff.ms",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.wait.max.ms",
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "session.timeout.ms",
+];
+
+/// The kind of librdkafka client a configuration is for: each `LULL_KAFKA_*` property goes only
+/// to the clients it applies to, so librdkafka has nothing to warn about at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads the input (and, for the tools, the output).
+    Consumer,
+    /// Writes batches, dead letters and events.
+    Producer,
+    /// Creates and describes topics (a producer-type handle in librdkafka).
+    Admin,
+}
+
+impl Role {
+    /// Whether `property` is meant for this kind of client.
+    pub fn takes(self, property: &str) -> bool {
+        match self {
+            Role::Consumer => !PRODUCER_ONLY.contains(&property),
+            Role::Producer => !CONSUMER_ONLY.contains(&property),
+            Role::Admin => !PRODUCER_ONLY.contains(&property) && !CONSUMER_ONLY.contains(&property),
+        }
+    }
+}
+
+fn with_pass_through(mut c: ClientConfig, config: &Config, role: Role) -> ClientConfig {
     for (property, value) in &config.kafka {
-        c.set(property, value.value());
+        if role.takes(property) {
+            c.set(property, value.value());
+        }
     }
     c
 }
@@ -57,7 +147,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
             "max.partition.fetch.bytes",
             MAX_PARTITION_FETCH_BYTES.to_string(),
         );
-    with_pass_through(c, config)
+    with_pass_through(c, config, Role::Consumer)
 }
 
 /// The producer: idempotent, acks from all in-sync replicas, small linger for throughput, and a
@@ -69,12 +159,12 @@ pub fn producer_config(config: &Config) -> ClientConfig {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000");
-    with_pass_through(c, config)
+    with_pass_through(c, config, Role::Producer)
 }
 
 /// The admin client used by `lull topics`.
 pub fn admin_config(config: &Config) -> ClientConfig {
-    with_pass_through(base(config, "admin"), config)
+    with_pass_through(base(config, "admin"), config, Role::Admin)
 }
 
 /// What names this incarnation of `topic`: its Kafka topic id (base64, as Kafka's tools print
@@ -242,4 +332,57 @@ pub fn cached_high_watermark<C: ClientContext>(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_env(&env).expect("valid configuration")
+    }
+
+    #[test]
+    fn each_property_goes_only_to_the_clients_it_applies_to() {
+        let c = config(&[
+            ("LULL_KAFKA_SESSION_TIMEOUT_MS", "45000"),
+            ("LULL_KAFKA_LINGER_MS", "20"),
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ]);
+        let (consumer, producer, admin) =
+            (consumer_config(&c), producer_config(&c), admin_config(&c));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("45000"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(admin.get("linger.ms"), None);
+        assert_eq!(admin.get("session.timeout.ms"), None);
+        for client in [&consumer, &producer, &admin] {
+            assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        }
+    }
+
+    /// The tables name real librdkafka properties of the right kind: librdkafka itself warns
+    /// when one is set on the other kind of client, so check each against a native config.
+    #[test]
+    fn the_role_tables_name_real_properties() {
+        for property in PRODUCER_ONLY.iter().chain(CONSUMER_ONLY) {
+            let mut c = ClientConfig::new();
+            // Any value librdkafka parses is fine; a name it does not know is refused outright.
+            c.set(*property, "1");
+            if let Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) =
+                c.create_native_config()
+            {
+                assert!(
+                    !desc.contains("No such configuration property"),
+                    "{property}: {desc}"
+                );
+            }
+        }
+    }
 }

@@ -40,7 +40,7 @@ impl SinkError {
 /// The producer lull writes batches and dead letters with.
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::ops::kafka_log::ProducerLog>,
     output_topic: Arc<str>,
     dlq_topic: Arc<str>,
     /// `LULL_EVENTS_TOPIC`, when lifecycle events are on.
@@ -50,8 +50,8 @@ pub struct Sink {
 impl Sink {
     /// Creates the producer from the configuration.
     pub fn new(config: &Config) -> Result<Self, SinkError> {
-        let producer: FutureProducer = crate::io::kafka::producer_config(config)
-            .create()
+        let producer = crate::io::kafka::producer_config(config)
+            .create_with_context(crate::ops::kafka_log::ProducerLog)
             .map_err(SinkError::Create)?;
         Ok(Self {
             producer,

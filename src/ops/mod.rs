@@ -1,8 +1,9 @@
 //! What an operator sees and controls: per-run health, the memory budget, the HTTP endpoints,
-//! the metric families, and signal handling.
+//! the metric families, Kafka's connection log, and signal handling.
 
 pub mod budget;
 pub mod health;
 pub mod http;
+pub mod kafka_log;
 pub mod metrics;
 pub mod shutdown;

@@ -144,7 +144,7 @@ impl Intake {
                 chunk.items.push(self.parse(&m, now));
             }
             Err(KafkaError::PartitionEOF(_)) => chunk.items.push(Item::End),
-            Err(e) => warn!(partition = self.partition, error = %e, "consumer error"),
+            Err(e) => crate::ops::kafka_log::kafka_log().error("consumer error", &e),
         }
     }
 
