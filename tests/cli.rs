@@ -504,3 +504,19 @@ fn run_help_lists_every_setting_with_its_default() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LULL_QUIET_MS=abc: expected"));
 }
+
+#[test]
+fn simulate_gives_up_on_an_unreachable_broker_like_verify() {
+    let started = Instant::now();
+    let mut child = lull()
+        .arg("simulate")
+        .env("KAFKA_BROKERS", format!("127.0.0.1:{}", closed_port()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, DEADLINE);
+    assert_eq!(status.code(), Some(1), "{:?}", started.elapsed());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("simulate failed"), "{err}");
+}

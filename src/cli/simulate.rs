@@ -12,6 +12,9 @@ use lull::devkit::load::{Plan, PlanArgs, Writer};
 
 use super::demo::DemoError;
 
+/// How long `simulate` waits for the brokers to answer, and for any one delivery.
+const DEADLINE: Duration = Duration::from_secs(10);
+
 /// `lull simulate`'s knobs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
@@ -22,9 +25,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1_000)]
     pub fragments: usize,
     /// The quiet period the typing is planned around: gaps inside a burst stay under 2/5 of it,
-    /// pauses between bursts are 2-4 times it.
-    #[arg(long, default_value_t = 500)]
-    pub quiet_ms: u64,
+    /// pauses between bursts are 2-4 times it. Default: LULL_QUIET_MS (what `lull run` uses), so
+    /// a running lull cuts exactly the planned bursts.
+    #[arg(long)]
+    pub quiet_ms: Option<u64>,
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -42,19 +46,26 @@ pub struct SimulateArgs {
 /// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
 /// how many fragments were acknowledged. For trying lull (or anything else) against a real broker.
 pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, DemoError> {
+    let quiet_ms = args.quiet_ms.unwrap_or(config.quiet.as_millis() as u64);
     let plan = Plan::new(PlanArgs {
         typing_share: args.typing_share,
         final_share: args.final_share,
         command_share: args.command_share,
-        ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, args.seed)
+        ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
+    // Like `verify`: an unreachable broker is an error within seconds, not a hang.
+    let (brokers, topic) = (config.brokers.clone(), config.input_topic.clone());
+    tokio::task::spawn_blocking(move || lull::devkit::load::reachable(&brokers, &topic, DEADLINE))
+        .await
+        .map_err(|e| DemoError::Task(e.to_string()))??;
     let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
     eprintln!(
-        "typing {} fragments in {} bursts for {} users into {}",
+        "typing {} fragments in {} bursts for {} users into {} (planned around a {} ms quiet period)",
         plan.fragments(),
         plan.bursts,
         args.users,
-        config.input_topic
+        config.input_topic,
+        quiet_ms
     );
     let start = Instant::now();
     // Event ids of this run only: typing the same session twice is not a producer retry.

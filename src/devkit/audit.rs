@@ -32,7 +32,8 @@ pub struct VerifyOptions {
     pub from_ms: Option<i64>,
     /// Only input fragments with a timestamp before this (Unix ms).
     pub to_ms: Option<i64>,
-    /// Give up reading after this long (default 60 s).
+    /// Give up when a topic makes no progress for this long (default 60 s): a stall, not a cap on
+    /// the whole read, so production-sized topics are read to the end.
     pub read_timeout: Option<Duration>,
 }
 
@@ -124,10 +125,24 @@ struct SourceView {
     last_offset: i64,
 }
 
-/// Reads every message of `topic` up to the end it has now: (partition, message) pairs.
+/// Message timestamps lie by up to this much (producer clocks, batching): time windows are
+/// widened by it on each side and filtered exactly afterwards.
+const CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// Which part of a topic to read, by message timestamp (Unix ms): `None` = from the earliest
+/// offset / to the end the topic has now.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+}
+
+/// Reads the messages of `topic` whose offsets lie within `span` (found with the broker's time
+/// index, so only that part of the topic is fetched) up to the end it has now.
 fn read_all(
     config: &Config,
     topic: &str,
+    span: Span,
     timeout: Duration,
 ) -> Result<Vec<rdkafka::message::OwnedMessage>, VerifyError> {
     let mut cc = ClientConfig::new();
@@ -146,13 +161,46 @@ fn read_all(
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
+    // Offsets of the first message at or after a time, per partition (None: no such message).
+    let offsets_at = |ms: i64| -> Result<HashMap<i32, Option<i64>>, VerifyError> {
+        let mut ask = TopicPartitionList::new();
+        for &p in &partitions {
+            ask.add_partition_offset(topic, p, Offset::Offset(ms))?;
+        }
+        let found = consumer.offsets_for_times(ask, Duration::from_secs(10))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect())
+    };
+    let starts = span
+        .from_ms
+        .map(|ms| offsets_at(ms - CLOCK_MARGIN_MS))
+        .transpose()?;
+    let stops = span
+        .to_ms
+        .map(|ms| offsets_at(ms + CLOCK_MARGIN_MS))
+        .transpose()?;
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        let start = match &starts {
+            // Nothing at or after the start time: nothing to read here.
+            Some(s) => s.get(&p).copied().flatten().unwrap_or(high).max(low),
+            None => low,
+        };
+        let end = match &stops {
+            Some(s) => s.get(&p).copied().flatten().unwrap_or(high).min(high),
+            None => high,
+        };
+        if end > start {
+            ends.insert(p, end);
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
         }
     }
     let mut out = Vec::new();
@@ -161,7 +209,7 @@ fn read_all(
     }
     consumer.assign(&tpl)?;
     drop(tpl);
-    let deadline = std::time::Instant::now() + timeout;
+    let mut deadline = std::time::Instant::now() + timeout;
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < ends.len() {
         if std::time::Instant::now() > deadline {
@@ -169,6 +217,7 @@ fn read_all(
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
+                deadline = std::time::Instant::now() + timeout;
                 let p = m.partition();
                 if m.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
                     done.insert(p);
@@ -196,9 +245,20 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// Audits the configured topics.
 pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let timeout = opts.read_timeout.unwrap_or(Duration::from_secs(60));
-    let inputs_raw = read_all(config, &config.input_topic, timeout)?;
-    let outputs = read_all(config, &config.output_topic, timeout)?;
-    let dead = read_all(config, &config.dlq_topic, timeout)?;
+    // Input: the window asked for. Output and DLQ are stamped at flush time, never before their
+    // fragments: from the window's start to their end (a backlog may flush a window's batches
+    // long after it).
+    let input = Span {
+        from_ms: opts.from_ms,
+        to_ms: opts.to_ms,
+    };
+    let output = Span {
+        from_ms: opts.from_ms,
+        to_ms: None,
+    };
+    let inputs_raw = read_all(config, &config.input_topic, input, timeout)?;
+    let outputs = read_all(config, &config.output_topic, output, timeout)?;
+    let dead = read_all(config, &config.dlq_topic, output, timeout)?;
 
     // Input, per partition, in offset order.
     let mut inputs: BTreeMap<i32, Vec<Input>> = BTreeMap::new();
@@ -247,6 +307,16 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
     }
     let in_range =
         |ts: i64| opts.from_ms.is_none_or(|f| ts >= f) && opts.to_ms.is_none_or(|t| ts < t);
+    // With a time window only part of the input was read: the offsets read, per partition. A batch
+    // reaching outside them straddles the window's edge and can only be checked in part.
+    let windowed = opts.from_ms.is_some() || opts.to_ms.is_some();
+    let read: HashMap<i32, (i64, i64)> = inputs
+        .iter()
+        .filter_map(|(&p, list)| Some((p, (list.first()?.offset, list.last()?.offset))))
+        .collect();
+    let straddles = |p: i32, first: i64, last: i64| {
+        windowed && read.get(&p).is_none_or(|&(lo, hi)| first < lo || last > hi)
+    };
 
     // Typing signals per (partition, key): they may hold a window open past the quiet period.
     let typing_ms = config.typing.as_millis() as i64;
@@ -297,6 +367,11 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                 &list[lo..hi]
             })
             .unwrap_or(&[]);
+        let partial = straddles(
+            b.source.partition,
+            b.source.first_offset,
+            b.source.last_offset,
+        );
         let mut next = 0;
         let mut times = Vec::new();
         let mut bytes = 0;
@@ -313,6 +388,8 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                     times.push(c.ts);
                     *matched.entry((b.source.partition, c.offset)).or_default() += 1;
                 }
+                // Its input lies outside the window read.
+                None if partial => {}
                 None => {
                     report.altered += 1;
                     if report.examples.len() < 20 {
@@ -322,6 +399,9 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                     }
                 }
             }
+        }
+        if partial {
+            continue;
         }
         if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
             latency.push(b.flushed_at - last);

@@ -240,6 +240,21 @@ impl Plan {
     }
 }
 
+/// Whether `brokers` answer a metadata request for `topic` within `timeout` (blocking): the
+/// tools check before they start typing, so an unreachable broker is an error, not a hang.
+pub fn reachable(
+    brokers: &str,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "0")
+        .create()?;
+    probe.fetch_metadata(Some(topic), timeout).map(|_| ())
+}
+
 /// Produces load: an lz4, lingering producer and its deliveries, awaited as they complete.
 pub struct Writer {
     producer: FutureProducer,
@@ -256,6 +271,8 @@ impl Writer {
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
+            // A delivery that cannot be made within a minute is an error (as in `verify`).
+            .set("message.timeout.ms", "60000")
             .create()?;
         Ok(Self {
             producer,
