@@ -60,7 +60,11 @@ pub async fn create(
     let admin: AdminClient<DefaultClientContext> = lull::io::kafka::admin_config(config)
         .create()
         .map_err(TopicsError::Client)?;
-    let names = [&config.input_topic, &config.output_topic, &config.dlq_topic];
+    // The lifecycle events topic too, when LULL_EVENTS_TOPIC is set.
+    let names: Vec<&String> = [&config.input_topic, &config.output_topic, &config.dlq_topic]
+        .into_iter()
+        .chain(config.events_topic.as_ref())
+        .collect();
     // Topics that exist already are left alone, and need no CreateTopics request at all (which
     // an ACL may forbid, and librdkafka's mock cluster behind `lull dev-broker` does not serve).
     let (existing, brokers): (Vec<String>, usize) = {
