@@ -520,3 +520,126 @@ fn simulate_gives_up_on_an_unreachable_broker_like_verify() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("simulate failed"), "{err}");
 }
+
+/// The README's "try it by hand": `dev-broker`, `run`, `tail` and `send` as processes. ana's two
+/// `typing` signals hold her burst open across a pause three times the quiet period: one batch.
+/// bob makes the same pause without signals: two batches, the second `follows` the first.
+#[test]
+fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
+    let dir = tempdir("by-hand");
+    let bootstrap_file = dir.join("bootstrap");
+    let broker = lull()
+        .args(["dev-broker", "--partitions", "2", "--topic", "chat.events"])
+        .arg("--bootstrap-file")
+        .arg(&bootstrap_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev-broker starts");
+    let _broker = Guard(broker);
+    let bootstrap = wait_file(&bootstrap_file);
+    let with_env = |c: &mut Command| {
+        c.env("KAFKA_BROKERS", &bootstrap)
+            .env("LULL_EVENTS_TOPIC", "chat.events")
+            .env("LULL_QUIET_MS", "3000")
+            .env("LULL_TYPING_MS", "5000")
+            .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+            .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("LULL_DRAIN_TIMEOUT_MS", "3000");
+    };
+    let run_log = dir.join("run.log");
+    let mut run = lull();
+    with_env(run.arg("run"));
+    let _run = Guard(
+        run.stderr(std::fs::File::create(&run_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&run_log)
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(Instant::now() < end, "lull run never got its partitions");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut tail = lull();
+    with_env(tail.args(["tail", "--from-beginning"]));
+    let mut tail = Guard(
+        tail.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = tail.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut send = lull();
+    with_env(send.arg("send"));
+    let mut send = Guard(
+        send.stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = send.0.stdin.take().unwrap();
+    // (seconds after the start, line): the rhythm of typing by hand is the scenario itself.
+    let script = [
+        (0.0, r#"{"user_id":"ana","text":"hi"}"#),
+        (0.0, r#"{"user_id":"bob","text":"hi"}"#),
+        (0.3, r#"{"user_id":"ana","signal":"typing"}"#),
+        (4.0, r#"{"user_id":"ana","signal":"typing"}"#),
+        (7.0, r#"{"user_id":"ana","text":"my order never arrived"}"#),
+        (7.0, r#"{"user_id":"bob","text":"my order never arrived"}"#),
+    ];
+    let start = Instant::now();
+    for (at, line) in script {
+        let due = start + Duration::from_secs_f64(at);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::io::Write::write_all(&mut stdin, format!("{line}\n").as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let status = wait_exit(&mut send.0, DEADLINE);
+    assert!(status.success(), "lull send: {status:?}");
+
+    let mut lines = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    let batches = |lines: &[String]| lines.iter().filter(|l| l.starts_with("batch")).count();
+    while batches(&lines) < 3 {
+        assert!(Instant::now() < end, "tail saw: {lines:#?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(line);
+        }
+    }
+    let of = |user: &str| -> Vec<&String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("batch  {user}  ")))
+            .collect()
+    };
+    let ana = of("ana");
+    assert_eq!(ana.len(), 1, "{lines:#?}");
+    assert!(
+        ana[0].contains("2 fragments  quiet") && ana[0].contains("\"hi ⏎ my order never arrived\""),
+        "{lines:#?}"
+    );
+    let bob = of("bob");
+    assert_eq!(bob.len(), 2, "{lines:#?}");
+    let first_id = bob[0].split_whitespace().nth(5).unwrap();
+    assert!(
+        bob[1].contains(&format!("follows {first_id}")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("event  ana  opened")),
+        "{lines:#?}"
+    );
+}
