@@ -7,6 +7,8 @@
 #   scripts/kafka.sh kill-node DIR ID            kill -9 one node (its data stays)
 #   scripts/kafka.sh stop-node DIR ID            stop one node gracefully (SIGTERM, waits)
 #   scripts/kafka.sh start-node DIR ID           start a stopped node again and wait until ready
+#   scripts/kafka.sh tool CLASS ARGS...          run one of Kafka's command-line tools, e.g.
+#       scripts/kafka.sh tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --help
 #
 # Every node is broker and controller at once, on loopback ports picked here. A single node
 # (N=1) also serves TLS (SSL) and SASL_SSL with SCRAM-SHA-512, with a certificate authority and a
@@ -15,14 +17,16 @@
 #   KAFKA_BOOTSTRAP, KAFKA_NODES, KAFKA_NODE_<id>_PORT, and for one node KAFKA_SSL_BOOTSTRAP,
 #   KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_CA (PEM), KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD.
 #
-# Jars are cached in ${LULL_KAFKA_CACHE:-~/.cache/lull}/kafka-<version>/libs, outside git; needs
+# Jars are cached in ${LULL_KAFKA_CACHE:-~/.cache/lull}/kafka-<version>-<pom hash>/libs, outside git; needs
 # Java 17 and Maven (scripts/test.sh installs them when missing) and openssl for the TLS material.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")
 CACHE=${LULL_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lull}
-LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+# Keyed by the pom's content too, so a changed dependency list is fetched anew.
+POM_HASH=$(cksum <"$here/kafka/pom.xml" | cut -d' ' -f1)
+LIBS="$CACHE/kafka-$KAFKA_VERSION-$POM_HASH/libs"
 HEAP=${LULL_KAFKA_HEAP:-512m}
 # Ports are picked at random in [PORT_LO, PORT_LO + PORT_SPAN), below Linux's ephemeral range
 # (32768 and up), so a port freed by a killed broker cannot be taken by some client's outgoing
@@ -287,6 +291,16 @@ stop() {
     rm -f "$dir/cluster.env"
 }
 
+# One of Kafka's command-line tools, by class, with its output on stdout and warnings on stderr.
+tool() {
+    fetch
+    local conf="$LIBS/../tools-log4j2.properties"
+    [ -f "$conf" ] || printf '%s\n' 'rootLogger.level = WARN' 'rootLogger.appenderRef.err.ref = ERR' \
+        'appender.err.type = Console' 'appender.err.name = ERR' 'appender.err.target = SYSTEM_ERR' \
+        'appender.err.layout.type = PatternLayout' 'appender.err.layout.pattern = %p %m%n' >"$conf"
+    exec java -Xmx256m "-Dlog4j2.configurationFile=$conf" -cp "$LIBS/*" "$@"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -311,5 +325,6 @@ case "$cmd" in
         start_node_process "${1:?DIR}" "${2:?ID}"
         wait_ready "$1" "$2"
         ;;
-    *) die "usage: kafka.sh fetch | start DIR [--nodes N] | stop DIR | kill-node|stop-node|start-node DIR ID" ;;
+    tool) tool "${1:?usage: kafka.sh tool CLASS ARGS...}" "${@:2}" ;;
+    *) die "usage: kafka.sh fetch | start DIR [--nodes N] | stop DIR | kill-node|stop-node|start-node DIR ID | tool CLASS ARGS..." ;;
 esac
