@@ -111,7 +111,7 @@ impl ClientContext for LullContext {
                 self.health.set_kafka_reachable(false);
                 kafka_log().unreachable(reason);
             }
-            other => kafka_log().error("kafka client error", &other),
+            other => kafka_log().client_error("kafka client error", &other, reason),
         }
     }
 }

@@ -115,6 +115,16 @@ impl KafkaLog {
         self.state().down.is_some()
     }
 
+    /// An error from a client's error callback, with librdkafka's `reason`: an unreachable
+    /// cluster is the state above; anything else is [`KafkaLog::error`] of kind `what`.
+    pub fn client_error(&self, what: &'static str, error: &KafkaError, reason: &str) {
+        if is_unreachable(error) {
+            self.unreachable(reason);
+        } else {
+            self.error(what, error);
+        }
+    }
+
     /// Any other client error, of kind `what` (e.g. "consumer error"): logged at most once per
     /// [`SAME_ERROR_EVERY`] per kind and detail, with the count folded in. While Kafka is down,
     /// errors that only say so are folded into the down period instead.
@@ -124,28 +134,9 @@ impl KafkaLog {
             return;
         }
         let detail = error.to_string();
-        let now = Instant::now();
-        let mut s = self.state();
-        let key = format!("{what}: {detail}");
-        let folded = match s.others.get_mut(&key) {
-            Some((last, n)) if now.duration_since(*last) < SAME_ERROR_EVERY => {
-                *n += 1;
-                return;
-            }
-            Some((last, n)) => {
-                *last = now;
-                std::mem::take(n)
-            }
-            None => {
-                if s.others.len() > 1_000 {
-                    s.others.clear();
-                }
-                s.others.insert(key, (now, 0));
-                0
-            }
-        };
-        drop(s);
-        warn!(error = %detail, repeated = folded, "{what}");
+        if let Some(folded) = self.due(format!("{what}: {detail}")) {
+            warn!(error = %detail, repeated = folded, "{what}");
+        }
     }
 
     /// A line of librdkafka's own log. Connection churn (a broker going away, a reconnect
@@ -159,17 +150,21 @@ impl KafkaLog {
             debug!(target: "librdkafka", facility, "{message}");
             return;
         }
+        let due = || {
+            self.due(format!("librdkafka {facility}: {message}"))
+                .is_some()
+        };
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
-                if self.first_in_a_while(facility, message) {
+                if due() {
                     error!(target: "librdkafka", facility, "{message}");
                 }
             }
             RDKafkaLogLevel::Warning => {
-                if self.first_in_a_while(facility, message) {
+                if due() {
                     warn!(target: "librdkafka", facility, "{message}");
                 }
             }
@@ -180,22 +175,28 @@ impl KafkaLog {
         }
     }
 
-    fn first_in_a_while(&self, facility: &str, message: &str) -> bool {
+    /// Counts one more report of `key`. `Some(folded)` when it is due to be logged (its first
+    /// report, or the first after [`SAME_ERROR_EVERY`]), with the reports folded in since the
+    /// last time it was; `None` while it is being folded.
+    fn due(&self, key: String) -> Option<u64> {
         let now = Instant::now();
         let mut s = self.state();
-        let key = format!("librdkafka {facility}: {message}");
         match s.others.get_mut(&key) {
             Some((last, n)) if now.duration_since(*last) < SAME_ERROR_EVERY => {
                 *n += 1;
-                false
+                None
             }
-            Some((last, _)) => {
+            Some((last, n)) => {
                 *last = now;
-                true
+                Some(std::mem::take(n))
             }
             None => {
+                // Bounded: kinds are few, but details may vary without end.
+                if s.others.len() > 1_000 {
+                    s.others.clear();
+                }
                 s.others.insert(key, (now, 0));
-                true
+                Some(0)
             }
         }
     }
@@ -212,10 +213,6 @@ impl ClientContext for ProducerLog {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if is_unreachable(&error) {
-            kafka_log().unreachable(reason);
-        } else {
-            kafka_log().error("kafka producer error", &error);
-        }
+        kafka_log().client_error("kafka producer error", &error, reason);
     }
 }
