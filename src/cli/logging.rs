@@ -3,7 +3,6 @@
 //! pid, whichever thread wrote it (librdkafka's callbacks and blocking tasks have no span to
 //! inherit, so the stamp is added by the formatter rather than by a span).
 
-use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
@@ -78,8 +77,7 @@ pub fn init(format: LogFormat, default_filter: &str, instance: Option<&str>) {
         (LogFormat::Pretty, None) => builder.with_ansi(colour()).init(),
         (LogFormat::Pretty, Some(id)) => {
             let ansi = colour();
-            let mut stamp = String::new();
-            let _ = write!(stamp, " instance={id} pid={pid}");
+            let stamp = format!(" instance={id} pid={pid}");
             builder
                 .with_ansi(ansi)
                 .event_format(Stamped {

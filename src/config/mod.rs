@@ -476,17 +476,9 @@ fn default_instance_id() -> String {
 }
 
 impl Config {
-    /// Reads the process environment, after loading `.env` from the working directory if present.
-    pub fn from_process_env() -> Result<Self, ConfigError> {
-        load_dotenv()?;
-        Self::from_env(&ProcessEnv)
-    }
-
-    /// [`Config::from_process_env`], with settings given as flags over their variables.
+    /// Reads the process environment, after loading `.env` from the working directory if present,
+    /// with settings given as flags (`lull run --quiet-ms 500`) over their variables.
     pub fn from_process_env_with(flags: BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        if flags.is_empty() {
-            return Self::from_process_env();
-        }
         load_dotenv()?;
         Self::from_env(&WithFlags(flags))
     }
