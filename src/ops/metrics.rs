@@ -79,38 +79,38 @@ pub struct Metrics {
     pub ready: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+/// Registers `metric` and hands it back: every family is defined in code, so its definition is
+/// valid and its name unique (a mistake is a bug caught by any test that starts lull).
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric names are unique");
-    c
+    metric
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label])
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+    registered(registry, c)
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
-    c
+    registered(registry, c)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition is valid");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric names are unique");
-    g
+    registered(registry, g)
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("static metric definition is valid");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric names are unique");
-    h
+    registered(registry, h)
 }
 
 impl Metrics {
@@ -128,10 +128,7 @@ impl Metrics {
             .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("static metric definition is valid");
-        build.set(1);
-        registry
-            .register(Box::new(build))
-            .expect("metric names are unique");
+        registered(&registry, build).set(1);
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: what
         // an operator checks first, read from /proc at each scrape (Linux only).
         #[cfg(target_os = "linux")]
@@ -150,7 +147,7 @@ impl Metrics {
                 &registry,
                 "lull_fragments_invalid_total",
                 "Input messages sent to the dead-letter topic, by reason.",
-                "reason",
+                &["reason"],
             ),
             fragments_late: counter(
                 &registry,
@@ -166,7 +163,7 @@ impl Metrics {
                 &registry,
                 "lull_batches_flushed_total",
                 "Batches delivered to the output topic, by reason.",
-                "reason",
+                &["reason"],
             ),
             batch_fragments: histogram(
                 &registry,
@@ -239,22 +236,14 @@ impl Metrics {
                 &registry,
                 "lull_redis_stale_records_total",
                 "Flushed records in Redis ignored because they belong to another incarnation of the input topic or lie beyond its high watermark.",
-                "reason",
+                &["reason"],
             ),
-            signals: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "lull_signals_total",
-                        "Chat signals read (typing, stopped, flush), by what they did: applied to an open window, ignored (none open, or batching off), expired (after the window's close time: it went out first).",
-                    ),
-                    &["signal", "outcome"],
-                )
-                .expect("static metric definition is valid");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric names are unique");
-                c
-            },
+            signals: counter_vec(
+                &registry,
+                "lull_signals_total",
+                "Chat signals read (typing, stopped, flush), by what they did: applied to an open window, ignored (none open, or batching off), expired (after the window's close time: it went out first).",
+                &["signal", "outcome"],
+            ),
             events: counter(
                 &registry,
                 "lull_events_total",
@@ -283,10 +272,7 @@ impl Metrics {
                     &["script"],
                 )
                 .expect("static metric definition is valid");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("metric names are unique");
-                h
+                registered(&registry, h)
             },
             redis_degraded: gauge(
                 &registry,
@@ -304,10 +290,7 @@ impl Metrics {
                     "Age of the oldest open window: the delivery SLO signal.",
                 )
                 .expect("static metric definition is valid");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("metric names are unique");
-                g
+                registered(&registry, g)
             },
             consumer_lag: {
                 let g = prometheus::IntGaugeVec::new(
@@ -318,10 +301,7 @@ impl Metrics {
                     &["partition"],
                 )
                 .expect("static metric definition is valid");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("metric names are unique");
-                g
+                registered(&registry, g)
             },
             held_bytes: gauge(
                 &registry,
