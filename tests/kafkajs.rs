@@ -90,19 +90,7 @@ fn kafkajs_reads(
 async fn a_session_through_lull(cluster: &Cluster, lull: &Running) -> Vec<String> {
     lull.assigned(cluster.partitions as usize).await;
     let producer = cluster.producer();
-    for user in ["ana", "bo", "cy", "di"] {
-        for seq in 0..3 {
-            send(
-                &producer,
-                &cluster.input,
-                Some(user),
-                &fragment(user, seq),
-                None,
-                None,
-            )
-            .await;
-        }
-    }
+    send_bursts(&producer, &cluster.input, ["ana", "bo", "cy", "di"], 0..3).await;
     send(
         &producer,
         &cluster.input,

@@ -85,20 +85,13 @@ async fn resetting_offsets_replays_without_duplicates_and_re_emits_after_deletin
     let lull = Running::start(config.clone());
     lull.assigned(2).await;
     let producer = cluster.producer();
-    for u in 0..8 {
-        let user = format!("o{u}");
-        for seq in 0..3 {
-            send(
-                &producer,
-                &cluster.input,
-                Some(&user),
-                &fragment(&user, seq),
-                None,
-                None,
-            )
-            .await;
-        }
-    }
+    send_bursts(
+        &producer,
+        &cluster.input,
+        (0..8).map(|u| format!("o{u}")),
+        0..3,
+    )
+    .await;
     let mut out = cluster.collector(&cluster.output);
     out.until("8 batches", |s| event_counts(s).len() == 24)
         .await;

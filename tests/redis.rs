@@ -137,20 +137,13 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
     let first = Running::start(with_redis(cluster.config("first"), &redis, &prefix));
     first.assigned(2).await;
     let producer = cluster.producer();
-    for u in 0..8 {
-        let user = format!("r{u}");
-        for seq in 0..3 {
-            send(
-                &producer,
-                &cluster.input,
-                Some(&user),
-                &fragment(&user, seq),
-                None,
-                None,
-            )
-            .await;
-        }
-    }
+    send_bursts(
+        &producer,
+        &cluster.input,
+        (0..8).map(|u| format!("r{u}")),
+        0..3,
+    )
+    .await;
     let mut out = cluster.collector(&cluster.output);
     out.until("8 batches", |s| event_counts(s).len() == 24)
         .await;

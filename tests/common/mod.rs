@@ -388,6 +388,30 @@ pub async fn send(
     (d.partition, d.offset)
 }
 
+/// Types the fragments `seqs` of each user in turn (every one of a user, then the next user's),
+/// keyed by the user.
+pub async fn send_bursts(
+    producer: &FutureProducer,
+    topic: &str,
+    users: impl IntoIterator<Item = impl AsRef<str>>,
+    seqs: std::ops::Range<usize>,
+) {
+    for user in users {
+        let user = user.as_ref();
+        for seq in seqs.clone() {
+            send(
+                producer,
+                topic,
+                Some(user),
+                &fragment(user, seq),
+                None,
+                None,
+            )
+            .await;
+        }
+    }
+}
+
 /// A fragment's JSON for `user`, with an event id and text.
 pub fn fragment(user: &str, seq: usize) -> Vec<u8> {
     serde_json::json!({
