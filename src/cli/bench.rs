@@ -121,6 +121,17 @@ pub struct BenchReport {
     pub correct: bool,
 }
 
+/// The delivery audit of a phase's topics (it blocks: off the async workers).
+async fn audit(config: &Config) -> Result<lull::devkit::audit::VerifyReport, BenchError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        lull::devkit::audit::run(&config, &lull::devkit::audit::VerifyOptions::default())
+    })
+    .await
+    .map_err(|e| BenchError::Worker(e.to_string()))?
+    .map_err(BenchError::from)
+}
+
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -381,12 +392,7 @@ async fn throughput(
     let redis = lull::io::store::round_trips() - redis_before;
     stop_worker(token, handle).await?;
 
-    let audit_cfg = config.clone();
-    let audit = tokio::task::spawn_blocking(move || {
-        lull::devkit::audit::run(&audit_cfg, &lull::devkit::audit::VerifyOptions::default())
-    })
-    .await
-    .map_err(|e| BenchError::Worker(e.to_string()))??;
+    let audit = audit(config).await?;
     Ok(PhaseReport {
         phase: name.to_string(),
         batching: config.batching == Batching::On,
@@ -475,12 +481,7 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
         }
     }
     drop(consumer);
-    let audit_cfg = config.clone();
-    let audit = tokio::task::spawn_blocking(move || {
-        lull::devkit::audit::run(&audit_cfg, &lull::devkit::audit::VerifyOptions::default())
-    })
-    .await
-    .map_err(|e| BenchError::Worker(e.to_string()))??;
+    let audit = audit(config).await?;
     Ok(PhaseReport {
         phase: "live".into(),
         batching: true,
