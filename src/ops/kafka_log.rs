@@ -110,11 +110,6 @@ impl KafkaLog {
         }
     }
 
-    /// Whether Kafka is unreachable as far as this log knows.
-    pub fn is_down(&self) -> bool {
-        self.state().down.is_some()
-    }
-
     /// An error from a client's error callback, with librdkafka's `reason`: an unreachable
     /// cluster is the state above; anything else is [`KafkaLog::error`] of kind `what`.
     pub fn client_error(&self, what: &'static str, error: &KafkaError, reason: &str) {
