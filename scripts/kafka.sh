@@ -2,7 +2,8 @@
 # Real Apache Kafka (KRaft) for lull's tests, from Apache's own broker jars on Maven Central.
 #
 #   scripts/kafka.sh fetch                       resolve the jars into the cache (once per machine)
-#   scripts/kafka.sh start DIR [--nodes N]       format and start a cluster in DIR, wait until ready
+#   scripts/kafka.sh start DIR [--nodes N]       format and start a new cluster in DIR (clearing the
+#                                                data a stopped one left there), wait until ready
 #   scripts/kafka.sh stop DIR                    stop every node of the cluster in DIR
 #   scripts/kafka.sh kill-node DIR ID            kill -9 one node (its data stays)
 #   scripts/kafka.sh stop-node DIR ID            stop one node gracefully (SIGTERM, waits)
@@ -154,6 +155,14 @@ start() {
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     [ ! -f "$dir/cluster.env" ] || die "$dir already holds a cluster; stop it first"
+    # A cluster stopped earlier leaves its nodes' data behind; `start` makes a new cluster (new
+    # cluster id, new ports), so that data cannot be reused: say so and clear it.
+    local stale
+    for stale in "$dir"/node*; do
+        [ -d "$stale" ] || continue
+        echo "kafka.sh: clearing $stale, left by a cluster stopped earlier" >&2
+        rm -rf "$stale"
+    done
     local rf=1 min_isr=1
     if [ "$nodes" -ge 3 ]; then
         rf=3
