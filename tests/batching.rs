@@ -84,12 +84,12 @@ async fn max_wait_caps_a_user_who_never_pauses() {
     let mut cfg = cluster.config("maxwait");
     cfg.quiet = Duration::from_millis(400);
     cfg.max_wait = Duration::from_millis(1_000);
-    let lull = Running::start(cfg);
-    lull.assigned(1).await;
 
-    // 30 fragments, explicitly 100 ms apart: never quiet for 400 ms, for 3 seconds.
+    // 30 fragments, explicitly 100 ms apart (and in the past, so none is clamped as from the
+    // future): never quiet for 400 ms, for 3 seconds. Written before lull starts, so the batches
+    // follow from the timestamps alone, however slowly a loaded machine sends them.
     let producer = cluster.producer();
-    let t0 = lull::model::wire::now_ms();
+    let t0 = lull::model::wire::now_ms() - 5_000;
     for seq in 0..30 {
         let ts = t0 + seq as i64 * 100;
         send(
@@ -102,6 +102,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
         )
         .await;
     }
+    let lull = Running::start(cfg);
     let mut out = cluster.collector(&cluster.output);
     let batches = out
         .until("all 30 fragments", |s| event_counts(s).len() == 30)
