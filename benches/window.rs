@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
-use lull::model::fragment::Fragment;
+use lull::model::fragment::{parse, Fragment, Parsed, RawMessage, Rules};
 use lull::model::window::{WindowConfig, WindowEngine};
 
 /// Counts live heap bytes, to measure memory per open window; allocates with mimalloc, as the
@@ -50,16 +50,22 @@ const CFG: WindowConfig = WindowConfig {
 const VALUE: &[u8] = br#"{"user_id":"user-000000","text":"hi there, I need help"}"#;
 
 fn fragment(user: usize, offset: i64, ts: i64) -> Fragment {
-    Fragment {
-        key: format!("user-{user:06}"),
+    // Parsed as the worker parses it (the text is read in place inside the value).
+    let key = format!("user-{user:06}");
+    let msg = RawMessage {
+        key: Some(key.as_bytes()),
+        value: Some(VALUE),
+        event_id_header: None,
         offset,
         ts,
-        value: VALUE.into(),
-        text: Some("hi there, I need help".into()),
-        correlation_id: None,
-        event_id: None,
-        is_final: false,
-        bypass: false,
+    };
+    let rules = Rules {
+        max_fragment_bytes: 1 << 20,
+        bypass: None,
+    };
+    match parse(msg, &rules) {
+        Ok(Parsed::Fragment(f)) => f,
+        other => panic!("the bench's value is a fragment: {other:?}"),
     }
 }
 

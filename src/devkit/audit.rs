@@ -283,8 +283,8 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         );
         let (key, event_id, valid, signal) = match &parsed {
             Ok(fragment::Parsed::Fragment(f)) => (
-                Some(f.key.clone()),
-                f.event_id.as_deref().map(str::to_string),
+                Some(f.key.to_string()),
+                f.event_id().map(str::to_string),
                 true,
                 false,
             ),

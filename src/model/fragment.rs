@@ -7,30 +7,185 @@
 //! (`true`: the client says the thought is complete) and `signal` (a string: the message is a
 //! chat signal — `typing`, `stopped` or `flush` — never part of a batch).
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// One valid input message, as the window engine and the sink need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Packed for the thousands an engine holds at once: one heap block holds the value and, after
+/// it, any field that had to be unescaped; the fields point into that block (a plain JSON string
+/// is read in place inside the value, so most fragments copy nothing but the value).
+#[derive(Clone)]
 pub struct Fragment {
-    /// The grouping key: the Kafka key, else the value's `user_id`.
-    pub key: String,
+    /// The grouping key: the Kafka key, else the value's `user_id`. (The engine moves it out
+    /// when it stores the fragment: its window holds it once.)
+    pub key: Box<str>,
     /// Offset in the input partition.
     pub offset: i64,
     /// Timestamp in Unix milliseconds (Kafka's, or arrival time; possibly clamped by the engine).
     pub ts: i64,
-    /// The original JSON value, unchanged.
-    pub value: Box<[u8]>,
-    /// The `text` field, when it is a string.
-    pub text: Option<Box<str>>,
-    /// The `correlation_id` field, when it is a string.
-    pub correlation_id: Option<Box<str>>,
-    /// The `event_id` header or field, for duplicate detection.
-    pub event_id: Option<Box<str>>,
+    /// The value, then any unescaped field.
+    data: Box<[u8]>,
+    /// Where the value ends in `data`.
+    value_len: u32,
+    text: Span,
+    correlation_id: Span,
+    event_id: Span,
     /// `"final": true`: its window goes out right after it.
     pub is_final: bool,
     /// Its `text` matches `LULL_BYPASS_PATTERN`: it goes out alone, after its key's open window.
     pub bypass: bool,
+}
+
+/// A string field's place in a fragment's `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    const NONE: Span = Span {
+        start: u32::MAX,
+        len: 0,
+    };
+}
+
+/// The string fields lull reads from a fragment, as [`Fragment::new`] takes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields<'a> {
+    /// The `text` field, when it is a string.
+    pub text: Option<&'a str>,
+    /// The `correlation_id` field, when it is a string.
+    pub correlation_id: Option<&'a str>,
+    /// The `event_id` header or field, for duplicate detection.
+    pub event_id: Option<&'a str>,
+}
+
+impl Fragment {
+    /// Packs a fragment: the value is copied once; a field that lies inside `value` (borrowed
+    /// from it) is pointed at, any other is copied after the value.
+    pub fn new(
+        key: impl Into<Box<str>>,
+        offset: i64,
+        ts: i64,
+        value: &[u8],
+        fields: Fields<'_>,
+    ) -> Self {
+        let inside = |s: &str| {
+            let (start, base) = (s.as_ptr() as usize, value.as_ptr() as usize);
+            (start >= base && start + s.len() <= base + value.len()).then(|| start - base)
+        };
+        let wanted = [fields.text, fields.correlation_id, fields.event_id];
+        let extra: usize = wanted
+            .iter()
+            .flatten()
+            .filter(|s| inside(s).is_none())
+            .map(|s| s.len())
+            .sum();
+        let mut data = Vec::with_capacity(value.len() + extra);
+        data.extend_from_slice(value);
+        let mut spans = [Span::NONE; 3];
+        for (span, field) in spans.iter_mut().zip(wanted) {
+            let Some(s) = field else { continue };
+            let start = match inside(s) {
+                Some(at) => at,
+                None => {
+                    data.extend_from_slice(s.as_bytes());
+                    data.len() - s.len()
+                }
+            };
+            // Kafka caps a message far below 4 GiB; a field beyond that is simply not kept.
+            if let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(s.len())) {
+                if start != u32::MAX {
+                    *span = Span { start, len };
+                }
+            }
+        }
+        let [text, correlation_id, event_id] = spans;
+        Fragment {
+            key: key.into(),
+            offset,
+            ts,
+            value_len: u32::try_from(value.len()).unwrap_or(u32::MAX),
+            data: data.into_boxed_slice(),
+            text,
+            correlation_id,
+            event_id,
+            is_final: false,
+            bypass: false,
+        }
+    }
+
+    /// The original JSON value, unchanged.
+    pub fn value(&self) -> &[u8] {
+        &self.data[..self.value_len as usize]
+    }
+
+    /// The `text` field, when it is a string.
+    pub fn text(&self) -> Option<&str> {
+        self.field(self.text)
+    }
+
+    /// The `correlation_id` field, when it is a string.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.field(self.correlation_id)
+    }
+
+    /// The `event_id` header or field, for duplicate detection.
+    pub fn event_id(&self) -> Option<&str> {
+        self.field(self.event_id)
+    }
+
+    fn field(&self, span: Span) -> Option<&str> {
+        if span == Span::NONE {
+            return None;
+        }
+        let start = span.start as usize;
+        let bytes = self.data.get(start..start + span.len as usize)?;
+        // Always UTF-8: every span was made from a `&str`.
+        std::str::from_utf8(bytes).ok()
+    }
+
+    /// Bytes this fragment counts against the batch byte cap.
+    pub fn size(&self) -> usize {
+        self.value_len as usize
+    }
+}
+
+impl PartialEq for Fragment {
+    /// Equal when they read the same, however their fields are packed.
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.offset == other.offset
+            && self.ts == other.ts
+            && self.value() == other.value()
+            && self.text() == other.text()
+            && self.correlation_id() == other.correlation_id()
+            && self.event_id() == other.event_id()
+            && self.is_final == other.is_final
+            && self.bypass == other.bypass
+    }
+}
+
+impl Eq for Fragment {}
+
+impl std::fmt::Debug for Fragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fragment")
+            .field("key", &self.key)
+            .field("offset", &self.offset)
+            .field("ts", &self.ts)
+            .field("value", &String::from_utf8_lossy(self.value()))
+            .field("text", &self.text())
+            .field("correlation_id", &self.correlation_id())
+            .field("event_id", &self.event_id())
+            .field("is_final", &self.is_final)
+            .field("bypass", &self.bypass)
+            .finish()
+    }
 }
 
 /// What a chat platform says about a user, on the input topic among the fragments.
@@ -85,13 +240,6 @@ pub struct Rules {
     pub max_fragment_bytes: usize,
     /// `LULL_BYPASS_PATTERN`: fragments whose `text` matches go out alone.
     pub bypass: Option<regex::Regex>,
-}
-
-impl Fragment {
-    /// Bytes this fragment counts against the batch byte cap.
-    pub fn size(&self) -> usize {
-        self.value.len()
-    }
 }
 
 /// Why a message cannot be a fragment; every variant sends it to the dead-letter topic.
@@ -221,13 +369,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
     }
 }
 
-/// The string inside a raw JSON value, if it is a string.
-fn as_string(raw: Option<&RawValue>) -> Option<String> {
-    let raw = raw?;
-    if !raw.get().starts_with('"') {
-        return None;
+/// The string inside a raw JSON value, if it is a string: borrowed from the value when it has no
+/// escapes (then its bytes are the string's), unescaped into a new one when it has.
+fn as_str(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let raw = raw?.get();
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
     }
-    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// The string inside a raw JSON value, if it is a string, as an owned one.
+fn as_string(raw: Option<&RawValue>) -> Option<String> {
+    as_str(raw).map(Cow::into_owned)
 }
 
 /// What a Kafka message brings that a fragment is made of.
@@ -292,25 +448,28 @@ pub fn parse(msg: RawMessage<'_>, rules: &Rules) -> Result<Parsed, Invalid> {
     let event_id = msg
         .event_id_header
         .and_then(|h| std::str::from_utf8(h).ok())
-        .map(str::to_string)
-        .or_else(|| as_string(probe.event_id))
+        .map(Cow::Borrowed)
+        .or_else(|| as_str(probe.event_id))
         .filter(|e| !e.is_empty());
-    let text = as_string(probe.text);
-    let bypass = match (&rules.bypass, &text) {
+    let text = as_str(probe.text);
+    let correlation_id = as_str(probe.correlation_id);
+    let mut fragment = Fragment::new(
+        key,
+        msg.offset,
+        msg.ts,
+        value,
+        Fields {
+            text: text.as_deref(),
+            correlation_id: correlation_id.as_deref(),
+            event_id: event_id.as_deref(),
+        },
+    );
+    fragment.is_final = probe.is_final.is_some_and(|v| v.get() == "true");
+    fragment.bypass = match (&rules.bypass, &text) {
         (Some(pattern), Some(text)) => pattern.is_match(text),
         _ => false,
     };
-    Ok(Parsed::Fragment(Fragment {
-        key,
-        offset: msg.offset,
-        ts: msg.ts,
-        value: value.into(),
-        text: text.map(String::into_boxed_str),
-        correlation_id: as_string(probe.correlation_id).map(String::into_boxed_str),
-        event_id: event_id.map(String::into_boxed_str),
-        is_final: probe.is_final.is_some_and(|v| v.get() == "true"),
-        bypass,
-    }))
+    Ok(Parsed::Fragment(fragment))
 }
 
 #[cfg(test)]
@@ -342,37 +501,34 @@ mod tests {
     fn valid_fragment_keeps_bytes_and_reads_fields() {
         let value = br#"{"text":"hi","correlation_id":"c-1","event_id":"e-1","extra":[1,2]}"#;
         let f = fragment(msg(Some(b"user-1"), value), 1024).unwrap();
-        assert_eq!(f.key, "user-1");
-        assert_eq!(&*f.value, &value[..]);
-        assert_eq!(f.text.as_deref(), Some("hi"));
-        assert_eq!(f.correlation_id.as_deref(), Some("c-1"));
-        assert_eq!(f.event_id.as_deref(), Some("e-1"));
+        assert_eq!(&*f.key, "user-1");
+        assert_eq!(f.value(), &value[..]);
+        assert_eq!(f.text(), Some("hi"));
+        assert_eq!(f.correlation_id(), Some("c-1"));
+        assert_eq!(f.event_id(), Some("e-1"));
         assert_eq!((f.offset, f.ts), (7, 1000));
     }
 
     #[test]
     fn user_id_is_the_key_when_the_message_has_none() {
         let f = fragment(msg(None, br#"{"user_id":"u-9","text":"x"}"#), 1024).unwrap();
-        assert_eq!(f.key, "u-9");
+        assert_eq!(&*f.key, "u-9");
         let f = fragment(msg(Some(b""), br#"{"user_id":"u-9"}"#), 1024).unwrap();
-        assert_eq!(f.key, "u-9");
+        assert_eq!(&*f.key, "u-9");
     }
 
     #[test]
     fn non_string_fields_are_ignored_not_rejected() {
         let f = fragment(msg(Some(b"k"), br#"{"text":5,"event_id":null}"#), 1024).unwrap();
-        assert_eq!(f.text, None);
-        assert_eq!(f.event_id, None);
+        assert_eq!(f.text(), None);
+        assert_eq!(f.event_id(), None);
     }
 
     #[test]
     fn event_id_header_wins_over_the_field() {
         let mut m = msg(Some(b"k"), br#"{"event_id":"field"}"#);
         m.event_id_header = Some(b"header");
-        assert_eq!(
-            fragment(m, 1024).unwrap().event_id.as_deref(),
-            Some("header")
-        );
+        assert_eq!(fragment(m, 1024).unwrap().event_id(), Some("header"));
     }
 
     #[test]
@@ -419,15 +575,49 @@ mod tests {
     }
 
     #[test]
+    fn plain_fields_are_read_in_place_and_escaped_ones_unescaped_once() {
+        let value = br#"{"text":"plain","correlation_id":"tab\there","event_id":"\u00e9"}"#;
+        let mut m = msg(Some(b"k"), value);
+        let f = fragment(m, 1024).unwrap();
+        assert_eq!(f.text(), Some("plain"));
+        assert_eq!(f.correlation_id(), Some("tab\there"));
+        assert_eq!(f.event_id(), Some("\u{e9}"));
+        assert_eq!(f.value(), &value[..]);
+        assert_eq!(f.size(), value.len());
+        // One block: the value, then only the two unescaped fields ("tab\there" and "é").
+        assert_eq!(f.data.len(), value.len() + "tab\there".len() + "é".len());
+
+        m.event_id_header = Some("from-header".as_bytes());
+        let g = fragment(m, 1024).unwrap();
+        assert_eq!(g.event_id(), Some("from-header"));
+        assert_ne!(f, g);
+
+        let plain = Fragment::new("k", 1, 2, br#"{"text":"x"}"#, Fields::default());
+        assert_eq!((plain.text(), plain.event_id()), (None, None));
+        let copied = Fragment::new(
+            "k",
+            1,
+            2,
+            br#"{"text":"x"}"#,
+            Fields {
+                text: Some("x"),
+                ..Fields::default()
+            },
+        );
+        assert_eq!(copied.text(), Some("x"));
+        assert_ne!(plain, copied, "equality is by what a fragment reads");
+    }
+
+    #[test]
     fn a_repeated_field_is_valid_json_and_the_last_one_wins() {
         let value = br#"{"text":"first","user_id":"a","text":"second","user_id":"b","x":1,"x":2}"#;
         let f = fragment(msg(None, value), 1024).unwrap();
-        assert_eq!(f.key, "b");
-        assert_eq!(f.text.as_deref(), Some("second"));
-        assert_eq!(&*f.value, &value[..], "the bytes are kept as they came");
+        assert_eq!(&*f.key, "b");
+        assert_eq!(f.text(), Some("second"));
+        assert_eq!(f.value(), &value[..], "the bytes are kept as they came");
         let escaped = br#"{"te\u0078t":"escaped name","user_id":"u"}"#;
         assert_eq!(
-            fragment(msg(None, escaped), 1024).unwrap().text.as_deref(),
+            fragment(msg(None, escaped), 1024).unwrap().text(),
             Some("escaped name")
         );
     }

@@ -102,7 +102,7 @@ mod tests {
             log in prop::collection::vec((0u8..4, 0i64..300), 1..150),
             acks in prop::collection::vec(any::<prop::sample::Index>(), 0..150),
         ) {
-            use crate::model::fragment::Fragment;
+            use crate::model::fragment::{Fields, Fragment};
             use crate::model::window::{WindowConfig, WindowEngine};
             let cfg = WindowConfig {
                 batching: true, quiet_ms: 100, max_wait_ms: 500,
@@ -119,10 +119,11 @@ mod tests {
                 ts += gap;
                 let offset = i as i64;
                 tracker.read(offset);
-                engine.push(Fragment {
-                    key: format!("k{k}"), offset, ts, value: b"{}".to_vec().into(),
-                    text: None, correlation_id: None, event_id: None, is_final: false, bypass: false,
-                }, i64::MAX / 4, &mut out);
+                engine.push(
+                    Fragment::new(format!("k{k}"), offset, ts, b"{}", Fields::default()),
+                    i64::MAX / 4,
+                    &mut out,
+                );
                 for b in out.drain(..) {
                     tracker.hold(b.first_offset());
                     in_flight.push(b.fragments.iter().map(|f| f.offset).collect());

@@ -317,7 +317,7 @@ impl WindowEngine {
         }
         if f.bypass {
             // In order: the key's open window, then the bypass fragment alone.
-            let key = match self.windows.remove_entry(key.as_str()) {
+            let key = match self.windows.remove_entry(&*key) {
                 Some((stored, w)) => {
                     // A window whose close time passed went out for its own reason already, as
                     // far as the log is concerned; only a still-open one is interrupted.
@@ -342,7 +342,7 @@ impl WindowEngine {
 
         // One lookup: join the key's open window in place, unless rule 1 or the byte cap says
         // the window must go out first.
-        let cut = match self.windows.get_mut(key.as_str()) {
+        let cut = match self.windows.get_mut(&*key) {
             Some(w) => {
                 let (close, reason) = close_of(&cfg, w);
                 if ts > close {
@@ -371,7 +371,7 @@ impl WindowEngine {
                     };
                     if let Some(first) = earlier {
                         // The old entry is now stale: it no longer matches `scheduled`.
-                        if let Some((stored, _)) = self.windows.get_key_value(key.as_str()) {
+                        if let Some((stored, _)) = self.windows.get_key_value(&*key) {
                             self.deadlines.push(Reverse((due, first, stored.clone())));
                         }
                     }
@@ -387,7 +387,7 @@ impl WindowEngine {
             None => None,
         };
         let key: Arc<str> = match cut {
-            Some(reason) => match self.windows.remove_entry(key.as_str()) {
+            Some(reason) => match self.windows.remove_entry(&*key) {
                 Some((stored, w)) => {
                     self.flush_window(stored.clone(), w, reason, out);
                     stored
@@ -747,6 +747,7 @@ impl WindowEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fragment::Fields;
 
     const CFG: WindowConfig = WindowConfig {
         batching: true,
@@ -760,17 +761,8 @@ mod tests {
     };
 
     fn frag(key: &str, offset: i64, ts: i64) -> Fragment {
-        Fragment {
-            key: key.to_string(),
-            offset,
-            ts,
-            value: format!("{{\"o\":{offset}}}").into_bytes().into(),
-            text: None,
-            correlation_id: None,
-            event_id: None,
-            is_final: false,
-            bypass: false,
-        }
+        let value = format!("{{\"o\":{offset}}}");
+        Fragment::new(key, offset, ts, value.as_bytes(), Fields::default())
     }
 
     fn offsets(b: &Batch) -> Vec<i64> {
@@ -1041,6 +1033,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
+    use crate::model::fragment::Fields;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -1070,17 +1063,13 @@ mod properties {
             .enumerate()
             .map(|(i, &(k, gap, size))| {
                 ts += gap;
-                Fragment {
-                    key: format!("k{k}"),
-                    offset: 100 + i as i64,
+                Fragment::new(
+                    format!("k{k}"),
+                    100 + i as i64,
                     ts,
-                    value: vec![b' '; size].into(),
-                    text: None,
-                    correlation_id: None,
-                    event_id: None,
-                    is_final: false,
-                    bypass: false,
-                }
+                    &vec![b' '; size],
+                    Fields::default(),
+                )
             })
             .collect()
     }
@@ -1143,7 +1132,7 @@ mod properties {
         ) {
             let frags = build(&log);
             let batches = catch_up(cfg, &frags);
-            let key_of: BTreeMap<i64, &str> = frags.iter().map(|f| (f.offset, f.key.as_str())).collect();
+            let key_of: BTreeMap<i64, &str> = frags.iter().map(|f| (f.offset, &*f.key)).collect();
             let mut seen: Vec<i64> = Vec::new();
             for b in &batches {
                 prop_assert!(!b.fragments.is_empty());
@@ -1271,17 +1260,13 @@ mod properties {
                 };
                 match kind {
                     Some(kind) => Event::Signal(key, kind, ts),
-                    None => Event::Fragment(Fragment {
-                        key,
-                        offset: 100 + i as i64,
-                        ts,
-                        value: vec![b' '; 10].into(),
-                        text: None,
-                        correlation_id: None,
-                        event_id: None,
-                        is_final: what == 4,
-                        bypass: what == 5,
-                    }),
+                    None => {
+                        let mut f =
+                            Fragment::new(key, 100 + i as i64, ts, &[b' '; 10], Fields::default());
+                        f.is_final = what == 4;
+                        f.bypass = what == 5;
+                        Event::Fragment(f)
+                    }
                 }
             })
             .collect()

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::model::fragment::Fragment;
 use crate::model::window::{Batch, Follows};
 
 /// One header as it was on the wire.
@@ -120,15 +121,11 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
         if i > 0 {
             buf.push(b',');
         }
-        buf.extend_from_slice(&f.value);
+        buf.extend_from_slice(f.value());
     }
     buf.push(b']');
-    if batch.fragments.iter().all(|f| f.text.is_some()) {
-        let text: Vec<&str> = batch
-            .fragments
-            .iter()
-            .filter_map(|f| f.text.as_deref())
-            .collect();
+    if batch.fragments.iter().all(|f| f.text().is_some()) {
+        let text: Vec<&str> = batch.fragments.iter().filter_map(Fragment::text).collect();
         buf.extend_from_slice(b",\"text\":");
         push_json_str(&mut buf, &text.join("\n"));
     }
@@ -138,11 +135,7 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
         RawHeader::new("lull-batch-id", id),
         RawHeader::new("lull-count", count.to_string()),
     ];
-    if let Some(cid) = batch
-        .fragments
-        .first()
-        .and_then(|f| f.correlation_id.as_deref())
-    {
+    if let Some(cid) = batch.fragments.first().and_then(Fragment::correlation_id) {
         headers.push(RawHeader::new("correlation_id", cid));
     }
     Record {
@@ -274,22 +267,17 @@ pub fn encode_dead_letter(r: Rejected<'_>) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fragment::Fragment;
+    use crate::model::fragment::Fields;
     use crate::model::window::FlushReason;
     use std::sync::Arc;
 
     fn frag(offset: i64, ts: i64, value: &str, text: Option<&str>) -> Fragment {
-        Fragment {
-            key: "user-42".into(),
-            offset,
-            ts,
-            value: value.as_bytes().into(),
-            text: text.map(Into::into),
-            correlation_id: (offset == 1042).then(|| "corr-1".into()),
+        let fields = Fields {
+            text,
+            correlation_id: (offset == 1042).then_some("corr-1"),
             event_id: None,
-            is_final: false,
-            bypass: false,
-        }
+        };
+        Fragment::new("user-42", offset, ts, value.as_bytes(), fields)
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl Worker {
                 Item::Fragment(f) => Some(Candidate {
                     key: &f.key,
                     offset: f.offset,
-                    event_id: f.event_id.as_deref(),
+                    event_id: f.event_id(),
                     ts: f.ts,
                 }),
                 _ => None,
@@ -382,7 +382,7 @@ impl Worker {
                 batch_id = %wire::batch_id(&self.topic, self.partition, batch.first_offset()),
                 count = batch.fragments.len(),
                 reason = batch.reason.as_str(),
-                correlation_id = batch.fragments[0].correlation_id.as_deref().unwrap_or(""),
+                correlation_id = batch.fragments[0].correlation_id().unwrap_or(""),
                 "batch flushed"
             );
             p.progress.hold(record.first_offset);
