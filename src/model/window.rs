@@ -21,7 +21,8 @@
 //!   missed its window: it is counted late, never dropped.
 //! * A timestamp more than [`FUTURE_TOLERANCE_MS`] ahead of the wall clock is clamped to it.
 //!
-//! All deadlines live in one binary heap of `(due, first_offset, key)`; a window's first offset is
+//! All deadlines live in one min-queue of `(due, first_offset, key)` ([`Deadlines`]: a sorted queue
+//! for entries that arrive in order, a binary heap for the rest); a window's first offset is
 //! unique in its partition, so it doubles as the window's id. Deadlines are moved lazily: a window
 //! whose close time grew keeps its old (earlier) entry until that entry comes up, and entries of
 //! flushed windows are dropped when they reach the top — so a join is one hash lookup, and
@@ -34,10 +35,11 @@
 //! * every open window has exactly one deadline entry, never later than its real due time;
 //! * [`WindowEngine::low_watermark`] is the lowest offset still held in an open window.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::model::deadlines::Deadlines;
 use crate::model::fragment::{Fragment, SignalKind};
 
 /// Timestamps further ahead of the wall clock than this are clamped to it.
@@ -253,7 +255,7 @@ pub struct WindowEngine {
     windows: WindowMap,
     /// `(due, first_offset, key)` of every open window (and stale entries, dropped when they come
     /// up): the one timer structure of the partition.
-    deadlines: BinaryHeap<Reverse<(i64, i64, Arc<str>)>>,
+    deadlines: Deadlines<(i64, i64, Arc<str>)>,
     /// `(first_offset, key)` of open windows in the order they opened; the front is always open
     /// (entries of flushed windows behind it are dropped when they reach the front).
     open_order: VecDeque<(i64, Arc<str>)>,
@@ -277,7 +279,7 @@ impl WindowEngine {
         Self {
             cfg,
             windows: WindowMap::default(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             open_order: VecDeque::new(),
             previous: HashMap::default(),
             previous_order: VecDeque::new(),
@@ -372,7 +374,7 @@ impl WindowEngine {
                     if let Some(first) = earlier {
                         // The old entry is now stale: it no longer matches `scheduled`.
                         if let Some((stored, _)) = self.windows.get_key_value(&*key) {
-                            self.deadlines.push(Reverse((due, first, stored.clone())));
+                            self.deadlines.push((due, first, stored.clone()));
                         }
                     }
                     if let Some(reason) = full {
@@ -440,7 +442,7 @@ impl WindowEngine {
             });
         }
         self.open_bytes += w.bytes;
-        self.deadlines.push(Reverse((due, offset, key.clone())));
+        self.deadlines.push((due, offset, key.clone()));
         self.open_order.push_back((offset, key.clone()));
         self.windows.insert(key, w);
     }
@@ -518,14 +520,19 @@ impl WindowEngine {
     fn saw(&mut self, ts: i64) {
         self.log_time = self.log_time.max(ts);
         let horizon = self.cfg.followup_ms.saturating_add(self.cfg.grace_ms);
-        while let Some((last_ts, key)) = self.previous_order.front() {
+        while let Some((last_ts, _)) = self.previous_order.front() {
             if last_ts.saturating_add(horizon) >= self.log_time {
                 break;
             }
-            if self.previous.get(key).is_some_and(|(_, t)| t == last_ts) {
-                self.previous.remove(key);
+            let Some((last_ts, key)) = self.previous_order.pop_front() else {
+                break;
+            };
+            // One probe: forget the key's entry only if it is this one (not a later batch's).
+            if let Entry::Occupied(e) = self.previous.entry(key) {
+                if e.get().1 == last_ts {
+                    e.remove();
+                }
             }
-            self.previous_order.pop_front();
         }
     }
 
@@ -590,7 +597,7 @@ impl WindowEngine {
                         self.flush_key(key, FlushReason::Signal, out);
                     } else if let Some(first) = earlier {
                         if let Some((stored, _)) = self.windows.get_key_value(key) {
-                            self.deadlines.push(Reverse((due, first, stored.clone())));
+                            self.deadlines.push((due, first, stored.clone()));
                         }
                     }
                     SignalOutcome::Applied
@@ -683,7 +690,7 @@ impl WindowEngine {
     /// its window's key.
     fn settle_first(&mut self) -> Option<(i64, Arc<str>)> {
         loop {
-            let Reverse((scheduled, first, key)) = self.deadlines.peek()?;
+            let (scheduled, first, key) = self.deadlines.peek()?;
             let (scheduled, first) = (*scheduled, *first);
             let grace = self.cfg.grace_ms;
             let cfg = self.cfg;
@@ -700,8 +707,8 @@ impl WindowEngine {
                 Some(due) if due == scheduled => return Some((due, key.clone())),
                 Some(due) => {
                     // The window grew since: its entry moves to its real due time.
-                    if let Some(Reverse((_, first, key))) = self.deadlines.pop() {
-                        self.deadlines.push(Reverse((due, first, key)));
+                    if let Some((_, first, key)) = self.deadlines.pop() {
+                        self.deadlines.push((due, first, key));
                     }
                 }
                 None => {
