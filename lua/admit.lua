@@ -58,15 +58,24 @@ local function unknown_identity(tid)
   return topic_id == '' or not tid or tid == ''
 end
 
--- flushed:{key} as (topic_id, partition, offset, last_ts), nil or false where absent; a legacy
--- "partition:offset" string (HMGET fails on it) has neither topic id nor timestamp.
+-- flushed:{key} as (topic_id, partition, offset, last_ts, batch_id), nil or false where absent;
+-- a legacy "partition:offset" string (HMGET fails on it) has neither topic id, timestamp nor id.
+-- Read once per key per call (a chunk often holds several fragments of one key, and nothing here
+-- writes these records).
+local records = {}
 local function flushed(key)
-  local got = redis.pcall('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts')
-  if got.err then
-    local p, o = string.match(redis.call('GET', key), '^(%-?%d+):(%-?%d+)$')
-    return nil, p, tonumber(o), nil
+  local r = records[key]
+  if not r then
+    local got = redis.pcall('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts', 'batch_id')
+    if got.err then
+      local p, o = string.match(redis.call('GET', key), '^(%-?%d+):(%-?%d+)$')
+      r = {p = p, o = tonumber(o)}
+    else
+      r = {tid = got[1], p = got[2], o = tonumber(got[3]), last_ts = tonumber(got[4]), id = got[5]}
+    end
+    records[key] = r
   end
-  return got[1], got[2], tonumber(got[3]), tonumber(got[4])
+  return r.tid, r.p, r.o, r.last_ts, r.id
 end
 
 local out = {}
@@ -77,7 +86,7 @@ for i = 1, n do
   local offset = tonumber(ARGV[5 + 3 * i])
   local ts = tonumber(ARGV[7 + 3 * i])
   local verdict = 0
-  local tid, p, o, last_ts = flushed(KEYS[2 * i])
+  local tid, p, o, last_ts, batch_id = flushed(KEYS[2 * i])
   if p == partition and o then
     if other_topic(tid) then
       verdict = 3
@@ -114,10 +123,9 @@ for i = 1, n do
   out[i] = verdict
   if verdict == 0 and o and not seeded[KEYS[2 * i]] then
     seeded[KEYS[2 * i]] = true
-    local id = redis.pcall('HGET', KEYS[2 * i], 'batch_id')
-    if type(id) == 'string' and last_ts and not other_topic(tid) then
+    if type(batch_id) == 'string' and last_ts and not other_topic(tid) then
       seeds[#seeds + 1] = tostring(i)
-      seeds[#seeds + 1] = id
+      seeds[#seeds + 1] = batch_id
       seeds[#seeds + 1] = tostring(last_ts)
     end
   end
