@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! flow      source ─▶ rebalance ─▶ partitions ─▶ worker: intake ▸ gate ▸ engine ▸ outbox ▸ ledger ▸ progress ─▶ commit
-//! model     fragment, window (the engine), offsets, wire        pure: no tokio, rdkafka or redis
+//! model     fragment, window (the engine), deadlines, offsets, wire   pure: no tokio, rdkafka, redis
 //! io        kafka, headers, producer, store (Redis + lua/), backoff
 //! ops       health, budget, http, metrics, shutdown
 //! config    every setting, read and validated as a whole

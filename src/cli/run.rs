@@ -49,7 +49,6 @@ impl clap::FromArgMatches for RunArgs {
 
 impl clap::Args for RunArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        let secret = |name: &str| name == "REDIS_URL";
         cmd.args(lull::config::settings::SETTINGS.iter().map(|s| {
             let default = if s.default.is_empty() {
                 String::new()
@@ -60,7 +59,7 @@ impl clap::Args for RunArgs {
                 .long(flag_of(s.name))
                 .env(s.name)
                 .value_name("VALUE")
-                .hide_env_values(secret(s.name))
+                .hide_env_values(s.secret)
                 .help(format!("{}{default}", s.meaning))
         }))
         .after_help(

@@ -935,6 +935,24 @@ mod tests {
         assert!(dump.contains("redis://lull:***@localhost:6379/0"));
     }
 
+    /// A setting marked secret in the table never shows its credential in the start-up summary
+    /// (the help hides such values by the same mark).
+    #[test]
+    fn every_secret_setting_is_masked_in_the_summary() {
+        let secrets: Vec<&str> = settings::SETTINGS
+            .iter()
+            .filter(|s| s.secret)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(secrets, ["REDIS_URL"]);
+        for name in secrets {
+            let c =
+                Config::from_env(&env(&[(name, "redis://u:topsecret@localhost:6379/0")])).unwrap();
+            let summary = format!("{:?}", c.summary());
+            assert!(!summary.contains("topsecret"), "{name}: {summary}");
+        }
+    }
+
     #[test]
     fn bad_redis_url_is_masked_in_the_error() {
         let e = Config::from_env(&env(&[("REDIS_URL", "http://u:pw@host")])).unwrap_err();

@@ -11,6 +11,8 @@ pub struct Setting {
     pub default: &'static str,
     /// What it is for, in a line.
     pub meaning: &'static str,
+    /// Its value may hold a credential: never shown whole (help, start-up summary, errors).
+    pub secret: bool,
 }
 
 const fn s(name: &'static str, default: &'static str, meaning: &'static str) -> Setting {
@@ -18,6 +20,15 @@ const fn s(name: &'static str, default: &'static str, meaning: &'static str) -> 
         name,
         default,
         meaning,
+        secret: false,
+    }
+}
+
+/// A setting whose value may hold a credential.
+const fn secret(name: &'static str, default: &'static str, meaning: &'static str) -> Setting {
+    Setting {
+        secret: true,
+        ..s(name, default, meaning)
     }
 }
 
@@ -40,7 +51,7 @@ pub const SETTINGS: &[Setting] = &[
     s("LULL_FOLLOWUP_MS", "10000", "follows: a batch names the key's previous one within this; 0 = off"),
     s("LULL_BYPASS_PATTERN", "", "regex on text: matching fragments go out alone (e.g. ^/ for commands)"),
     s("LULL_EVENTS_TOPIC", "", "lifecycle events (opened, flushed) topic; unset = off"),
-    s("REDIS_URL", "", "redis:// or rediss:// URL of the shared state; unset = none"),
+    secret("REDIS_URL", "", "redis:// or rediss:// URL of the shared state; unset = none"),
     s("LULL_REDIS_PREFIX", "lull", "namespace of every Redis key"),
     s("LULL_DEBUG_REDIS_MONITOR", "false", "trace every Redis command on lull's keys (debug)"),
     s("LULL_EVENT_TTL_MS", "3600000", "how long an event_id is remembered for duplicate detection"),
