@@ -13,8 +13,10 @@
 #
 # Every node is broker and controller at once, on loopback ports picked here. A single node
 # (N=1) also serves TLS (SSL) and SASL_SSL with SCRAM-SHA-512, with a certificate authority and a
-# SCRAM user made here; a cluster of three is plain text with replication 3 and
-# min.insync.replicas=2. What clients need is written to DIR/cluster.env:
+# SCRAM user made here, and runs Kafka's StandardAuthorizer: plain-text and TLS clients
+# (User:ANONYMOUS) are super users, a resource without ACLs is open to everyone, and ACLs put on a
+# resource bind the SCRAM user there (tests/secure.rs checks the README's ACLs that way). A
+# cluster of three is plain text with replication 3 and min.insync.replicas=2. What clients need is written to DIR/cluster.env:
 #   KAFKA_BOOTSTRAP, KAFKA_NODES, KAFKA_NODE_<id>_PORT, and for one node KAFKA_SSL_BOOTSTRAP,
 #   KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_CA (PEM), KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD.
 #
@@ -201,7 +203,10 @@ ssl.keystore.location=$dir/tls/broker.p12
 ssl.keystore.password=$store_pass
 ssl.key.password=$store_pass
 sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+super.users=User:ANONYMOUS"
         scram=(--add-scram "SCRAM-SHA-512=[name=lull,password=$scram_pass]")
         {
             echo "KAFKA_SSL_BOOTSTRAP=127.0.0.1:$ssl_port"

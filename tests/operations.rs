@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,12 +19,9 @@ fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
 
 /// `kafka-consumer-groups.sh --reset-offsets --to-datetime … --execute`, as in the README.
 fn reset_offsets(cluster: &Cluster, group: &str, to: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .args([
-            "tool",
-            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    kafka_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
             "--bootstrap-server",
             cluster.bootstrap(),
             "--group",
@@ -36,14 +32,7 @@ fn reset_offsets(cluster: &Cluster, group: &str, to: &str) {
             "--to-datetime",
             to,
             "--execute",
-        ])
-        .output()
-        .expect("kafka.sh runs");
-    assert!(
-        out.status.success(),
-        "reset failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 

@@ -16,18 +16,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use rdkafka::producer::FutureProducer;
 
-/// Runs `lull run` with `security` settings against `bootstrap`, types a zstd-compressed burst
-/// over plain text, and returns lull's log once the batch is out and lull stopped on SIGTERM.
+/// Runs `lull run` with `security` settings against `bootstrap` in consumer group `group`, types
+/// a zstd-compressed burst over plain text, and returns lull's log once the batch is out and lull
+/// stopped on SIGTERM.
 async fn batch_over(
     cluster: &Cluster,
     bootstrap: &str,
     security: &[(&str, String)],
+    group: &str,
 ) -> Vec<String> {
-    let group = unique("secure");
     let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
         .arg("run")
         .env_clear()
-        .envs(cluster.process_env(&group))
+        .envs(cluster.process_env(group))
         .env("KAFKA_BROKERS", bootstrap)
         .envs(security.iter().map(|(k, v)| (k, v)))
         .env("LULL_QUIET_MS", "300")
@@ -107,6 +108,38 @@ async fn batch_over(
     log
 }
 
+/// lull's client settings for the node's SASL_SSL listener, as the SCRAM user it was formatted with.
+fn scram(kafka: &KafkaEnv) -> Vec<(&'static str, String)> {
+    vec![
+        ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+        ("LULL_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512".into()),
+        (
+            "LULL_KAFKA_SASL_USERNAME",
+            kafka.get("KAFKA_SCRAM_USER").into(),
+        ),
+        (
+            "LULL_KAFKA_SASL_PASSWORD",
+            kafka.get("KAFKA_SCRAM_PASSWORD").into(),
+        ),
+        ("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA").into()),
+    ]
+}
+
+/// `kafka-acls.sh --add --allow-principal User:<user> …` on the suite's node, as the README's
+/// "Production → ACLs" writes it.
+fn allow(cluster: &Cluster, user: &str, rest: &[&str]) {
+    let principal = format!("User:{user}");
+    let mut args = vec![
+        "--bootstrap-server",
+        cluster.bootstrap(),
+        "--add",
+        "--allow-principal",
+        &principal,
+    ];
+    args.extend_from_slice(rest);
+    kafka_tool("org.apache.kafka.tools.AclCommand", &args);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lull_batches_over_tls() {
     let cluster = Cluster::start(1).await;
@@ -118,6 +151,7 @@ async fn lull_batches_over_tls() {
             ("LULL_KAFKA_SECURITY_PROTOCOL", "SSL".into()),
             ("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA").into()),
         ],
+        &unique("secure"),
     )
     .await;
 }
@@ -130,16 +164,8 @@ async fn lull_batches_over_sasl_ssl_with_scram_and_never_logs_the_password() {
     let log = batch_over(
         &cluster,
         kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"),
-        &[
-            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
-            ("LULL_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512".into()),
-            (
-                "LULL_KAFKA_SASL_USERNAME",
-                kafka.get("KAFKA_SCRAM_USER").into(),
-            ),
-            ("LULL_KAFKA_SASL_PASSWORD", password.clone()),
-            ("LULL_KAFKA_SSL_CA_LOCATION", kafka.get("KAFKA_CA").into()),
-        ],
+        &scram(&kafka),
+        &unique("secure"),
     )
     .await;
     assert!(
@@ -213,4 +239,100 @@ async fn a_wrong_scram_password_is_never_ready_and_never_shown() {
     let _ = child.wait();
     let text = text.lock().unwrap();
     assert!(!text.contains("not-the-Password-42"), "password shown");
+}
+
+/// The README's ACLs are all lull needs. The suite's node runs Kafka's StandardAuthorizer; this
+/// test's topics and group get exactly the ACLs of README "Production → ACLs" for the SCRAM user,
+/// which then batches over SASL_SSL. First, with Describe alone on the output, the same user's
+/// write there is refused: the authorizer is live, and the ACLs are what let lull through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acls_are_all_lull_needs() {
+    let cluster = Cluster::start(1).await;
+    let kafka = cluster.kafka().clone();
+    let user = kafka.get("KAFKA_SCRAM_USER").to_string();
+    let group = unique("acl");
+    // Any ACL on the output binds the user there: Describe alone, and lull cannot write.
+    allow(
+        &cluster,
+        &user,
+        &["--operation", "Describe", "--topic", &cluster.output],
+    );
+    let refused = write_as(&kafka, &cluster.output).await;
+    assert!(
+        refused.contains("authoriz") || refused.contains("Authoriz"),
+        "the authorizer refuses a write the ACLs do not allow: {refused}"
+    );
+
+    allow(
+        &cluster,
+        &user,
+        &[
+            "--operation",
+            "Read",
+            "--operation",
+            "Describe",
+            "--topic",
+            &cluster.input,
+            "--group",
+            &group,
+        ],
+    );
+    allow(
+        &cluster,
+        &user,
+        &[
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            "--topic",
+            &cluster.output,
+            "--topic",
+            &cluster.dlq,
+        ],
+    );
+    let listed = kafka_tool(
+        "org.apache.kafka.tools.AclCommand",
+        &[
+            "--bootstrap-server",
+            cluster.bootstrap(),
+            "--list",
+            "--principal",
+            &format!("User:{user}"),
+        ],
+    );
+    assert!(
+        listed.contains(&cluster.input) && listed.contains(&group),
+        "{listed}"
+    );
+    batch_over(
+        &cluster,
+        kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"),
+        &scram(&kafka),
+        &group,
+    )
+    .await;
+}
+
+/// Tries to write one record to `topic` as the SCRAM user; returns the error, or "" on success.
+async fn write_as(kafka: &KafkaEnv, topic: &str) -> String {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"))
+        .set("message.timeout.ms", "20000");
+    for (name, value) in scram(kafka) {
+        let property = name
+            .trim_start_matches("LULL_KAFKA_")
+            .to_lowercase()
+            .replace('_', ".");
+        config.set(property, value);
+    }
+    let producer: FutureProducer = config.create().expect("SCRAM producer");
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .key("k")
+        .payload("{}");
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(_) => String::new(),
+        Err((e, _)) => e.to_string(),
+    }
 }

@@ -32,6 +32,27 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Runs one of Kafka's own command-line tools (`scripts/kafka.sh tool CLASS ARGS`, the jars the
+/// suite's broker runs from) and returns its standard output; fails the test, with both outputs,
+/// if the tool fails.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .expect("kafka.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{class} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// How long any single condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(90);
 
