@@ -9,7 +9,7 @@
 //! flow      source ─▶ rebalance ─▶ partitions ─▶ worker: intake ▸ gate ▸ engine ▸ outbox ▸ ledger ▸ progress ─▶ commit
 //! model     fragment, window (the engine), deadlines, offsets, wire   pure: no tokio, rdkafka, redis
 //! io        kafka, headers, producer, store (Redis + lua/), backoff
-//! ops       health, budget, http, metrics, shutdown
+//! ops       health, budget, http, metrics, process, shutdown
 //! config    every setting, read and validated as a whole
 //! devkit    mock cluster, load generator, batch tally, audit    for the tools and tests; the worker never imports it
 //! ```

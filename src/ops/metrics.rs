@@ -133,9 +133,7 @@ impl Metrics {
         // an operator checks first, read from /proc at each scrape (Linux only).
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(crate::ops::process::ProcessMetrics::for_self()))
             .expect("metric names are unique");
         Self {
             fragments_received: counter(

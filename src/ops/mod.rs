@@ -6,4 +6,6 @@ pub mod health;
 pub mod http;
 pub mod kafka_log;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod process;
 pub mod shutdown;
