@@ -205,6 +205,30 @@ fn memory() {
         );
         black_box(e);
     }
+    // Real bursts are a few fragments long: 100k windows of 2 and of 3.
+    for per_window in [2usize, 3] {
+        let n = 100_000usize;
+        let before = LIVE.load(Ordering::Relaxed);
+        let frags: Vec<Fragment> = (0..n * per_window)
+            .map(|i| fragment(i % n, i as i64, 1_000))
+            .collect();
+        let with_frags = LIVE.load(Ordering::Relaxed);
+        let mut e = WindowEngine::new(CFG);
+        let mut out = Vec::new();
+        for f in frags {
+            e.push(f, i64::MAX / 4, &mut out);
+        }
+        let after = LIVE.load(Ordering::Relaxed);
+        let values = (VALUE.len() * per_window) as f64;
+        let fragment_heap = (with_frags - before) as f64 / n as f64;
+        let total = (after - before) as f64 / n as f64;
+        println!(
+            "memory/{n}_open_windows_of_{per_window}: {total:.0} B per open window in all; fragment heap \
+             {fragment_heap:.0} B (values {values} B); overhead beyond the fragment bytes {:.0} B",
+            total - values
+        );
+        black_box(e);
+    }
 }
 
 criterion_group!(benches, push, expire);

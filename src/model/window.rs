@@ -356,6 +356,9 @@ impl WindowEngine {
                     w.last_ts = w.last_ts.max(ts);
                     w.bytes += size;
                     self.open_bytes += size;
+                    // Grown one fragment at a time: a burst is a few fragments, and Vec's own
+                    // growth (1 → 4 → 8) would hold a 2-fragment window at twice its size.
+                    w.fragments.reserve_exact(1);
                     w.fragments.push(f);
                     let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
                     // A later due time is picked up lazily; an earlier one (an out-of-order
