@@ -134,8 +134,9 @@ pub struct Batch {
 pub enum Follows {
     /// A batch of this partition, by its first offset (its id is `{topic}/{partition}/{offset}`).
     Offset(i64),
-    /// A batch known by its full id (learnt from Redis after a restart or handoff).
-    Id(Arc<str>),
+    /// A batch known by its full id (learnt from Redis after a restart or handoff). Behind one
+    /// thin pointer, so every open window's `follows` takes 16 bytes, not 24.
+    Id(Arc<String>),
 }
 
 /// What a signal did.
@@ -550,8 +551,10 @@ impl WindowEngine {
             return;
         }
         let key: Arc<str> = Arc::from(key);
-        self.previous
-            .insert(key.clone(), (Follows::Id(Arc::from(batch_id)), last_ts));
+        self.previous.insert(
+            key.clone(),
+            (Follows::Id(Arc::new(batch_id.to_string())), last_ts),
+        );
         self.previous_order.push_back((last_ts, key));
     }
 
@@ -1022,7 +1025,10 @@ mod tests {
         fresh.seed_follows("a", "t/0/2", 1_400);
         fresh.push(frag("a", 3, 1_700), NOW, &mut out);
         fresh.advance(2_000, &mut out);
-        assert_eq!(out[3].follows, Some(Follows::Id(Arc::from("t/0/2"))));
+        assert_eq!(
+            out[3].follows,
+            Some(Follows::Id(Arc::new("t/0/2".to_string())))
+        );
     }
 
     #[test]
