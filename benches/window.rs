@@ -181,53 +181,51 @@ fn expire(c: &mut Criterion) {
     g.finish();
 }
 
-/// Heap bytes per open window beyond its fragment's value bytes (printed, not timed).
-fn memory() {
-    for n in [10_000usize, 100_000, 1_000_000] {
-        // The fragments as the worker hands them over (key string, value, text): what the window
-        // holds and must hold. Measured first, then the engine's own overhead on top.
-        let before = LIVE.load(Ordering::Relaxed);
-        let frags: Vec<Fragment> = (0..n).map(|u| fragment(u, u as i64, 1_000)).collect();
-        let with_frags = LIVE.load(Ordering::Relaxed);
-        let mut e = WindowEngine::new(CFG);
-        let mut out = Vec::new();
-        for f in frags {
-            e.push(f, i64::MAX / 4, &mut out);
-        }
-        let after = LIVE.load(Ordering::Relaxed);
-        let value_bytes = VALUE.len();
-        let fragment_heap = (with_frags - before) as f64 / n as f64;
-        let total = (after - before) as f64 / n as f64;
-        println!(
-            "memory/{n}_open_windows: {total:.0} B per open window in all; fragment heap {fragment_heap:.0} B \
-             (value {value_bytes} B); overhead beyond the fragment bytes {:.0} B",
-            total - value_bytes as f64
-        );
-        black_box(e);
+/// `n` windows of `per_window` fragments each: heap bytes per window in all, and of the fragments
+/// alone as the worker hands them over (key string, packed value and fields, struct) before the
+/// engine holds them.
+fn held(n: usize, per_window: usize) -> (f64, f64) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let frags: Vec<Fragment> = (0..n * per_window)
+        .map(|i| fragment(i % n, i as i64, 1_000))
+        .collect();
+    let with_frags = LIVE.load(Ordering::Relaxed);
+    let mut e = WindowEngine::new(CFG);
+    let mut out = Vec::new();
+    for f in frags {
+        e.push(f, i64::MAX / 4, &mut out);
     }
-    // Real bursts are a few fragments long: 100k windows of 2 and of 3.
-    for per_window in [2usize, 3] {
-        let n = 100_000usize;
-        let before = LIVE.load(Ordering::Relaxed);
-        let frags: Vec<Fragment> = (0..n * per_window)
-            .map(|i| fragment(i % n, i as i64, 1_000))
-            .collect();
-        let with_frags = LIVE.load(Ordering::Relaxed);
-        let mut e = WindowEngine::new(CFG);
-        let mut out = Vec::new();
-        for f in frags {
-            e.push(f, i64::MAX / 4, &mut out);
-        }
-        let after = LIVE.load(Ordering::Relaxed);
-        let values = (VALUE.len() * per_window) as f64;
-        let fragment_heap = (with_frags - before) as f64 / n as f64;
-        let total = (after - before) as f64 / n as f64;
+    let after = LIVE.load(Ordering::Relaxed);
+    black_box(e);
+    (
+        (after - before) as f64 / n as f64,
+        (with_frags - before) as f64 / n as f64,
+    )
+}
+
+/// Heap bytes per open window beyond its fragments' value bytes (printed, not timed): windows of
+/// one fragment at three sizes, then real bursts of 2 and 3 fragments at 100k windows.
+fn memory() {
+    let shapes = [
+        (10_000usize, 1usize),
+        (100_000, 1),
+        (1_000_000, 1),
+        (100_000, 2),
+        (100_000, 3),
+    ];
+    for (n, per_window) in shapes {
+        let (total, fragment_heap) = held(n, per_window);
+        let values = VALUE.len() * per_window;
+        let name = if per_window == 1 {
+            format!("{n}_open_windows")
+        } else {
+            format!("{n}_open_windows_of_{per_window}")
+        };
         println!(
-            "memory/{n}_open_windows_of_{per_window}: {total:.0} B per open window in all; fragment heap \
-             {fragment_heap:.0} B (values {values} B); overhead beyond the fragment bytes {:.0} B",
-            total - values
+            "memory/{name}: {total:.0} B per open window in all; fragment heap {fragment_heap:.0} B \
+             (values {values} B); overhead beyond the fragment bytes {:.0} B",
+            total - values as f64
         );
-        black_box(e);
     }
 }
 
