@@ -124,8 +124,13 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
         buf.extend_from_slice(f.value());
     }
     buf.push(b']');
-    if batch.fragments.iter().all(|f| f.text().is_some()) {
-        let text: Vec<&str> = batch.fragments.iter().filter_map(Fragment::text).collect();
+    // Only when every fragment has one (each read once: a field is checked as UTF-8 when read).
+    if let Some(text) = batch
+        .fragments
+        .iter()
+        .map(Fragment::text)
+        .collect::<Option<Vec<&str>>>()
+    {
         buf.extend_from_slice(b",\"text\":");
         push_json_str(&mut buf, &text.join("\n"));
     }

@@ -86,10 +86,9 @@ impl Progress {
         reading: bool,
     ) {
         let commit = self.tracker.watermark(engine.low_watermark());
-        let windows = engine.open_windows() as i64;
-        let bytes = engine.open_bytes() as i64;
-        let held = held_by_windows(engine.open_bytes(), engine.open_windows()) as i64
-            + outbox_bytes as i64;
+        let (open_windows, open_bytes) = (engine.open_windows(), engine.open_bytes());
+        let (windows, bytes) = (open_windows as i64, open_bytes as i64);
+        let held = held_by_windows(open_bytes, open_windows) as i64 + outbox_bytes as i64;
         let m = metrics();
         m.open_windows.add(windows - self.reported_windows);
         m.open_window_bytes.add(bytes - self.reported_bytes);
