@@ -149,6 +149,18 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Waits until the file at `path` contains `text`; fails with `what` after [`DEADLINE`].
+fn wait_for_text(path: &Path, text: &str, what: &str) {
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(Instant::now() < end, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_file(path: &Path) -> String {
     let end = Instant::now() + DEADLINE;
     loop {
@@ -304,9 +316,7 @@ async fn pending_shows_an_open_window_or_none() {
         "nobody: none (no open window)"
     );
 
-    let mut config = lull::config::Config::defaults();
-    config.redis_url = Some(lull::config::Secret::new(redis.url.clone()));
-    config.redis_prefix = prefix.clone();
+    let mut config = redis.configure(lull::config::Config::defaults(), &prefix);
     config.instance_id = "host-7".into();
     let store = lull::io::store::Store::connect(
         &config,
@@ -423,14 +433,7 @@ fn run_against_no_kafka(dir: &Path, format: &str, for_at_least: Duration) -> Str
         .unwrap();
     let mut child = Guard(child);
     // Wait for the outage to be noticed, then let it last: the log must stay quiet meanwhile.
-    let end = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("kafka unreachable")
-    {
-        assert!(Instant::now() < end, "the outage was never logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_text(&log, "kafka unreachable", "the outage was never logged");
     std::thread::sleep(for_at_least);
     signal(&child.0, "-INT");
     let status = wait_exit(&mut child.0, DEADLINE);
@@ -555,14 +558,11 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
             .spawn()
             .unwrap(),
     );
-    let end = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&run_log)
-        .unwrap_or_default()
-        .contains("partitions assigned")
-    {
-        assert!(Instant::now() < end, "lull run never got its partitions");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_text(
+        &run_log,
+        "partitions assigned",
+        "lull run never got its partitions",
+    );
 
     let mut tail = lull();
     with_env(tail.args(["tail", "--from-beginning"]));

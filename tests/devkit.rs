@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use lull::config::{Config, Secret};
+use lull::config::Config;
 use lull::devkit::load::Writer;
 use lull::io::store::{Flushed, PendingSummary, Store};
 use lull::ops::health::Health;
@@ -35,9 +35,7 @@ async fn the_writer_returns_an_error_it_cannot_retry_instead_of_spinning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_round_trips_count_the_sync_pipeline() {
     let redis = RedisServer::shared();
-    let mut c = Config::defaults();
-    c.redis_url = Some(Secret::new(redis.url.clone()));
-    c.redis_prefix = unique_prefix("round-trips");
+    let c = redis.configure(Config::defaults(), &unique_prefix("round-trips"));
     let store = Store::connect(&c, Arc::new(Health::new()))
         .await
         .expect("store");

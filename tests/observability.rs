@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lull::config::{Config, Secret};
+use lull::config::Config;
 
 async fn page(lull: &Running) -> String {
     let addr = lull.health.http_addr().expect("http bound");
@@ -19,9 +19,7 @@ async fn page(lull: &Running) -> String {
 async fn health_endpoints_and_every_metric_over_http() {
     let cluster = Cluster::start(2).await;
     let redis = RedisServer::shared();
-    let mut cfg: Config = cluster.config("obs");
-    cfg.redis_url = Some(Secret::new(redis.url.clone()));
-    cfg.redis_prefix = unique_prefix("obs");
+    let mut cfg: Config = redis.configure(cluster.config("obs"), &unique_prefix("obs"));
     cfg.max_fragment_bytes = 300;
     cfg.quiet = Duration::from_millis(600);
     let lull = Running::start(cfg);

@@ -9,13 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use lull::config::{Config, Secret};
-
-fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
-    c.redis_url = Some(Secret::new(redis.url.clone()));
-    c.redis_prefix = prefix.to_string();
-    c
-}
 
 /// `kafka-consumer-groups.sh --reset-offsets --to-datetime … --execute`, as in the README.
 fn reset_offsets(cluster: &Cluster, group: &str, to: &str) {
@@ -64,7 +57,7 @@ async fn resetting_offsets_replays_without_duplicates_and_re_emits_after_deletin
     let cluster = Cluster::start(2).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("reset");
-    let config = with_redis(cluster.config("reset"), &redis, &prefix);
+    let config = redis.configure(cluster.config("reset"), &prefix);
     let group = config.group_id.clone();
     // Before the session, in the form the README uses (UTC).
     let before =

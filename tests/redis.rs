@@ -7,14 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lull::config::{Config, Secret};
+use lull::config::Config;
 use redis::AsyncCommands;
-
-fn with_redis(mut c: Config, redis: &RedisServer, prefix: &str) -> Config {
-    c.redis_url = Some(Secret::new(redis.url.clone()));
-    c.redis_prefix = prefix.to_string();
-    c
-}
 
 /// Types one session: `n` fragments spread over 12 users, with the same event ids every time.
 async fn type_session(producer: &rdkafka::producer::FutureProducer, topic: &str, n: usize) {
@@ -45,7 +39,7 @@ async fn a_recreated_input_topic_loses_nothing_to_the_old_topics_records() {
     let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("recreate");
-    let cfg = with_redis(cluster.config("recreate"), &redis, &prefix);
+    let cfg = redis.configure(cluster.config("recreate"), &prefix);
     let producer = cluster.producer();
     let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
@@ -106,7 +100,7 @@ async fn a_replaced_dev_cluster_loses_nothing_to_the_old_clusters_records() {
         // A fresh `lull dev-broker` each round: the mock gives no topic ids, but another cluster id.
         let broker = DevBroker::start(1);
         let d = Config::defaults();
-        let mut cfg = with_redis(d.clone(), &redis, &prefix);
+        let mut cfg = redis.configure(d.clone(), &prefix);
         cfg.brokers = broker.bootstrap.clone();
         cfg.group_id = unique("replaced");
         cfg.quiet = Duration::from_millis(300);
@@ -134,7 +128,7 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
     let cluster = Cluster::start(2).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("replay");
-    let first = Running::start(with_redis(cluster.config("first"), &redis, &prefix));
+    let first = Running::start(redis.configure(cluster.config("first"), &prefix));
     first.assigned(2).await;
     let producer = cluster.producer();
     send_bursts(
@@ -151,7 +145,7 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
 
     // Another group reads the whole log again from the start, as a new owner would after losing
     // the commits: everything was emitted already, so nothing comes out twice.
-    let mut cfg = with_redis(cluster.config("second"), &redis, &prefix);
+    let mut cfg = redis.configure(cluster.config("second"), &prefix);
     cfg.output_topic = cluster.replay.clone();
     let second = Running::start(cfg);
     second.assigned(2).await;
@@ -181,7 +175,7 @@ async fn a_producer_retry_with_the_same_event_id_is_dropped() {
     let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("dupe");
-    let lull = Running::start(with_redis(cluster.config("dupe"), &redis, &prefix));
+    let lull = Running::start(redis.configure(cluster.config("dupe"), &prefix));
     lull.assigned(1).await;
     let producer = cluster.producer();
     let before = lull::ops::metrics::metrics().fragments_duplicate.get();
@@ -237,7 +231,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("pendingttl");
-    let mut cfg = with_redis(cluster.config("pending"), &redis, &prefix);
+    let mut cfg = redis.configure(cluster.config("pending"), &prefix);
     cfg.quiet = Duration::from_millis(500);
     cfg.max_wait = Duration::from_secs(8);
     let lull = Running::start(cfg);
@@ -295,7 +289,7 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     let cluster = Cluster::start(1).await;
     let mut redis = RedisServer::private();
     let prefix = unique_prefix("outage");
-    let cfg = with_redis(cluster.config("outage"), &redis, &prefix);
+    let cfg = redis.configure(cluster.config("outage"), &prefix);
     let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     assert_eq!(lull.health.redis(), Some(true));

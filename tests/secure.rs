@@ -314,19 +314,20 @@ async fn the_readme_acls_are_all_lull_needs() {
     .await;
 }
 
-/// Tries to write one record to `topic` as the SCRAM user; returns the error, or "" on success.
+/// Tries to write one record to `topic` as the SCRAM user, with lull's own producer settings
+/// (read from the same variables `lull run` gets); returns the error, or "" on success.
 async fn write_as(kafka: &KafkaEnv, topic: &str) -> String {
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"))
-        .set("message.timeout.ms", "20000");
-    for (name, value) in scram(kafka) {
-        let property = name
-            .trim_start_matches("LULL_KAFKA_")
-            .to_lowercase()
-            .replace('_', ".");
-        config.set(property, value);
-    }
+    let mut env: std::collections::BTreeMap<String, String> = scram(kafka)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    env.insert(
+        "KAFKA_BROKERS".into(),
+        kafka.get("KAFKA_SASL_SSL_BOOTSTRAP").into(),
+    );
+    let lull_config = lull::config::Config::from_env(&env).expect("valid settings");
+    let mut config = lull::io::kafka::producer_config(&lull_config);
+    config.set("message.timeout.ms", "20000");
     let producer: FutureProducer = config.create().expect("SCRAM producer");
     let record = rdkafka::producer::FutureRecord::to(topic)
         .key("k")

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lull::config::{Batching, Config, Secret};
+use lull::config::{Batching, Config};
 use lull::model::wire::now_ms;
 
 /// A chat message of `user` at `ts`: a fragment with `text` (and `extra` fields), or a signal.
@@ -370,9 +370,7 @@ async fn follows_survives_a_crash_between_two_bursts_with_redis() {
     let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("follows");
-    let mut cfg = chat_config(&cluster, "follows-crash");
-    cfg.redis_url = Some(Secret::new(redis.url.clone()));
-    cfg.redis_prefix = prefix.clone();
+    let cfg = redis.configure(chat_config(&cluster, "follows-crash"), &prefix);
     let first = Running::start(cfg.clone());
     first.assigned(1).await;
     let t0 = base_time();

@@ -13,9 +13,7 @@ use lull::ops::health::Health;
 use redis::AsyncCommands;
 
 async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> {
-    let mut c = Config::defaults();
-    c.redis_url = Some(Secret::new(redis.url.clone()));
-    c.redis_prefix = prefix.to_string();
+    let mut c = redis.configure(Config::defaults(), prefix);
     c.instance_id = instance.to_string();
     let s = Store::connect(&c, Arc::new(Health::new()))
         .await

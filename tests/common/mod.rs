@@ -610,6 +610,13 @@ pub fn free_port() -> u16 {
 }
 
 impl RedisServer {
+    /// `config` pointed at this server, with its keys under `prefix`.
+    pub fn configure(&self, mut config: Config, prefix: &str) -> Config {
+        config.redis_url = Some(lull::config::Secret::new(self.url.clone()));
+        config.redis_prefix = prefix.to_string();
+        config
+    }
+
     /// The shared test server, or a private one when none was given.
     pub fn shared() -> Self {
         match std::env::var("LULL_TEST_REDIS_URL") {
