@@ -56,6 +56,15 @@ pub enum RunError {
     /// `REDIS_URL` cannot be used at all (an unreachable server is not an error: lull degrades).
     #[error(transparent)]
     Store(#[from] io::store::StoreError),
+    /// exactly_once cannot run here: the brokers refuse transactions to this client.
+    #[error(
+        "LULL_DELIVERY=exactly_once needs Kafka transactions, and {0}; set \
+         LULL_DELIVERY=at_least_once to run without them"
+    )]
+    Transactions(String),
+    /// The state topic cannot be used (exactly_once).
+    #[error(transparent)]
+    StateTopic(#[from] io::state_topic::StateTopicError),
 }
 
 impl RunError {
@@ -72,10 +81,69 @@ impl RunError {
         match self {
             RunError::Sink(io::producer::SinkError::Create(e)) => client(e),
             RunError::Flow(flow::FlowError::Start(e)) => client(e),
-            RunError::Http(..) => true,
+            RunError::Http(..) | RunError::Transactions(_) => true,
+            RunError::StateTopic(e) => e.is_configuration(),
             _ => false,
         }
     }
+}
+
+/// How long the start-up check of transactions may take before lull goes on without knowing.
+const TRANSACTIONS_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// exactly_once at start: makes sure the state topic exists, and that the brokers run
+/// transactions for this client (a refusal stops lull with one line: exit 2). A cluster that
+/// cannot be asked yet is not a refusal: lull starts, and each partition starts its transactions
+/// once it can. Returns whether offsets must also be committed outside the transactions: on
+/// librdkafka's mock cluster (`lull demo`, `lull dev-broker`), which answers transactional offset
+/// commits without keeping them.
+async fn check_transactions(config: &Config) -> Result<bool, RunError> {
+    match io::state_topic::ensure(config).await {
+        Ok(io::state_topic::Ensured::Exists) => {}
+        Ok(io::state_topic::Ensured::Created {
+            partitions,
+            replication,
+        }) => tracing::info!(
+            topic = %config.state_topic(),
+            partitions,
+            replication,
+            "state topic created"
+        ),
+        Err(e) if e.is_configuration() => return Err(e.into()),
+        Err(e) => tracing::warn!(error = %e, "cannot check the state topic yet"),
+    }
+    let probe = io::transactional::TxnProducer::probe(config)
+        .map_err(|e| RunError::Transactions(e.to_string()))?;
+    let checked = tokio::task::spawn_blocking(move || {
+        let mock = probe
+            .cluster_id(std::time::Duration::from_secs(5))
+            .is_some_and(|id| id.starts_with("mockCluster"));
+        (mock, probe.init(TRANSACTIONS_CHECK_TIMEOUT))
+    })
+    .await;
+    let (mock, outcome) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(RunError::Transactions(format!("the check failed: {e}"))),
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(
+            io::transactional::TxnError::Refused(why) | io::transactional::TxnError::Fatal(why),
+        ) => return Err(RunError::Transactions(why)),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot start a transaction yet; partitions start theirs once the brokers can (a \
+             cluster with fewer brokers than transaction.state.log.replication.factor, 3 by \
+             default, never can)"
+        ),
+    }
+    if mock {
+        tracing::info!(
+            "librdkafka's mock cluster keeps no offsets committed inside transactions: lull also \
+             commits them after each transaction"
+        );
+    }
+    Ok(mock)
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
@@ -92,6 +160,11 @@ pub async fn run_with_health(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let sink = io::producer::Sink::new(&config)?;
+    let plain_commits = if config.exactly_once() {
+        check_transactions(&config).await?
+    } else {
+        true
+    };
     let addr = ops::http::serve(
         config.http_addr,
         health.clone(),
@@ -116,7 +189,7 @@ pub async fn run_with_health(
             if config.debug_redis_monitor {
                 io::store::monitor::spawn_trace(
                     url.expose().to_string(),
-                    config.redis_prefix.clone(),
+                    store.keys().namespace().to_string(),
                     config.instance_id.clone(),
                 );
             }
@@ -130,6 +203,7 @@ pub async fn run_with_health(
         budget,
         shutdown,
         health,
+        plain_commits,
     )
     .await;
     let flush_sink = sink.clone();

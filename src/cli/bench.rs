@@ -535,6 +535,11 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
                 args.partitions.max(1),
             ));
         }
+        if args.kafka.is_none() {
+            // The mock cannot create topics; on Kafka `lull run` creates the state topic itself.
+            let phase = phase_config(&base, "", &run, name, true);
+            topics.push((phase.state_topic(), args.partitions.max(1)));
+        }
     }
     let (_broker, brokers) = match &args.kafka {
         None => {

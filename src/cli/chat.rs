@@ -150,6 +150,8 @@ pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
     client
         .set("group.id", format!("lull-tail-{}", std::process::id()))
         .set("enable.partition.eof", "false")
+        // Each batch once, as a downstream consumer sees them (never an aborted transaction's).
+        .set("isolation.level", "read_committed")
         .set(
             "auto.offset.reset",
             if args.from_beginning {

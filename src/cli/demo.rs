@@ -153,16 +153,17 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         config.max_wait = config.quiet;
     }
     let partitions = args.partitions.max(1);
+    config.group_id = format!("lull-demo-{}", std::process::id());
     let broker = MockBroker::start(
         1,
         &[
             (config.input_topic.clone(), partitions),
             (config.output_topic.clone(), partitions),
             (config.dlq_topic.clone(), partitions),
+            (config.state_topic(), partitions),
         ],
     )?;
     config.brokers = broker.bootstrap().to_string();
-    config.group_id = format!("lull-demo-{}", std::process::id());
     // The demo must not collide with a `lull run` on the same machine.
     config.http_addr.set_port(0);
 

@@ -20,6 +20,11 @@ pub struct DevBrokerArgs {
     /// Another topic to create (repeatable), with the same partition count.
     #[arg(long = "topic")]
     pub topics: Vec<String>,
+    /// Also create the state topic of this consumer group (repeatable); that of LULL_GROUP_ID is
+    /// always created. The mock cluster cannot create topics on request, so `lull run` with
+    /// another LULL_GROUP_ID needs it made here.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
 }
 
 /// `lull dev-broker`.
@@ -29,6 +34,7 @@ pub async fn main(config: Config, args: DevBrokerArgs) -> ExitCode {
         brokers,
         bootstrap_file,
         topics: extra_topics,
+        groups,
     } = args;
     super::init_tracing(config.log_format, "warn");
     if partitions < 1 || brokers < 1 {
@@ -39,8 +45,17 @@ pub async fn main(config: Config, args: DevBrokerArgs) -> ExitCode {
         (config.input_topic.clone(), partitions),
         (config.output_topic.clone(), partitions),
         (config.dlq_topic.clone(), partitions),
+        (config.state_topic(), partitions),
     ];
     topics.extend(extra_topics.into_iter().map(|t| (t, partitions)));
+    for group in groups {
+        let mut c = config.clone();
+        c.group_id = group;
+        let state = c.state_topic();
+        if !topics.iter().any(|(t, _)| *t == state) {
+            topics.push((state, partitions));
+        }
+    }
     let broker = match lull::devkit::mock::MockBroker::start(brokers, &topics) {
         Ok(b) => b,
         Err(e) => {

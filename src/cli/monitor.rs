@@ -11,11 +11,13 @@ pub async fn main(config: Config) -> ExitCode {
         eprintln!("REDIS_URL is not set");
         return ExitCode::from(super::EXIT_CONFIG);
     };
+    // The keys of this consumer group (LULL_GROUP_ID) under LULL_REDIS_PREFIX.
+    let prefix = lull::io::store::Keys::new(&config.redis_prefix, &config.group_id)
+        .namespace()
+        .to_string();
     eprintln!(
-        "following Redis commands on {}:* (MONITOR slows Redis down; debugging only; Ctrl-C to stop)",
-        config.redis_prefix
+        "following Redis commands on {prefix}:* (MONITOR slows Redis down; debugging only; Ctrl-C to stop)"
     );
-    let prefix = config.redis_prefix.clone();
     let follow = lull::io::store::monitor::follow(url.expose(), &prefix, |e| {
         for line in lull::io::store::monitor::timeline(&e, &prefix) {
             println!("{line}");

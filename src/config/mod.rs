@@ -30,6 +30,55 @@ pub enum TimestampSource {
     Arrival,
 }
 
+/// What a crash, a rebalance or a paused process may do to the output (`LULL_DELIVERY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Output, input offsets and state records in one Kafka transaction per commit: a
+    /// `read_committed` consumer sees every batch once (the default).
+    ExactlyOnce,
+    /// No transactions: an idempotent producer, offsets committed after acknowledgement; a
+    /// crash or handoff may emit a batch again (with the same `batch_id`).
+    AtLeastOnce,
+}
+
+impl Delivery {
+    /// The value as written in `LULL_DELIVERY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::ExactlyOnce => "exactly_once",
+            Delivery::AtLeastOnce => "at_least_once",
+        }
+    }
+}
+
+/// The suffix of the default state topic's name.
+pub const STATE_TOPIC_SUFFIX: &str = ".lull-state";
+
+/// The consumer group whose state topic is `<input>.lull-state`: `LULL_GROUP_ID`'s default.
+const DEFAULT_GROUP: &str = "lull";
+
+/// The state topic when `LULL_STATE_TOPIC` is unset: `<input>.lull-state` for the default group
+/// `lull`, and `<input>.<group>.lull-state` for any other, so two groups reading one input (a
+/// blue/green deploy, a debugging run) never share state records (a compacted topic keeps one
+/// record per key: a shared one would let each group overwrite and delete the other's). Characters
+/// a topic name cannot hold become `_`.
+pub fn default_state_topic(input: &str, group: &str) -> String {
+    if group == DEFAULT_GROUP {
+        return format!("{input}{STATE_TOPIC_SUFFIX}");
+    }
+    let group: String = group
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{input}.{group}{STATE_TOPIC_SUFFIX}")
+}
+
 /// How log lines are written (`LULL_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -123,6 +172,12 @@ pub struct Config {
     pub bypass_pattern: Option<regex::Regex>,
     /// Where lifecycle events go; `None` = off (`LULL_EVENTS_TOPIC`).
     pub events_topic: Option<String>,
+    /// Transactions or not (`LULL_DELIVERY`).
+    pub delivery: Delivery,
+    /// Longest a transaction stays open before it commits (`LULL_TRANSACTION_MS`).
+    pub transaction: Duration,
+    /// The state topic when set explicitly (`LULL_STATE_TOPIC`); see [`Config::state_topic`].
+    pub state_topic_override: Option<String>,
     /// Shared state in Redis; `None` runs without it.
     pub redis_url: Option<Secret>,
     /// Namespace of every Redis key.
@@ -549,6 +604,38 @@ impl Config {
             Some(v) if v.is_empty() => None,
             Some(_) => Some(r.topic("LULL_EVENTS_TOPIC")),
         };
+        let delivery = r.choice(
+            "LULL_DELIVERY",
+            &[
+                ("exactly_once", Delivery::ExactlyOnce),
+                ("at_least_once", Delivery::AtLeastOnce),
+            ],
+        );
+        let transaction = r.millis("LULL_TRANSACTION_MS", (1, 60_000));
+        let state_topic_override = match r.raw("LULL_STATE_TOPIC") {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(_) => Some(r.topic("LULL_STATE_TOPIC")),
+        };
+        let state_topic = state_topic_override
+            .clone()
+            .unwrap_or_else(|| default_state_topic(&input_topic, &group_id));
+        if state_topic_override.is_none() && state_topic.len() > 249 {
+            r.problem(
+                "LULL_INPUT_TOPIC",
+                &input_topic,
+                "names short enough for the state topic (at most 249 characters), or LULL_STATE_TOPIC set",
+            );
+        }
+        if [&input_topic, &output_topic, &dlq_topic].contains(&&state_topic)
+            || events_topic.as_ref() == Some(&state_topic)
+        {
+            r.problem(
+                "LULL_STATE_TOPIC",
+                &state_topic,
+                "a topic of its own (not the input, output, DLQ or events topic)",
+            );
+        }
         let redis_url = match r.raw("REDIS_URL") {
             None => None,
             Some(v) if v.is_empty() => None,
@@ -702,6 +789,9 @@ impl Config {
             followup,
             bypass_pattern,
             events_topic,
+            delivery,
+            transaction,
+            state_topic_override,
             redis_url,
             redis_prefix,
             debug_redis_monitor,
@@ -773,6 +863,9 @@ impl Config {
                 .map(|r| r.as_str().to_string())
                 .unwrap_or_default(),
             "LULL_EVENTS_TOPIC" => self.events_topic.clone().unwrap_or_default(),
+            "LULL_DELIVERY" => self.delivery.as_str().into(),
+            "LULL_TRANSACTION_MS" => ms(self.transaction),
+            "LULL_STATE_TOPIC" => self.state_topic(),
             "REDIS_URL" => self
                 .redis_url
                 .as_ref()
@@ -816,6 +909,19 @@ impl Config {
         }
     }
 
+    /// The state topic: `LULL_STATE_TOPIC`, else [`default_state_topic`] (derived when asked, so
+    /// a caller that changes the input topic or the group gets the matching state topic).
+    pub fn state_topic(&self) -> String {
+        self.state_topic_override
+            .clone()
+            .unwrap_or_else(|| default_state_topic(&self.input_topic, &self.group_id))
+    }
+
+    /// Whether output is written in Kafka transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce
+    }
+
     /// What fragment parsing needs from this configuration.
     pub fn rules(&self) -> crate::model::fragment::Rules {
         crate::model::fragment::Rules {
@@ -857,6 +963,28 @@ mod tests {
         assert!(!c.debug_redis_monitor);
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9898");
         assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.transaction, Duration::from_millis(100));
+        assert_eq!(c.state_topic(), "chat.fragments.lull-state");
+    }
+
+    #[test]
+    fn the_state_topic_follows_the_input_unless_set() {
+        let mut c = Config::from_env(&env(&[("LULL_INPUT_TOPIC", "in")])).unwrap();
+        assert_eq!(c.state_topic(), "in.lull-state");
+        c.input_topic = "other".into();
+        assert_eq!(c.state_topic(), "other.lull-state");
+        c.group_id = "blue/green".into();
+        assert_eq!(c.state_topic(), "other.blue_green.lull-state");
+        let c = Config::from_env(&env(&[("LULL_STATE_TOPIC", "s")])).unwrap();
+        assert_eq!(c.state_topic(), "s");
+        let e = Config::from_env(&env(&[("LULL_STATE_TOPIC", "chat.batches")])).unwrap_err();
+        assert_eq!(e.0[0].variable, "LULL_STATE_TOPIC");
+        let e = Config::from_env(&env(&[("LULL_DELIVERY", "twice")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LULL_DELIVERY=twice: expected one of exactly_once, at_least_once"
+        );
     }
 
     #[test]

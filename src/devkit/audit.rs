@@ -148,12 +148,16 @@ fn read_all(
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.brokers)
         .set("group.id", format!("lull-verify-{}", std::process::id()))
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
     for (k, v) in &config.kafka {
         if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("heartbeat.") {
             cc.set(k, v.value());
         }
     }
+    // What a downstream consumer sees: nothing of an aborted transaction, each committed batch
+    // once (librdkafka's default, said here because the audit's meaning depends on it).
+    cc.set("isolation.level", "read_committed");
     let consumer: BaseConsumer = cc.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -226,8 +230,19 @@ fn read_all(
                     out.push(m.detach());
                 }
             }
+            // The end of a transactional topic is a commit marker, never delivered: past it the
+            // consumer's position says how far the partition was read.
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {
+                let position = consumer.position()?;
+                for e in position.elements_for_topic(topic) {
+                    if let (Offset::Offset(o), Some(end)) = (e.offset(), ends.get(&e.partition())) {
+                        if o >= *end {
+                            done.insert(e.partition());
+                        }
+                    }
+                }
+            }
             Some(Err(e)) => return Err(VerifyError::Kafka(e)),
-            None => {}
         }
     }
     Ok(out)

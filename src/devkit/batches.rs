@@ -47,6 +47,8 @@ pub fn reader(brokers: &str, topic: &str, group: &str) -> Result<StreamConsumer,
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // What a downstream consumer sees: committed transactions only.
+        .set("isolation.level", "read_committed")
         .create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)

@@ -7,7 +7,9 @@
 //!   commits them before the partitions move.
 //! * Every [`COMMIT_INTERVAL`], the commit points that moved are committed (on a blocking thread,
 //!   synchronously, so failures are seen), and lag, the oldest open window and readiness are
-//!   reported.
+//!   reported. In exactly_once the workers commit their offsets inside their transactions and
+//!   this task commits nothing (except on a broker that keeps no transactional offsets: see
+//!   [`Shared::plain_commits`]).
 //!
 //! Commit points travel here as values: each worker owns a `watch` sender of its
 //! [`PartitionProgress`]; this task owns the receivers. Nothing else reads them.
@@ -81,6 +83,10 @@ pub struct Shared {
     pub abandoned: CancellationToken,
     /// Where failures go.
     pub supervisor: Supervisor,
+    /// Whether this task commits offsets itself: in at_least_once always; in exactly_once only
+    /// on a broker that does not keep offsets committed inside transactions (librdkafka's mock
+    /// cluster), where it commits the offsets the transactions committed, after them.
+    pub plain_commits: bool,
 }
 
 /// The partition set and its workers.
@@ -204,6 +210,10 @@ impl Owner {
         if self.workers.is_empty() {
             self.shared.health.set_in_group(false);
         }
+        if !self.shared.plain_commits {
+            // exactly_once: the workers committed their offsets in their last transactions.
+            return Vec::new();
+        }
         handles
             .iter()
             .filter_map(|(p, h)| h.moved().map(|mark| (*p, mark)))
@@ -225,7 +235,7 @@ impl Owner {
                 Err(e) => self.shared.supervisor.joined("offset commit", e),
             }
         }
-        if self.committing.is_some() {
+        if self.committing.is_some() || !self.shared.plain_commits {
             return;
         }
         let marks: Vec<(i32, i64)> = self
@@ -303,7 +313,7 @@ impl Owner {
             .iter()
             .filter_map(|(p, h)| h.moved().map(|mark| (*p, mark)))
             .collect();
-        if !marks.is_empty() {
+        if !marks.is_empty() && self.shared.plain_commits {
             let consumer = self.shared.consumer.clone();
             let topic = self.shared.topic.clone();
             let _ = tokio::task::spawn_blocking(move || {

@@ -35,7 +35,7 @@ const TICK: Duration = Duration::from_millis(500);
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the consumer until `shutdown` is cancelled (then drains, commits and returns), or until
-/// a supervised task fails.
+/// a supervised task fails. `plain_commits`: see [`Shared::plain_commits`].
 pub async fn run(
     config: Arc<Config>,
     sink: Sink,
@@ -43,6 +43,7 @@ pub async fn run(
     budget: Arc<Budget>,
     shutdown: CancellationToken,
     health: Arc<Health>,
+    plain_commits: bool,
 ) -> Result<(), FlowError> {
     let supervisor = Supervisor::new(health.clone(), shutdown.clone());
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -75,6 +76,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         abandoned,
         supervisor: supervisor.clone(),
+        plain_commits,
     });
     let owner_task = tokio::spawn(owner.run(events));
 

@@ -141,13 +141,21 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
+        // librdkafka's default too, said here because exactly_once depends on it: offsets
+        // committed in a transaction are fetched only once that transaction has ended, and
+        // nothing of an aborted transaction is ever read.
+        .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
         .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES.to_string())
         .set(
             "max.partition.fetch.bytes",
             MAX_PARTITION_FETCH_BYTES.to_string(),
         );
-    with_pass_through(c, config, Role::Consumer)
+    let mut c = with_pass_through(c, config, Role::Consumer);
+    if config.exactly_once() {
+        c.set("isolation.level", "read_committed");
+    }
+    c
 }
 
 /// The producer: idempotent, acks from all in-sync replicas, small linger for throughput, and a
@@ -166,6 +174,64 @@ pub fn producer_config(config: &Config) -> ClientConfig {
         .set("compression.type", "gzip")
         .set("message.timeout.ms", "30000");
     with_pass_through(c, config, Role::Producer)
+}
+
+/// How long a transaction may stay open at the broker before its coordinator aborts it
+/// (librdkafka's default is a minute). A process that dies or freezes with a transaction open
+/// holds back every `read_committed` reader of the partitions it wrote to until then (or until the
+/// next owner of its input partition fences it, which is at once), so it is short, as in Kafka
+/// Streams; it is far above any commit lull makes (`LULL_TRANSACTION_MS`).
+pub const TRANSACTION_TIMEOUT_MS: u32 = 10_000;
+
+/// The transactional id of the producer that owns `partition` of `topic` for consumer group
+/// `group`: `{group}/{topic}/{partition}`. One per input partition, the same for whichever
+/// process owns the partition, so the next owner's producer fences the previous one (a crashed
+/// or paused process) the moment it starts. Topic names cannot hold `/`, so no two (group, topic,
+/// partition) share an id. The ACL prefix for a group is `{group}/`.
+pub fn transactional_id(group: &str, topic: &str, partition: i32) -> String {
+    format!("{group}/{topic}/{partition}")
+}
+
+/// The transactional producer of one input partition (exactly_once): [`producer_config`] plus its
+/// transactional id, and deliveries bounded by the transaction timeout (librdkafka requires
+/// `message.timeout.ms` ≤ `transaction.timeout.ms`). `LULL_KAFKA_*` still win.
+pub fn transactional_producer_config(config: &Config, partition: i32) -> ClientConfig {
+    let mut c = base(config, &format!("producer-{partition}"));
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "gzip")
+        .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())
+        .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())
+        .set(
+            "transactional.id",
+            transactional_id(&config.group_id, &config.input_topic, partition),
+        );
+    let mut c = with_pass_through(c, config, Role::Producer);
+    // An operator's longer transaction timeout lets deliveries wait as long.
+    if let Some(t) = config.kafka.get("transaction.timeout.ms") {
+        if !config.kafka.contains_key("message.timeout.ms") {
+            c.set("message.timeout.ms", t.value());
+        }
+    }
+    c
+}
+
+/// A reader of the state topic (exactly_once): no group, nothing committed, only what committed
+/// transactions wrote.
+pub fn state_reader_config(config: &Config) -> ClientConfig {
+    let mut c = base(config, "state-reader");
+    c.set("group.id", format!("{}-state-reader", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string());
+    let mut c = with_pass_through(c, config, Role::Consumer);
+    // Whatever the operator set for the group's consumer, this reader must see only committed
+    // records.
+    c.set("isolation.level", "read_committed");
+    c
 }
 
 /// The admin client used by `lull topics`.

@@ -6,4 +6,6 @@ pub mod backoff;
 pub mod headers;
 pub mod kafka;
 pub mod producer;
+pub mod state_topic;
 pub mod store;
+pub mod transactional;

@@ -69,6 +69,11 @@ impl Sink {
         let topic = match record.destination {
             Destination::Output => &self.output_topic,
             Destination::DeadLetter => &self.dlq_topic,
+            Destination::State => {
+                return Err(SinkError::Fatal(
+                    "a state record outside a transaction (at_least_once writes none)".into(),
+                ))
+            }
             Destination::Events => match &self.events_topic {
                 Some(topic) => topic,
                 None => {

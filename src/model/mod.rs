@@ -5,5 +5,6 @@
 pub mod deadlines;
 pub mod fragment;
 pub mod offsets;
+pub mod state;
 pub mod window;
 pub mod wire;

@@ -51,6 +51,11 @@ impl OffsetTracker {
         }
     }
 
+    /// One past the highest offset read; `None` until something was read.
+    pub fn next(&self) -> Option<i64> {
+        self.next
+    }
+
     /// Number of unacknowledged output records.
     pub fn unacked(&self) -> usize {
         self.unacked.len()

@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::fragment::Fragment;
+use crate::model::state::{self, FlushedRecord, PartitionRecord};
 use crate::model::window::{Batch, Follows};
 
 /// One header as it was on the wire.
@@ -37,6 +38,8 @@ pub enum Destination {
     DeadLetter,
     /// The lifecycle events topic (`LULL_EVENTS_TOPIC`).
     Events,
+    /// The state topic (`LULL_STATE_TOPIC`, exactly_once), at the input partition's number.
+    State,
 }
 
 /// One message to produce, with the lowest input offset it covers (for the commit point).
@@ -198,6 +201,33 @@ fn event_record(key: &str, value: serde_json::Value, first_offset: i64) -> Recor
         destination: Destination::Events,
         key: Some(key.as_bytes().to_vec()),
         payload: Some(value.to_string().into_bytes()),
+        headers: Vec::new(),
+        first_offset,
+        fragments: 0,
+    }
+}
+
+/// A key's flushed record for the state topic (exactly_once), written with its batch; it holds
+/// the batch's `first_offset` like the batch does.
+pub fn encode_state_record(key: &str, record: &FlushedRecord, first_offset: i64) -> Record {
+    state_record(key.as_bytes(), Some(state::encode(record)), first_offset)
+}
+
+/// Deletes a key's record from the state topic (a tombstone: a key and no value).
+pub fn encode_state_tombstone(key: &str) -> Record {
+    state_record(key.as_bytes(), None, i64::MAX)
+}
+
+/// The partition record of the state topic.
+pub fn encode_partition_record(record: &PartitionRecord) -> Record {
+    state_record(state::PARTITION_KEY, Some(state::encode(record)), i64::MAX)
+}
+
+fn state_record(key: &[u8], payload: Option<Vec<u8>>, first_offset: i64) -> Record {
+    Record {
+        destination: Destination::State,
+        key: Some(key.to_vec()),
+        payload,
         headers: Vec::new(),
         first_offset,
         fragments: 0,

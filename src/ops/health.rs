@@ -22,6 +22,10 @@ pub struct Health {
     producer_failing: AtomicBool,
     shutting_down: AtomicBool,
     failed: AtomicBool,
+    /// Partition workers fenced off and waiting for the group to take their partition away.
+    fenced: AtomicUsize,
+    /// Partition workers whose transactions could not start yet (exactly_once).
+    starting: AtomicUsize,
     http_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -124,6 +128,36 @@ impl Health {
     /// Whether a supervised task failed.
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// A partition worker was fenced off (`true`) or its partition was taken away (`false`):
+    /// while any is, the process is not ready.
+    pub fn set_fenced(&self, fenced: bool) {
+        if fenced {
+            self.fenced.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.fenced.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Partition workers fenced off now.
+    pub fn fenced_partitions(&self) -> usize {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// A partition worker is waiting for its transactions to start (`true`), or they did or it
+    /// stopped (`false`).
+    pub fn set_starting(&self, starting: bool) {
+        if starting {
+            self.starting.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.starting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Partition workers whose transactions have not started yet.
+    pub fn partitions_starting(&self) -> usize {
+        self.starting.load(Ordering::Acquire)
     }
 
     /// Records where the HTTP endpoints listen.

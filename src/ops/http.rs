@@ -35,7 +35,7 @@ pub struct Readiness {
     /// Whether the instance is ready.
     pub ready: bool,
     /// Why not, when not ready (`worker_failed`, `not_in_group`, `kafka_unreachable`,
-    /// `producer_failing`, `shutting_down`).
+    /// `producer_failing`, `partition_fenced`, `transactions_unavailable`, `shutting_down`).
     pub reasons: Vec<&'static str>,
     /// Problems that do not stop lull (`redis_degraded`).
     pub warnings: Vec<&'static str>,
@@ -80,6 +80,12 @@ pub fn readiness(health: &Health, instance: &str) -> Readiness {
     }
     if !health.producer_ok() {
         reasons.push("producer_failing");
+    }
+    if health.fenced_partitions() > 0 {
+        reasons.push("partition_fenced");
+    }
+    if health.partitions_starting() > 0 {
+        reasons.push("transactions_unavailable");
     }
     let redis = match health.redis() {
         None => "disabled",

@@ -65,8 +65,17 @@ pub struct Metrics {
     pub redis_call_seconds: HistogramVec,
     /// 1 while Redis is unreachable and lull runs without shared state.
     pub redis_degraded: IntGauge,
-    /// Partition workers stopped because Redis showed another instance owns their partition.
+    /// Partition workers fenced off: another owner of their partition took over (its Kafka
+    /// transactions, or its Redis claim).
     pub fenced_off: IntCounter,
+    /// Transactions ended, by outcome (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
+    /// How long a commit took (records flushed, offsets sent, transaction ended).
+    pub transaction_seconds: Histogram,
+    /// How long reading a partition's state records took when it was assigned.
+    pub state_restore_seconds: Histogram,
+    /// State topic messages read (records and tombstones) when partitions were assigned.
+    pub state_records_read: IntCounter,
     /// Age of the oldest open window (now minus its first fragment's timestamp).
     pub oldest_open_window_age: prometheus::Gauge,
     /// Messages behind the end of each assigned partition.
@@ -187,7 +196,7 @@ impl Metrics {
                 &registry,
                 "lull_end_to_end_seconds",
                 "Flush time minus the last fragment's timestamp.",
-                seconds,
+                seconds.clone(),
             ),
             open_windows: gauge(&registry, "lull_open_windows", "Open windows."),
             open_window_bytes: gauge(
@@ -280,7 +289,30 @@ impl Metrics {
             fenced_off: counter(
                 &registry,
                 "lull_fenced_off_total",
-                "Partition workers stopped because another instance owns their partition in Redis.",
+                "Partition workers fenced off: another owner of their partition took over (Kafka transactions or Redis).",
+            ),
+            transactions: counter_vec(
+                &registry,
+                "lull_transactions_total",
+                "Kafka transactions ended (exactly_once), by outcome: committed or aborted.",
+                &["outcome"],
+            ),
+            transaction_seconds: histogram(
+                &registry,
+                "lull_transaction_commit_seconds",
+                "How long committing one transaction took (exactly_once).",
+                seconds.clone(),
+            ),
+            state_restore_seconds: histogram(
+                &registry,
+                "lull_state_restore_seconds",
+                "How long reading an assigned partition's state records took (exactly_once).",
+                seconds,
+            ),
+            state_records_read: counter(
+                &registry,
+                "lull_state_records_read_total",
+                "State topic messages read when partitions were assigned (exactly_once).",
             ),
             oldest_open_window_age: {
                 let g = prometheus::Gauge::new(

@@ -213,13 +213,18 @@ impl Cluster {
     /// need its fault injection.
     pub fn mock(partitions: i32) -> Self {
         let d = Config::defaults();
+        let state = d.state_topic();
         let names = [
             d.input_topic,
             d.output_topic,
             d.dlq_topic,
             "chat.batches.replay".to_string(),
         ];
-        let topics: Vec<(String, i32)> = names.iter().map(|n| (n.clone(), partitions)).collect();
+        let topics: Vec<(String, i32)> = names
+            .iter()
+            .chain([&state])
+            .map(|n| (n.clone(), partitions))
+            .collect();
         let broker = MockBroker::start(1, &topics).expect("mock cluster starts");
         let [input, output, dlq, replay] = names;
         Self {
@@ -281,7 +286,21 @@ impl Cluster {
             "heartbeat.interval.ms".into(),
             KafkaProperty::Plain("500".into()),
         );
+        self.state_topic_for(&c);
         c
+    }
+
+    /// On the mock, which cannot create topics on request, creates `config`'s state topic (a
+    /// group of its own has a state topic of its own); real Kafka's `lull run` creates it.
+    pub fn state_topic_for(&self, config: &Config) {
+        if let Backend::Mock(broker) = &self.backend {
+            let (topic, partitions) = (config.state_topic(), self.partitions);
+            broker
+                .with(move |cluster| {
+                    let _ = cluster.create_topic(&topic, partitions, 1);
+                })
+                .expect("the mock cluster runs");
+        }
     }
 
     /// The environment a `lull` process needs for this cluster and its topics.

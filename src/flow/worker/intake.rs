@@ -60,6 +60,8 @@ pub struct Chunk {
     pub bytes: usize,
     /// The partition's high watermark as librdkafka last saw it, if known.
     pub high: Option<i64>,
+    /// The chunk stopped at a size limit, not because nothing more was there.
+    pub full: bool,
 }
 
 /// Reads and parses one partition's input.
@@ -120,6 +122,7 @@ impl Intake {
         }
         // librdkafka says "end of partition" only with the next, empty fetch (up to
         // fetch.wait.max.ms later): the high watermark it last saw tells at once.
+        chunk.full = chunk.items.len() >= READ_CHUNK || chunk.bytes >= READ_CHUNK_BYTES;
         chunk.high = crate::io::kafka::cached_high_watermark(client, &self.topic_c, self.partition);
         if let (Some(last), Some(high)) = (last_offset, chunk.high) {
             if last + 1 >= high && !matches!(chunk.items.last(), Some(Item::End)) {

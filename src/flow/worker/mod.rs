@@ -1,30 +1,41 @@
 //! One task per assigned input partition: it alone owns that partition's windows, its output
-//! records in flight and its commit point. Read top to bottom, a fragment travels:
+//! records until they are delivered, and its commit point. Read top to bottom, a fragment travels:
 //!
 //! ```text
-//! partition queue ─▶ intake ─▶ gate ─▶ window engine ─▶ outbox ─▶ (acknowledged) ─▶ ledger, progress
-//!                    parse,     new?     model::window    send,       Redis writes    commit point,
-//!                    dead                                 retry       (flushed marks,  gauges, budget
-//!                    letters                              in order     summaries)      ─▶ owner (watch)
+//! partition queue ─▶ intake ─▶ gate ─▶ window engine ─▶ output ─────────▶ ledger, progress
+//!                    parse,     new?     model::window    at_least_once:    Redis writes,
+//!                    dead                                 outbox (send,     commit point,
+//!                    letters                              ack, retry)       gauges, budget
+//!                                                         exactly_once:     ─▶ owner (watch)
+//!                                                         transaction (with
+//!                                                         offsets, state)
 //! ```
 //!
 //! The task is one `select! { biased; ... }` over, in order: revocation (stop, settle what was
-//! sent), shutdown (stop reading, deliver what is due, wait for acknowledgements),
-//! acknowledgements, the retry timer, the next window deadline (only while caught up), new input
-//! (only while there is room), and the Redis write timer. After every turn it publishes its
-//! progress.
+//! sent), shutdown (stop reading, deliver what is due), the output's next event (an
+//! acknowledgement, or a transaction's commit), the retry timer, the next window deadline (only
+//! while caught up), the next commit (exactly_once), new input (only while there is room), and
+//! the Redis write timer. After every turn it publishes its progress.
 //!
 //! *Caught up* means the last thing read on the partition was its end: only then does partition
 //! time follow the wall clock, so catching up after lag never lets the wall clock cut a window
 //! that later input in the log would have joined. While the memory budget is used up the worker
 //! stops reading (librdkafka then stops fetching once its own small prefetch is full) and closes
 //! windows by the wall clock, so memory frees.
+//!
+//! In exactly_once ([`eos`]) the worker first starts its partition's transactions (fencing any
+//! earlier owner) and reads the partition's state records; a transaction that cannot commit is
+//! aborted and the worker replays from its last commit; a worker fenced off by a newer owner
+//! (Kafka's transactions, or Redis) writes nothing more and waits for the group to take the
+//! partition away — or stops the process, never idling while it says it is healthy.
 
+mod eos;
 pub mod gate;
 pub mod intake;
 pub mod ledger;
 pub mod outbox;
 pub mod progress;
+pub mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +61,17 @@ use crate::ops::metrics::metrics;
 use gate::{Fenced, Gate};
 use intake::{Chunk, Intake, Item};
 use ledger::Ledger;
-use outbox::{Acked, Kind, Outbox};
+use outbox::{Acked, Kind, Outbox, MAX_HELD};
 use progress::{PartitionProgress, Progress};
+use transaction::{Committed, Transaction};
 
 /// How often a worker held back by the memory budget looks whether it may read again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(20);
+
+/// How long a fenced-off worker waits for the consumer group to take its partition away before
+/// it stops the process (a zombie's group notices within a heartbeat; anything slower means the
+/// group does not see what Kafka's transactions or Redis see, and a restart sorts it out).
+const FENCED_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Everything one partition's worker is given.
 pub struct Worker {
@@ -66,9 +83,10 @@ pub struct Worker {
     pub config: Arc<Config>,
     /// The partition's own queue, split off the consumer at assignment.
     pub queue: StreamPartitionQueue<LullContext>,
-    /// The consumer, for the partition's high watermark as librdkafka last saw it.
+    /// The consumer, for the partition's high watermark as librdkafka last saw it (and, in
+    /// exactly_once, the group's metadata for each commit and the seek of a replay).
     pub consumer: Arc<LullConsumer>,
-    /// The output producer.
+    /// The output producer (at_least_once; exactly_once has one per partition).
     pub sink: Sink,
     /// Shared state in Redis, if configured.
     pub store: Option<Arc<Store>>,
@@ -84,33 +102,116 @@ pub struct Worker {
     pub shutdown: CancellationToken,
 }
 
+/// Where one partition's output goes until it is delivered.
+enum Output {
+    /// at_least_once: sent, acknowledged one by one, retried.
+    Acked(Outbox<Sink>),
+    /// exactly_once: into the partition's Kafka transaction, visible at its commit.
+    Txn(Transaction),
+}
+
+/// What the output has to say next.
+enum OutputEvent {
+    /// at_least_once: a delivery settled (`None`: it failed and will be sent again).
+    Settled(Option<Acked>),
+    /// exactly_once: a commit ended.
+    Committed(Result<Committed, crate::io::transactional::TxnError>),
+}
+
+impl Output {
+    fn push(&mut self, record: wire::Record, kind: Kind) {
+        match self {
+            Output::Acked(o) => o.push(record, kind),
+            Output::Txn(t) => t.push(record, kind),
+        }
+    }
+
+    fn held(&self) -> usize {
+        match self {
+            Output::Acked(o) => o.held(),
+            Output::Txn(t) => t.held(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.held() < MAX_HELD
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Output::Acked(o) => o.bytes(),
+            Output::Txn(t) => t.bytes(),
+        }
+    }
+
+    fn hold_until(&self) -> Option<Instant> {
+        match self {
+            Output::Acked(o) => o.hold_until(),
+            Output::Txn(t) => t.hold_until(),
+        }
+    }
+
+    fn release_hold(&mut self) {
+        match self {
+            Output::Acked(o) => o.release_hold(),
+            Output::Txn(t) => t.release_hold(),
+        }
+    }
+
+    async fn next(&mut self) -> Result<OutputEvent, SinkError> {
+        match self {
+            Output::Acked(o) => Ok(OutputEvent::Settled(o.settled().await?)),
+            Output::Txn(t) => Ok(OutputEvent::Committed(t.committed().await)),
+        }
+    }
+}
+
 /// The parts of one worker, each owning its state, in travel order.
 struct Parts {
     intake: Intake,
     gate: Gate,
     engine: WindowEngine,
-    outbox: Outbox<Sink>,
+    output: Output,
     ledger: Ledger,
     progress: Progress,
-    /// Batches the engine emitted this turn, on their way to the outbox.
+    /// Batches the engine emitted this turn, on their way to the output.
     emitted: Vec<Batch>,
     /// The last thing read was the partition's end.
     caught_up: bool,
     /// The partition's high watermark as last seen.
     high: Option<i64>,
+    /// The last chunk stopped at a size limit: more input is waiting to be read.
+    more_input: bool,
+    /// exactly_once: what the state topic says of this partition, and the commits.
+    eos: Option<eos::EosState>,
+}
+
+impl Parts {
+    /// An input message at `offset` was read (whatever becomes of it).
+    fn read(&mut self, offset: i64) {
+        self.progress.read(offset);
+        if let Some(state) = self.eos.as_mut() {
+            state.read(offset);
+        }
+    }
 }
 
 /// Why a worker stopped early.
 enum Stop {
-    /// Another instance owns the partition (Redis fencing).
-    Fenced(Fenced),
+    /// Another owner of the partition took over (Kafka's transactions, or Redis): nothing more
+    /// may be written for it.
+    Fenced(String),
+    /// The open transaction cannot commit: abort it (exactly_once), then see.
+    Abort(crate::io::transactional::TxnError),
+    /// A transaction was aborted: replay from the last commit (exactly_once).
+    Rewind,
     /// The producer failed fatally.
     Fatal(SinkError),
 }
 
 impl From<Fenced> for Stop {
     fn from(f: Fenced) -> Self {
-        Stop::Fenced(f)
+        Stop::Fenced(format!("redis: {}", f.0))
     }
 }
 
@@ -121,11 +222,77 @@ impl From<SinkError> for Stop {
 }
 
 impl Worker {
-    /// Runs until the partition is revoked, the process shuts down, another instance takes the
-    /// partition over (Redis fencing), or the producer fails fatally (an error: the process
+    /// Runs until the partition is revoked or the process shuts down (`Ok`), or until the
+    /// producer fails fatally or a fenced-off partition is not taken away (an error: the process
     /// stops).
     pub async fn run(self) -> Result<(), SinkError> {
-        let mut p = Parts {
+        let producer = if self.config.exactly_once() {
+            match self.start_transactions().await {
+                Ok(Some(producer)) => Some(producer),
+                Ok(None) => return Ok(()),
+                Err(stop) => return self.stopped(stop).await,
+            }
+        } else {
+            None
+        };
+        debug!(partition = self.partition, "partition worker started");
+        loop {
+            let mut p = match self.parts(producer.as_ref()).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(stop) => return self.stopped(stop).await,
+            };
+            let outcome = match self.event_loop(&mut p).await {
+                Err(Stop::Abort(cause)) => Err(self.abort(&mut p, cause).await),
+                other => other,
+            };
+            p.progress.finish();
+            match outcome {
+                Ok(()) => {
+                    debug!(partition = self.partition, "partition worker stopped");
+                    return Ok(());
+                }
+                Err(Stop::Rewind) => {
+                    if let Err(stop) = self.rewind(Self::replay_from(&p)).await {
+                        return self.stopped(stop).await;
+                    }
+                }
+                Err(stop) => return self.stopped(stop).await,
+            }
+        }
+    }
+
+    /// The parts for a start, or for a replay (exactly_once: the state records are read
+    /// again); `None` if the partition was taken away meanwhile.
+    async fn parts(
+        &self,
+        producer: Option<&Arc<crate::io::transactional::TxnProducer>>,
+    ) -> Result<Option<Parts>, Stop> {
+        let mut engine = WindowEngine::new(self.config.window());
+        if self.config.events_topic.is_some() {
+            engine.track_opened();
+        }
+        let mut progress = Progress::new(self.progress.clone(), self.budget.clone());
+        let (output, eos) = match producer {
+            None => (
+                Output::Acked(Outbox::new(self.sink.clone(), self.partition)),
+                None,
+            ),
+            Some(producer) => {
+                let Some(state) = self.restore(producer).await? else {
+                    return Ok(None);
+                };
+                for (key, kept) in state.keys.iter() {
+                    engine.seed_follows(key, &kept.batch_id, kept.last_ts);
+                }
+                progress.transactional(state.committed);
+                (
+                    Output::Txn(Transaction::new(producer.clone(), self.config.transaction)),
+                    Some(state),
+                )
+            }
+        };
+        Ok(Some(Parts {
             intake: Intake::new(
                 &self.config,
                 self.topic.clone(),
@@ -138,34 +305,54 @@ impl Worker {
                 self.topic.clone(),
                 self.partition,
             ),
-            engine: WindowEngine::new(self.config.window()),
-            outbox: Outbox::new(self.sink.clone(), self.partition),
+            engine,
+            output,
             ledger: Ledger::default(),
-            progress: Progress::new(self.progress.clone(), self.budget.clone()),
+            progress,
             emitted: Vec::new(),
             caught_up: false,
             high: None,
-        };
-        if self.config.events_topic.is_some() {
-            p.engine.track_opened();
+            more_input: false,
+            eos,
+        }))
+    }
+
+    /// Ends the worker on a stop: a fenced-off worker waits for its partition to be taken away.
+    async fn stopped(&self, stop: Stop) -> Result<(), SinkError> {
+        match stop {
+            Stop::Fenced(why) => self.fenced(&why).await,
+            Stop::Fatal(e) => Err(e),
+            Stop::Rewind | Stop::Abort(_) => Ok(()),
         }
-        debug!(partition = self.partition, "partition worker started");
-        let result = match self.event_loop(&mut p).await {
-            Ok(()) => Ok(()),
-            Err(Stop::Fenced(Fenced(why))) => {
-                metrics().fenced_off.inc();
-                error!(
-                    partition = self.partition,
-                    reason = %why,
-                    "another instance owns this partition now: this worker stops touching it"
-                );
-                Ok(())
-            }
-            Err(Stop::Fatal(e)) => Err(e),
+    }
+
+    /// Another owner took this partition over. Nothing more is written for it; the worker waits
+    /// for the group to take it away (a paused process that woke up learns so within a
+    /// heartbeat). Until then the process is not ready; if it does not happen within
+    /// [`FENCED_PATIENCE`], the process stops with an error, so the partition moves to a live
+    /// owner instead of idling here while the process says it is healthy.
+    async fn fenced(&self, why: &str) -> Result<(), SinkError> {
+        metrics().fenced_off.inc();
+        error!(
+            partition = self.partition,
+            reason = %why,
+            wait_s = FENCED_PATIENCE.as_secs(),
+            "fenced off: another owner took this partition over; nothing more is written for it \
+             until the consumer group takes it away"
+        );
+        self.health.set_fenced(true);
+        let outcome = tokio::select! {
+            _ = self.revoked.cancelled() => Ok(()),
+            _ = self.shutdown.cancelled() => Ok(()),
+            _ = tokio::time::sleep(FENCED_PATIENCE) => Err(SinkError::Fatal(format!(
+                "partition {} was fenced off ({why}) and the consumer group did not take it away \
+                 within {} s",
+                self.partition,
+                FENCED_PATIENCE.as_secs()
+            ))),
         };
-        p.progress.finish();
-        debug!(partition = self.partition, "partition worker stopped");
-        result
+        self.health.set_fenced(false);
+        outcome
     }
 
     async fn event_loop(&self, p: &mut Parts) -> Result<(), Stop> {
@@ -173,10 +360,14 @@ impl Worker {
         let mut drain_deadline: Option<Instant> = None;
         p.gate.claim().await?;
         loop {
-            p.outbox.pump()?;
-            if drain_deadline.is_some() && p.outbox.is_empty() {
+            self.pump(p)?;
+            if drain_deadline.is_some() && self.settled(p) {
                 self.sync(p).await?;
                 return Ok(());
+            }
+            let commit_at = self.commit_due(p, drain_deadline.is_some());
+            if commit_at.is_some_and(|at| at <= Instant::now()) {
+                self.start_commit(p)?;
             }
             // Over the memory budget nothing is read; partition time then follows the wall clock
             // so windows still close and free memory, even in catch-up (batch boundaries may then
@@ -187,9 +378,12 @@ impl Worker {
             } else {
                 None
             };
-            let reading =
-                p.outbox.has_room() && drain_deadline.is_none() && !self.budget.exhausted();
-            let hold = p.outbox.hold_until();
+            let commit_at = self.commit_due(p, drain_deadline.is_some());
+            let reading = p.output.has_room()
+                && drain_deadline.is_none()
+                && !self.budget.exhausted()
+                && !self.commit_waits_for_output(p, commit_at);
+            let hold = p.output.hold_until();
             let sync_at = p.ledger.due();
 
             tokio::select! {
@@ -204,16 +398,22 @@ impl Worker {
                         p.engine.advance(now_ms(), &mut p.emitted);
                     }
                 }
-                settled = p.outbox.settled() => {
-                    self.acknowledged(p, settled?);
-                    for acked in p.outbox.settled_now()? {
-                        self.acknowledged(p, Some(acked));
+                event = p.output.next() => match event? {
+                    OutputEvent::Settled(settled) => {
+                        self.acknowledged(p, settled);
+                        if let Output::Acked(o) = &mut p.output {
+                            for acked in o.settled_now()? {
+                                self.acknowledged(p, Some(acked));
+                            }
+                        }
                     }
-                }
-                _ = sleep_until_opt(hold), if hold.is_some() => p.outbox.release_hold(),
+                    OutputEvent::Committed(result) => self.committed(p, result).await?,
+                },
+                _ = sleep_until_opt(hold), if hold.is_some() => p.output.release_hold(),
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     p.engine.advance(now_ms(), &mut p.emitted);
                 }
+                _ = sleep_until_opt(commit_at), if commit_at.is_some() => {}
                 first = stream.next(), if reading => {
                     if let Some(first) = first {
                         let chunk = p
@@ -228,8 +428,8 @@ impl Worker {
                 _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
                     warn!(
                         partition = self.partition,
-                        unacknowledged = p.outbox.held(),
-                        "drain timeout passed with records unacknowledged; they will be replayed"
+                        unacknowledged = p.output.held(),
+                        "drain timeout passed with output not delivered; it will be replayed"
                     );
                     return Ok(());
                 }
@@ -239,7 +439,29 @@ impl Worker {
                 self.sync(p).await?;
             }
             p.progress
-                .publish(&p.engine, p.outbox.bytes(), p.high, reading);
+                .publish(&p.engine, p.output.bytes(), p.high, reading);
+        }
+    }
+
+    /// Hands what waits to the producer (at_least_once) or into the transaction (exactly_once:
+    /// the commit point may pass a record once it is in the transaction).
+    fn pump(&self, p: &mut Parts) -> Result<(), Stop> {
+        match &mut p.output {
+            Output::Acked(o) => o.pump()?,
+            Output::Txn(t) => {
+                for first_offset in t.pump().map_err(Stop::Abort)? {
+                    p.progress.release(first_offset);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether everything made has been delivered (at_least_once) or committed (exactly_once).
+    fn settled(&self, p: &mut Parts) -> bool {
+        match &p.output {
+            Output::Acked(o) => o.is_empty(),
+            Output::Txn(t) => t.is_settled() && !self.offsets_moved(p),
         }
     }
 
@@ -247,6 +469,7 @@ impl Worker {
     async fn take(&self, p: &mut Parts, chunk: Chunk) -> Result<(), Stop> {
         let now = now_ms();
         p.high = chunk.high.or(p.high);
+        p.more_input = chunk.full;
         let messages = chunk
             .items
             .iter()
@@ -286,7 +509,7 @@ impl Worker {
                 }
                 Item::Signal(signal) => {
                     p.caught_up = false;
-                    p.progress.read(signal.offset);
+                    p.read(signal.offset);
                     let outcome =
                         p.engine
                             .signal(&signal.key, signal.kind, signal.ts, now, &mut p.emitted);
@@ -300,14 +523,28 @@ impl Worker {
                 }
                 Item::DeadLetter(record) => {
                     p.caught_up = false;
-                    p.progress.read(record.first_offset);
+                    p.read(record.first_offset);
+                    if p.eos
+                        .as_ref()
+                        .is_some_and(|s| s.committed_before(record.first_offset))
+                    {
+                        // A replay: this dead letter is in a committed transaction already.
+                        continue;
+                    }
                     p.progress.hold(record.first_offset);
-                    p.outbox.push(record, Kind::DeadLetter);
+                    p.output.push(record, Kind::DeadLetter);
                 }
                 Item::Fragment(f) => {
                     p.caught_up = false;
-                    p.progress.read(f.offset);
-                    match verdicts.next().unwrap_or(Verdict::New) {
+                    p.read(f.offset);
+                    let mut verdict = verdicts.next().unwrap_or(Verdict::New);
+                    if p.eos
+                        .as_ref()
+                        .is_some_and(|s| s.keys.skips(&f.key, f.offset))
+                    {
+                        verdict = Verdict::Emitted;
+                    }
+                    match verdict {
                         verdict @ (Verdict::New | Verdict::NewPastStale(_)) => {
                             if let Verdict::NewPastStale(why) = verdict {
                                 p.gate.stale(why, f.offset);
@@ -323,7 +560,7 @@ impl Worker {
                                 partition = self.partition,
                                 offset = f.offset,
                                 reason = "already_delivered",
-                                "fragment skipped: an acknowledged batch already holds it"
+                                "fragment skipped: a delivered batch already holds it"
                             );
                             p.engine.skip(f.ts, now, &mut p.emitted);
                         }
@@ -348,9 +585,17 @@ impl Worker {
     }
 
     /// Turns the windows that opened into `opened` events, and the batches the engine emitted
-    /// into output records, in emission order.
+    /// into output records, in emission order (exactly_once: each batch with its state record,
+    /// and its `flushed` event, in the same transaction).
     fn route(&self, p: &mut Parts) {
         for opened in p.engine.take_opened() {
+            if p.eos
+                .as_ref()
+                .is_some_and(|s| s.committed_before(opened.first_offset))
+            {
+                // A replay of a window whose opening was committed already.
+                continue;
+            }
             let record = wire::encode_opened(
                 &opened.key,
                 &self.topic,
@@ -359,9 +604,9 @@ impl Worker {
                 now_ms(),
                 opened.flush_at,
             );
-            // Held until acknowledged, like the window's batch: events are at-least-once.
+            // Held until delivered, like the window's batch.
             p.progress.hold(record.first_offset);
-            p.outbox.push(record, Kind::Event);
+            p.output.push(record, Kind::Event);
         }
         if p.emitted.is_empty() {
             return;
@@ -378,8 +623,13 @@ impl Worker {
             m.end_to_end
                 .observe((now - batch.last_ts).max(0) as f64 / 1000.0);
             let record = wire::encode_batch(&batch, &self.topic, self.partition, now);
+            let id: Arc<str> = Arc::from(wire::batch_id(
+                &self.topic,
+                self.partition,
+                batch.first_offset(),
+            ));
             debug!(
-                batch_id = %wire::batch_id(&self.topic, self.partition, batch.first_offset()),
+                batch_id = %id,
                 count = batch.fragments.len(),
                 reason = batch.reason.as_str(),
                 correlation_id = batch.fragments[0].correlation_id().unwrap_or(""),
@@ -387,38 +637,46 @@ impl Worker {
             );
             p.progress.hold(record.first_offset);
             if p.gate.is_redis() {
-                let id = wire::batch_id(&self.topic, self.partition, batch.first_offset());
                 p.ledger.emitted(
                     &batch.key,
-                    Arc::from(id),
+                    id.clone(),
                     batch.first_offset(),
                     batch.last_offset(),
                     batch.last_ts,
                 );
             }
-            p.outbox.push(
-                record,
-                Kind::Batch {
-                    key: batch.key.clone(),
-                    reason: batch.reason.as_str(),
-                    fragments: batch.fragments.len(),
-                    bytes: batch.bytes(),
-                },
-            );
+            let kind = Kind::Batch {
+                key: batch.key.clone(),
+                reason: batch.reason.as_str(),
+                fragments: batch.fragments.len(),
+                bytes: batch.bytes(),
+            };
+            p.output.push(record, kind);
+            if let Some(state) = p.eos.as_mut() {
+                let record = state.flushed(&batch, id.clone());
+                p.progress.hold(record.first_offset);
+                p.output.push(record, Kind::State);
+                if self.config.events_topic.is_some() {
+                    let record = wire::encode_flushed(
+                        &batch.key,
+                        &id,
+                        batch.first_offset(),
+                        now,
+                        batch.reason.as_str(),
+                        batch.fragments.len(),
+                    );
+                    p.progress.hold(record.first_offset);
+                    p.output.push(record, Kind::Event);
+                }
+            }
         }
     }
 
-    /// A settled delivery: an acknowledgement moves the commit point and the ledger; a failure
-    /// (already queued again by the outbox) marks the producer unhealthy.
-    fn acknowledged(&self, p: &mut Parts, settled: Option<Acked>) {
-        let Some(acked) = settled else {
-            self.health.set_producer_ok(false);
-            return;
-        };
-        self.health.set_producer_ok(true);
-        p.progress.release(acked.first_offset);
+    /// Counts what became visible (a delivery acknowledged, or a transaction committed) and
+    /// tells the ledger of delivered batches.
+    fn delivered(&self, p: &mut Parts, kind: &Kind, first_offset: i64) {
         let m = metrics();
-        match acked.kind {
+        match kind {
             Kind::Batch {
                 key,
                 reason,
@@ -426,28 +684,50 @@ impl Worker {
                 bytes,
             } => {
                 m.batches_flushed.with_label_values(&[reason]).inc();
-                m.batch_fragments.observe(fragments as f64);
-                m.batch_bytes.observe(bytes as f64);
+                m.batch_fragments.observe(*fragments as f64);
+                m.batch_bytes.observe(*bytes as f64);
                 if p.gate.is_redis() {
-                    p.ledger.acknowledged(&key, acked.first_offset);
-                }
-                if self.config.events_topic.is_some() {
-                    let id = wire::batch_id(&self.topic, self.partition, acked.first_offset);
-                    let record = wire::encode_flushed(
-                        &key,
-                        &id,
-                        acked.first_offset,
-                        now_ms(),
-                        reason,
-                        fragments,
-                    );
-                    // The batch's offsets stay held until its event is acknowledged too.
-                    p.progress.hold(record.first_offset);
-                    p.outbox.push(record, Kind::Event);
+                    p.ledger.acknowledged(key, first_offset);
                 }
             }
             Kind::DeadLetter => m.dlq_messages.inc(),
             Kind::Event => m.events.inc(),
+            Kind::State => {}
+        }
+    }
+
+    /// at_least_once: a settled delivery. An acknowledgement moves the commit point and the
+    /// ledger (and makes the batch's `flushed` event); a failure (already queued again by the
+    /// outbox) marks the producer unhealthy.
+    fn acknowledged(&self, p: &mut Parts, settled: Option<Acked>) {
+        let Some(acked) = settled else {
+            self.health.set_producer_ok(false);
+            return;
+        };
+        self.health.set_producer_ok(true);
+        p.progress.release(acked.first_offset);
+        self.delivered(p, &acked.kind, acked.first_offset);
+        if let Kind::Batch {
+            key,
+            reason,
+            fragments,
+            ..
+        } = &acked.kind
+        {
+            if self.config.events_topic.is_some() {
+                let id = wire::batch_id(&self.topic, self.partition, acked.first_offset);
+                let record = wire::encode_flushed(
+                    key,
+                    &id,
+                    acked.first_offset,
+                    now_ms(),
+                    reason,
+                    *fragments,
+                );
+                // The batch's offsets stay held until its event is acknowledged too.
+                p.progress.hold(record.first_offset);
+                p.output.push(record, Kind::Event);
+            }
         }
     }
 
@@ -469,23 +749,33 @@ impl Worker {
         Ok(())
     }
 
-    /// After a revocation: sends nothing more, but waits (up to the drain timeout) for deliveries
-    /// already in flight, publishes the final commit point and records the acknowledged batches
-    /// in Redis. The owner holds the rebalance until this is done, so the next owner starts from
-    /// a commit point and flushed records that include every batch that went out: it never emits
-    /// one again (a batch still unacknowledged after the drain timeout may be).
+    /// After a revocation: nothing new is read. at_least_once sends nothing more but waits (up
+    /// to the drain timeout) for deliveries already in flight; exactly_once puts everything made
+    /// into the transaction and commits it. Then the final commit point is published and the
+    /// delivered batches recorded in Redis. The owner holds the rebalance until this is done, so
+    /// the next owner starts from a commit point (and records) that include every batch that
+    /// went out.
     async fn settle_revoked(&self, p: &mut Parts) {
-        p.outbox.drop_unsent();
         let end = Instant::now() + self.config.drain_timeout;
-        while p.outbox.in_flight() > 0 {
-            match tokio::time::timeout_at(end, p.outbox.settled()).await {
-                Ok(Ok(acked)) => self.acknowledged(p, acked),
-                _ => break,
+        if matches!(p.output, Output::Txn(_)) {
+            self.commit_revoked(p, end).await;
+        } else {
+            if let Output::Acked(o) = &mut p.output {
+                o.drop_unsent();
+            }
+            while let Output::Acked(o) = &mut p.output {
+                if o.in_flight() == 0 {
+                    break;
+                }
+                match tokio::time::timeout_at(end, o.settled()).await {
+                    Ok(Ok(acked)) => self.acknowledged(p, acked),
+                    _ => break,
+                }
             }
         }
         p.progress
-            .publish(&p.engine, p.outbox.bytes(), p.high, false);
-        if let Err(Stop::Fenced(Fenced(why))) = self.sync(p).await {
+            .publish(&p.engine, p.output.bytes(), p.high, false);
+        if let Err(Stop::Fenced(why)) = self.sync(p).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
         }
     }

@@ -63,6 +63,8 @@ pub enum Kind {
     DeadLetter,
     /// A lifecycle event.
     Event,
+    /// A state topic record (exactly_once).
+    State,
 }
 
 /// A record the output topic acknowledged.

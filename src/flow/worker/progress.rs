@@ -40,6 +40,10 @@ pub fn held_by_windows(fragment_bytes: usize, windows: usize) -> usize {
 /// One partition's commit point and accounting.
 pub struct Progress {
     tracker: OffsetTracker,
+    /// exactly_once: the offset the last committed transaction committed, which is what the
+    /// owner of the partition set sees (it commits nothing itself on a real broker); `None` in
+    /// at_least_once, where the owner commits the watermark.
+    transactional: Option<Option<i64>>,
     tx: watch::Sender<PartitionProgress>,
     budget: Arc<Budget>,
     reported_windows: i64,
@@ -52,12 +56,37 @@ impl Progress {
     pub fn new(tx: watch::Sender<PartitionProgress>, budget: Arc<Budget>) -> Self {
         Self {
             tracker: OffsetTracker::new(),
+            transactional: None,
             tx,
             budget,
             reported_windows: 0,
             reported_bytes: 0,
             reported_held: 0,
         }
+    }
+
+    /// exactly_once: from now on the published commit point is what transactions committed
+    /// ([`Progress::committed`]), starting from `committed` (the group's offset at assignment).
+    pub fn transactional(&mut self, committed: Option<i64>) {
+        self.transactional = Some(committed);
+    }
+
+    /// exactly_once: a transaction committed input offset `offset`.
+    pub fn committed(&mut self, offset: i64) {
+        if let Some(c) = self.transactional.as_mut() {
+            *c = Some(c.map_or(offset, |o| o.max(offset)));
+        }
+    }
+
+    /// The offset a transaction may commit now: the lowest offset held in an open window or in
+    /// a record not yet in the transaction, else the next offset to read.
+    pub fn commit_point(&mut self, engine: &WindowEngine) -> Option<i64> {
+        self.tracker.watermark(engine.low_watermark())
+    }
+
+    /// One past the highest offset read.
+    pub fn next_read(&self) -> Option<i64> {
+        self.tracker.next()
     }
 
     /// An input message at `offset` was read (whatever becomes of it).
@@ -85,7 +114,11 @@ impl Progress {
         high: Option<i64>,
         reading: bool,
     ) {
-        let commit = self.tracker.watermark(engine.low_watermark());
+        let watermark = self.tracker.watermark(engine.low_watermark());
+        let commit = match self.transactional {
+            Some(committed) => committed,
+            None => watermark,
+        };
         let (open_windows, open_bytes) = (engine.open_windows(), engine.open_bytes());
         let (windows, bytes) = (open_windows as i64, open_bytes as i64);
         let held = held_by_windows(open_bytes, open_windows) as i64 + outbox_bytes as i64;

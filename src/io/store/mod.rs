@@ -222,38 +222,46 @@ pub struct PendingView {
     pub ttl_ms: i64,
 }
 
-/// Key names, all under the configured prefix.
+/// Key names, all under the configured prefix and the consumer group: two groups reading the
+/// same topic (staging beside production, a blue/green deploy, a debugging run) keep apart, so
+/// one group's records never fence, skip or de-duplicate the other's fragments.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    /// `{prefix}:{group}`.
+    namespace: String,
 }
 
 impl Keys {
-    /// Keys under `prefix`.
-    pub fn new(prefix: &str) -> Self {
+    /// Keys of consumer group `group` under `prefix`.
+    pub fn new(prefix: &str, group: &str) -> Self {
         Self {
-            prefix: prefix.to_string(),
+            namespace: format!("{prefix}:{group}"),
         }
     }
 
-    /// `{prefix}:owner:{topic}:{partition}`
+    /// `{prefix}:{group}`, what every key starts with.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `{prefix}:{group}:owner:{topic}:{partition}`
     pub fn owner(&self, topic: &str, partition: i32) -> String {
-        format!("{}:owner:{topic}:{partition}", self.prefix)
+        format!("{}:owner:{topic}:{partition}", self.namespace)
     }
 
-    /// `{prefix}:pending:{key}`
+    /// `{prefix}:{group}:pending:{key}`
     pub fn pending(&self, key: &str) -> String {
-        format!("{}:pending:{key}", self.prefix)
+        format!("{}:pending:{key}", self.namespace)
     }
 
-    /// `{prefix}:flushed:{key}`
+    /// `{prefix}:{group}:flushed:{key}`
     pub fn flushed(&self, key: &str) -> String {
-        format!("{}:flushed:{key}", self.prefix)
+        format!("{}:flushed:{key}", self.namespace)
     }
 
-    /// `{prefix}:event:{event_id}`
+    /// `{prefix}:{group}:event:{event_id}`
     pub fn event(&self, event_id: &str) -> String {
-        format!("{}:event:{event_id}", self.prefix)
+        format!("{}:event:{event_id}", self.namespace)
     }
 }
 
@@ -317,7 +325,7 @@ impl Store {
             url_shown: mask_url_password(url.expose()),
             pool,
             conn: std::sync::Mutex::new(None),
-            keys: Keys::new(&config.redis_prefix),
+            keys: Keys::new(&config.redis_prefix, &config.group_id),
             instance: config.instance_id.clone(),
             ttl: Ttls {
                 owner: config.flushed_ttl.as_millis() as u64,

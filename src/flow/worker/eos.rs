@@ -1,0 +1,545 @@
+//! exactly_once for one partition worker: starting the partition's transactions, reading its
+//! state records, when to commit and what a commit holds, and the replay after an abort.
+//!
+//! * **Start.** The partition's transactional producer registers its id: whatever an earlier
+//!   owner left open is aborted and that owner fenced. Only then are the group's committed offset
+//!   and the state topic read, so both reflect exactly the committed transactions.
+//! * **Commit.** At most `LULL_TRANSACTION_MS` after its first record, and at once when the
+//!   worker has nothing more to add (the last read found no more input waiting). A commit holds
+//!   every record made so far, the state records of its batches, the tombstones of records that
+//!   can never skip anything again, the partition record (how far the input was read), and the
+//!   input offset: the lowest offset still in an open window, else the next one to read.
+//! * **Replay.** A transaction that cannot commit is aborted (nothing of it is visible); the
+//!   worker seeks back to its last committed offset and starts over from the state topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::io::backoff::Backoff;
+use crate::io::producer::SinkError;
+use crate::io::transactional::{TxnError, TxnProducer};
+use crate::model::state::{FlushedKeys, FlushedRecord, PartitionRecord};
+use crate::model::window::Batch;
+use crate::model::wire::{self, Record};
+use crate::ops::metrics::metrics;
+
+use super::outbox::Kind;
+use super::transaction::Committed;
+use super::{Output, Parts, Stop, Worker};
+
+/// How long an offsets-only commit (input read, nothing emitted) waits after the last commit.
+const OFFSETS_EVERY: Duration = Duration::from_millis(500);
+
+/// How long starting the transactions may take per attempt.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long reading the state topic may take per attempt.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a metadata or offset request may take while restoring.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a failed start is tried again.
+const RETRY: Backoff = Backoff::DEFAULT;
+
+/// What an exactly_once worker knows beyond its windows.
+pub(super) struct EosState {
+    /// The partition's flushed records (skip rule, `follows`, tombstones).
+    pub(super) keys: FlushedKeys,
+    /// The input topic's identity, written into every record.
+    topic_id: String,
+    /// The input offset the last committed transaction committed (at start: the group's).
+    pub(super) committed: Option<i64>,
+    /// The first input offset this worker read (where a replay starts when nothing was ever
+    /// committed).
+    first_read: Option<i64>,
+    /// When the last commit ended.
+    last_commit: Instant,
+    /// When the commit on its way started.
+    committing_since: Option<Instant>,
+}
+
+impl EosState {
+    /// Whether what input offset `offset` made (a dead letter, an `opened` event) is in a
+    /// committed transaction already: this is a replay.
+    pub(super) fn committed_before(&self, offset: i64) -> bool {
+        self.keys.read().is_some_and(|read| offset < read)
+    }
+
+    /// Notes `batch` (id `id`) emitted and returns its state record.
+    pub(super) fn flushed(&mut self, batch: &Batch, id: Arc<str>) -> Record {
+        self.keys.flushed(
+            batch.key.clone(),
+            batch.last_offset(),
+            id.clone(),
+            batch.last_ts,
+        );
+        let record = FlushedRecord {
+            topic_id: self.topic_id.clone(),
+            partition: self.keys.partition(),
+            offset: batch.last_offset(),
+            batch_id: id.to_string(),
+            last_ts: batch.last_ts,
+        };
+        wire::encode_state_record(&batch.key, &record, batch.first_offset())
+    }
+
+    /// Notes the first input offset this worker read (where a replay starts when nothing was
+    /// committed yet).
+    pub(super) fn read(&mut self, offset: i64) {
+        if self.first_read.is_none() {
+            self.first_read = Some(offset);
+        }
+    }
+}
+
+/// Keeps readiness false while a worker's transactions cannot start, whatever way it ends.
+struct Starting<'h> {
+    health: &'h crate::ops::health::Health,
+    on: bool,
+}
+
+impl Starting<'_> {
+    fn waiting(&mut self) {
+        if !self.on {
+            self.health.set_starting(true);
+            self.on = true;
+        }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            self.health.set_starting(false);
+        }
+    }
+}
+
+impl Worker {
+    /// Creates the partition's transactional producer and registers its id (fencing any earlier
+    /// owner), retrying while the brokers cannot say yet; `None` if the partition is taken away
+    /// or the process stops meanwhile.
+    pub(super) async fn start_transactions(&self) -> Result<Option<Arc<TxnProducer>>, Stop> {
+        let producer = TxnProducer::create(&self.config, self.partition)
+            .map_err(|e| Stop::Fatal(SinkError::Fatal(e.to_string())))?;
+        let producer = Arc::new(producer);
+        let mut starting = Starting {
+            health: &self.health,
+            on: false,
+        };
+        let mut attempt = 0;
+        loop {
+            let p = producer.clone();
+            let init = tokio::task::spawn_blocking(move || p.init(INIT_TIMEOUT));
+            let outcome = tokio::select! {
+                _ = self.revoked.cancelled() => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+                outcome = init => outcome,
+            };
+            let error = match outcome {
+                Ok(Ok(())) => {
+                    info!(
+                        partition = self.partition,
+                        transactional_id = producer.id(),
+                        "transactions started"
+                    );
+                    return Ok(Some(producer));
+                }
+                Ok(Err(TxnError::Fenced(why))) => return Err(Stop::Fenced(why)),
+                Ok(Err(e @ (TxnError::Retriable(_) | TxnError::Abortable(_)))) => e,
+                Ok(Err(e)) => return Err(Stop::Fatal(SinkError::Fatal(e.to_string()))),
+                Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
+            };
+            attempt += 1;
+            starting.waiting();
+            let delay = RETRY.delay(attempt);
+            warn!(
+                partition = self.partition,
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot start this partition's transactions yet"
+            );
+            tokio::select! {
+                _ = self.revoked.cancelled() => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Reads what the partition's state records and the group's committed offset say now (the
+    /// producer has fenced any earlier owner, so both are final); retries while Kafka cannot
+    /// answer; `None` if the partition is taken away or the process stops meanwhile.
+    pub(super) async fn restore(
+        &self,
+        producer: &Arc<TxnProducer>,
+    ) -> Result<Option<EosState>, Stop> {
+        let horizon = (self.config.followup + self.config.grace).as_millis() as i64;
+        let mut attempt = 0;
+        loop {
+            let (config, consumer, producer) =
+                (self.config.clone(), self.consumer.clone(), producer.clone());
+            let (topic, partition) = (self.topic.to_string(), self.partition);
+            let job = tokio::task::spawn_blocking(move || {
+                let topic_id = producer
+                    .topic_identity(&topic, REQUEST_TIMEOUT)
+                    .ok()
+                    .flatten();
+                let (_, end) = consumer
+                    .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
+                    .map_err(|e| format!("cannot read the input partition's end: {e}"))?;
+                let committed = committed_offset(&consumer, &topic, partition)?;
+                let mut keys = FlushedKeys::new(partition, horizon);
+                let restored = crate::io::state_topic::read(
+                    &config,
+                    partition,
+                    topic_id.as_deref(),
+                    Some(end),
+                    &mut keys,
+                    std::time::Instant::now() + RESTORE_TIMEOUT,
+                )?;
+                Ok::<_, String>((keys, topic_id, committed, restored))
+            });
+            let outcome = tokio::select! {
+                _ = self.revoked.cancelled() => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+                outcome = job => outcome,
+            };
+            let error = match outcome {
+                Ok(Ok((keys, topic_id, committed, restored))) => {
+                    let m = metrics();
+                    m.state_restore_seconds.observe(restored.took.as_secs_f64());
+                    m.state_records_read.inc_by(restored.read);
+                    info!(
+                        partition = self.partition,
+                        records_read = restored.read,
+                        keys = keys.len(),
+                        ignored = restored.ignored,
+                        committed = committed.unwrap_or(-1),
+                        took_ms = restored.took.as_millis() as u64,
+                        "state restored"
+                    );
+                    return Ok(Some(EosState {
+                        keys,
+                        topic_id: topic_id.unwrap_or_default(),
+                        committed,
+                        first_read: None,
+                        last_commit: Instant::now(),
+                        committing_since: None,
+                    }));
+                }
+                Ok(Err(e)) => e,
+                Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
+            };
+            attempt += 1;
+            let delay = RETRY.delay(attempt);
+            warn!(
+                partition = self.partition,
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot read this partition's state yet"
+            );
+            tokio::select! {
+                _ = self.revoked.cancelled() => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Whether the commit point moved past what was last committed.
+    pub(super) fn offsets_moved(&self, p: &mut Parts) -> bool {
+        let Some(state) = p.eos.as_ref() else {
+            return false;
+        };
+        let committed = state.committed;
+        p.progress
+            .commit_point(&p.engine)
+            .is_some_and(|point| committed.is_none_or(|c| point > c))
+    }
+
+    /// When the next commit is due (exactly_once): at once when the transaction holds records
+    /// and nothing more is waiting to be read (or the worker drains), else at most
+    /// `LULL_TRANSACTION_MS` after its first record; an input offset that moved with nothing
+    /// emitted commits alone, less often.
+    pub(super) fn commit_due(&self, p: &mut Parts, draining: bool) -> Option<Instant> {
+        let (committing, due, queued) = match &p.output {
+            Output::Txn(t) => (t.is_committing(), t.due(), t.queued()),
+            Output::Acked(_) => return None,
+        };
+        if committing {
+            return None;
+        }
+        if let Some(due) = due {
+            let nothing_more = draining || (!p.more_input && queued == 0);
+            return Some(if nothing_more { Instant::now() } else { due });
+        }
+        if queued > 0 || !self.offsets_moved(p) {
+            return None;
+        }
+        let last = p.eos.as_ref()?.last_commit;
+        Some(if draining {
+            Instant::now()
+        } else {
+            last + OFFSETS_EVERY
+        })
+    }
+
+    /// Whether a due commit waits for records still queued (a full producer queue): reading
+    /// more input would only delay it.
+    pub(super) fn commit_waits_for_output(&self, p: &Parts, commit_at: Option<Instant>) -> bool {
+        match &p.output {
+            Output::Txn(t) => t.queued() > 0 && commit_at.is_some_and(|at| at <= Instant::now()),
+            Output::Acked(_) => false,
+        }
+    }
+
+    /// Starts a commit: the tombstones of records that can never skip anything again and the
+    /// partition record go into the transaction, then (once everything made is in it) the commit
+    /// with the commit point. If the producer queue is full, it is tried again next turn.
+    pub(super) fn start_commit(&self, p: &mut Parts) -> Result<(), Stop> {
+        let (Output::Txn(t), Some(state)) = (&mut p.output, p.eos.as_mut()) else {
+            return Ok(());
+        };
+        if t.is_committing() {
+            return Ok(());
+        }
+        let point = p.progress.commit_point(&p.engine);
+        if let Some(point) = point {
+            let time = p.engine.partition_time().unwrap_or(i64::MIN);
+            for key in state.keys.expired(point, time) {
+                t.push(wire::encode_state_tombstone(&key), Kind::State);
+            }
+        }
+        if let Some(read) = p.progress.next_read() {
+            if state.keys.read().is_none_or(|r| r < read) {
+                let record = PartitionRecord {
+                    topic_id: state.topic_id.clone(),
+                    partition: self.partition,
+                    read,
+                };
+                t.push(wire::encode_partition_record(&record), Kind::State);
+                state.keys.set_read(read);
+            }
+        }
+        for first_offset in t.pump().map_err(Stop::Abort)? {
+            p.progress.release(first_offset);
+        }
+        if t.queued() > 0 {
+            return Ok(());
+        }
+        let group = self.consumer.group_metadata();
+        if point.is_some() && group.is_none() {
+            error!(
+                partition = self.partition,
+                "the consumer has no group metadata: a transaction cannot commit input offsets"
+            );
+            return Err(Stop::Abort(TxnError::Abortable("no group metadata".into())));
+        }
+        t.commit(point, group).map_err(Stop::Abort)?;
+        state.committing_since = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A commit ended. Committed: what it held becomes visible (counted, told to the Redis
+    /// ledger) and its offset is the new commit point. Failed: the transaction is aborted and
+    /// the worker replays ([`Stop::Abort`]).
+    pub(super) async fn committed(
+        &self,
+        p: &mut Parts,
+        result: Result<Committed, TxnError>,
+    ) -> Result<(), Stop> {
+        let since = p.eos.as_mut().and_then(|s| s.committing_since.take());
+        let c = result.map_err(Stop::Abort)?;
+        let m = metrics();
+        m.transactions.with_label_values(&["committed"]).inc();
+        if let Some(since) = since {
+            m.transaction_seconds.observe(since.elapsed().as_secs_f64());
+        }
+        for (kind, first_offset) in &c.contents.records {
+            self.delivered(p, kind, *first_offset);
+        }
+        if let Some(state) = p.eos.as_mut() {
+            if let Some(offset) = c.offset {
+                p.progress.committed(offset);
+                state.committed = Some(state.committed.map_or(offset, |o| o.max(offset)));
+            }
+            state.last_commit = Instant::now();
+        }
+        self.health.set_producer_ok(true);
+        Ok(())
+    }
+
+    /// Aborts the open transaction after `cause`: on to a replay ([`Stop::Rewind`]), or, if
+    /// the producer is fenced or broken, the matching stop.
+    pub(super) async fn abort(&self, p: &mut Parts, cause: TxnError) -> Stop {
+        match cause {
+            TxnError::Fenced(why) => return Stop::Fenced(why),
+            TxnError::Fatal(_) | TxnError::Refused(_) | TxnError::Create(_) => {
+                return Stop::Fatal(SinkError::Fatal(cause.to_string()))
+            }
+            TxnError::Retriable(_) | TxnError::Abortable(_) => {}
+        }
+        metrics().transactions.with_label_values(&["aborted"]).inc();
+        self.health.set_producer_ok(false);
+        warn!(
+            partition = self.partition,
+            error = %cause,
+            "transaction aborted: nothing of it becomes visible; replaying from the last commit"
+        );
+        let Output::Txn(t) = &mut p.output else {
+            return Stop::Rewind;
+        };
+        match t.abort().await {
+            Ok(()) | Err(TxnError::Retriable(_) | TxnError::Abortable(_)) => Stop::Rewind,
+            Err(TxnError::Fenced(why)) => Stop::Fenced(why),
+            Err(e) => Stop::Fatal(SinkError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Where a replay starts: the last committed offset, or the first offset this worker read
+    /// when nothing was committed yet.
+    pub(super) fn replay_from(p: &Parts) -> Option<i64> {
+        let state = p.eos.as_ref()?;
+        state.committed.or(state.first_read)
+    }
+
+    /// Before a replay: the partition's queue goes back to `offset` ([`Worker::replay_from`]).
+    pub(super) async fn rewind(&self, offset: Option<i64>) -> Result<(), Stop> {
+        let Some(offset) = offset else {
+            return Ok(());
+        };
+        let mut attempt = 0;
+        loop {
+            let (consumer, topic, partition) = (
+                self.consumer.clone(),
+                self.topic.to_string(),
+                self.partition,
+            );
+            let sought = tokio::task::spawn_blocking(move || {
+                consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT)
+            })
+            .await;
+            match sought {
+                Ok(Ok(())) => {
+                    info!(
+                        partition = self.partition,
+                        offset, "replaying from the last commit"
+                    );
+                    return Ok(());
+                }
+                Ok(Err(e)) if attempt < 5 && !self.revoked.is_cancelled() => {
+                    attempt += 1;
+                    warn!(partition = self.partition, error = %e, "cannot seek back yet");
+                    tokio::time::sleep(RETRY.delay(attempt)).await;
+                }
+                Ok(Err(e)) if self.revoked.is_cancelled() || self.shutdown.is_cancelled() => {
+                    info!(partition = self.partition, error = %e, "partition taken away before its replay");
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    // Reading on past an aborted transaction would lose what it held.
+                    return Err(Stop::Fatal(SinkError::Fatal(format!(
+                        "cannot seek partition {} back to offset {offset} after an aborted \
+                         transaction: {e}",
+                        self.partition
+                    ))));
+                }
+                Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
+            }
+        }
+    }
+
+    /// After a revocation (exactly_once): the commit on its way ends, then everything made goes
+    /// into the transaction and commits with the commit point, within `end`. Whatever does not
+    /// commit is aborted; the next owner replays it.
+    pub(super) async fn commit_revoked(&self, p: &mut Parts, end: Instant) {
+        if !self.await_commit(p, end).await {
+            return;
+        }
+        // Everything made into the transaction, waiting out a full producer queue.
+        loop {
+            if let Err(stop) = self.pump(p) {
+                if let Stop::Abort(cause) = stop {
+                    let _ = self.abort(p, cause).await;
+                }
+                return;
+            }
+            let (queued, hold) = match &p.output {
+                Output::Txn(t) => (t.queued(), t.hold_until()),
+                Output::Acked(_) => return,
+            };
+            if queued == 0 {
+                break;
+            }
+            if Instant::now() >= end {
+                return;
+            }
+            if let Some(hold) = hold {
+                tokio::time::sleep_until(hold.min(end)).await;
+            }
+            p.output.release_hold();
+        }
+        let open = matches!(&p.output, Output::Txn(t) if t.has_open());
+        if !open && !self.offsets_moved(p) {
+            return;
+        }
+        if let Err(stop) = self.start_commit(p) {
+            if let Stop::Abort(cause) = stop {
+                let _ = self.abort(p, cause).await;
+            }
+            return;
+        }
+        self.await_commit(p, end).await;
+    }
+
+    /// Waits (until `end`) for the commit on its way, if any, and takes its outcome; whether
+    /// the transaction is settled (committed, or none was on its way).
+    async fn await_commit(&self, p: &mut Parts, end: Instant) -> bool {
+        let Output::Txn(t) = &mut p.output else {
+            return false;
+        };
+        if !t.is_committing() {
+            return true;
+        }
+        let Ok(result) = tokio::time::timeout_at(end, t.committed()).await else {
+            return false;
+        };
+        match self.committed(p, result).await {
+            Ok(()) => true,
+            Err(Stop::Abort(cause)) => {
+                let _ = self.abort(p, cause).await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The group's committed offset of `topic`/`partition` (read only once transactions that commit
+/// offsets for it have ended); `None` when the group has none.
+fn committed_offset(
+    consumer: &crate::flow::rebalance::LullConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| format!("cannot read the committed offset: {e}"))?;
+    let offset = committed
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+    drop(committed);
+    Ok(offset)
+}

@@ -1,0 +1,238 @@
+//! The state topic on Kafka (exactly_once): making sure it exists, and reading one partition of
+//! it to its end when that input partition is assigned.
+//!
+//! The topic is compacted, with short segments and a low dirty ratio, so the log cleaner keeps it
+//! near one record per key active within the last minutes (lull deletes the others with
+//! tombstones): a takeover reads about the active keys, not every key ever seen. It has the
+//! input's partition count; record `p` describes input partition `p`.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::model::state::{decode, FlushedKeys};
+
+/// Topic settings of the state topic: compacted; a segment rolls after a minute (only closed
+/// segments are compacted) and is cleaned once a tenth of it is dead; tombstones are kept a
+/// minute (a reader that misses one still sees nothing wrong: the record it deleted is below the
+/// committed offset and too old for `follows`).
+pub const TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "60000"),
+    ("segment.bytes", "16777216"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+    ("max.compaction.lag.ms", "600000"),
+    ("delete.retention.ms", "60000"),
+];
+
+/// Why the state topic cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateTopicError {
+    /// The cluster could not be asked (unreachable, timeout).
+    #[error("cannot check the state topic {topic}: {error}")]
+    Request {
+        /// The state topic.
+        topic: String,
+        /// What failed.
+        error: KafkaError,
+    },
+    /// The input topic does not exist, so the state topic's shape is unknown.
+    #[error("the input topic {0} does not exist (create it first: lull topics)")]
+    NoInput(String),
+    /// The state topic exists with another partition count than the input.
+    #[error(
+        "the state topic {topic} has {has} partitions but the input topic has {input}: \
+             they must match (delete it, or name another with LULL_STATE_TOPIC)"
+    )]
+    Partitions {
+        /// The state topic.
+        topic: String,
+        /// Its partitions.
+        has: usize,
+        /// The input's.
+        input: usize,
+    },
+    /// The broker refused to create it.
+    #[error(
+        "cannot create the state topic {topic}: {code} (create it with lull topics, or give \
+             lull's principal Create on it)"
+    )]
+    Create {
+        /// The state topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+}
+
+impl StateTopicError {
+    /// Whether the operator's setup is at fault (exit 2), not a passing outage.
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, StateTopicError::Request { .. })
+    }
+}
+
+/// What [`ensure`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ensured {
+    /// It was there, with the input's partition count.
+    Exists,
+    /// It was missing and was created like this.
+    Created {
+        /// Partitions (the input's).
+        partitions: usize,
+        /// Replicas per partition (the input's).
+        replication: usize,
+    },
+}
+
+/// Makes sure the state topic exists with the input's partition count, creating it (compacted,
+/// replicated like the input) when missing — as Kafka Streams does with its internal topics.
+pub async fn ensure(config: &Config) -> Result<Ensured, StateTopicError> {
+    let topic = config.state_topic();
+    let request = |error| StateTopicError::Request {
+        topic: topic.clone(),
+        error,
+    };
+    let admin: AdminClient<DefaultClientContext> = crate::io::kafka::admin_config(config)
+        .create()
+        .map_err(request)?;
+    let shape = |name: &str| -> Result<Option<(usize, usize)>, KafkaError> {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(10))?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| {
+                let replicas = t.partitions().iter().map(|p| p.replicas().len()).max();
+                (t.partitions().len(), replicas.unwrap_or(1).max(1))
+            }))
+    };
+    let input = tokio::task::block_in_place(|| shape(&config.input_topic))
+        .map_err(request)?
+        .ok_or_else(|| StateTopicError::NoInput(config.input_topic.clone()))?;
+    if let Some((has, _)) = tokio::task::block_in_place(|| shape(&topic)).map_err(request)? {
+        if has != input.0 {
+            return Err(StateTopicError::Partitions {
+                topic,
+                has,
+                input: input.0,
+            });
+        }
+        return Ok(Ensured::Exists);
+    }
+    let (partitions, replication) = input;
+    let mut new = NewTopic::new(
+        &topic,
+        i32::try_from(partitions).unwrap_or(i32::MAX),
+        TopicReplication::Fixed(i32::try_from(replication).unwrap_or(1)),
+    );
+    for (k, v) in TOPIC_CONFIG {
+        new = new.set(k, v);
+    }
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(15)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let results = admin.create_topics([&new], &opts).await.map_err(request)?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(StateTopicError::Create { topic, code }),
+        }
+    }
+    Ok(Ensured::Created {
+        partitions,
+        replication,
+    })
+}
+
+/// What reading one partition of the state topic found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Messages read (records and tombstones).
+    pub read: u64,
+    /// Records ignored because they cannot describe this log.
+    pub ignored: u64,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// Reads partition `partition` of the state topic from its start to its end into `keys`, only
+/// what committed transactions wrote. "The end" is the partition's end when the read began: a
+/// transaction still open there (a previous owner that died with one open) is waited for until
+/// it is committed or aborted, so what is read is exactly what was committed. `topic_id` and
+/// `input_end` (the input partition's end) let records of another log be ignored. Blocks; gives
+/// up at `deadline`.
+pub fn read(
+    config: &Config,
+    partition: i32,
+    topic_id: Option<&str>,
+    input_end: Option<i64>,
+    keys: &mut FlushedKeys,
+    deadline: Instant,
+) -> Result<Restored, String> {
+    let started = Instant::now();
+    let topic = config.state_topic();
+    let consumer: BaseConsumer = crate::io::kafka::state_reader_config(config)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, partition, left())
+        .map_err(|e| format!("cannot read the end of {topic}/{partition}: {e}"))?;
+    let mut restored = Restored::default();
+    if high <= low.max(0) {
+        restored.took = started.elapsed();
+        return Ok(restored);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    drop(tpl);
+    let mut next = low.max(0);
+    loop {
+        if next >= high {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "reading {topic}/{partition} did not reach offset {high} in time (at {next}); \
+                 a transaction left open there ends within the transaction timeout"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                restored.read += 1;
+                next = next.max(m.offset() + 1);
+                let entry = decode(m.key(), m.payload());
+                if keys.restore(entry, topic_id, input_end).is_err() {
+                    restored.ignored += 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                // Past control records (transaction markers) the position is further than the
+                // last record read.
+                if let Ok(position) = consumer.position() {
+                    if let Some(Offset::Offset(o)) = position
+                        .find_partition(&topic, partition)
+                        .map(|e| e.offset())
+                    {
+                        next = next.max(o);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(format!("cannot read {topic}/{partition}: {e}")),
+        }
+    }
+    restored.took = started.elapsed();
+    Ok(restored)
+}
