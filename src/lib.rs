@@ -98,6 +98,20 @@ const TRANSACTIONS_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// librdkafka's mock cluster (`lull demo`, `lull dev-broker`), which answers transactional offset
 /// commits without keeping them.
 async fn check_transactions(config: &Config) -> Result<bool, RunError> {
+    let probe = io::transactional::TxnProducer::probe(config)
+        .map_err(|e| RunError::Transactions(e.to_string()))?;
+    let probe = Arc::new(probe);
+    let asked = probe.clone();
+    let cluster =
+        tokio::task::spawn_blocking(move || asked.cluster_id(std::time::Duration::from_secs(5)))
+            .await
+            .unwrap_or_default();
+    let Some(cluster) = cluster else {
+        // Kafka cannot be reached (said once by the connection log): the partitions start their
+        // transactions, and read the state topic, once it can.
+        return Ok(false);
+    };
+    let mock = cluster.starts_with("mockCluster");
     match io::state_topic::ensure(config).await {
         Ok(io::state_topic::Ensured::Exists) => {}
         Ok(io::state_topic::Ensured::Created {
@@ -112,19 +126,9 @@ async fn check_transactions(config: &Config) -> Result<bool, RunError> {
         Err(e) if e.is_configuration() => return Err(e.into()),
         Err(e) => tracing::warn!(error = %e, "cannot check the state topic yet"),
     }
-    let probe = io::transactional::TxnProducer::probe(config)
-        .map_err(|e| RunError::Transactions(e.to_string()))?;
-    let checked = tokio::task::spawn_blocking(move || {
-        let mock = probe
-            .cluster_id(std::time::Duration::from_secs(5))
-            .is_some_and(|id| id.starts_with("mockCluster"));
-        (mock, probe.init(TRANSACTIONS_CHECK_TIMEOUT))
-    })
-    .await;
-    let (mock, outcome) = match checked {
-        Ok(checked) => checked,
-        Err(e) => return Err(RunError::Transactions(format!("the check failed: {e}"))),
-    };
+    let outcome = tokio::task::spawn_blocking(move || probe.init(TRANSACTIONS_CHECK_TIMEOUT))
+        .await
+        .map_err(|e| RunError::Transactions(format!("the check failed: {e}")))?;
     match outcome {
         Ok(()) => {}
         Err(

@@ -527,11 +527,24 @@ async fn two_workers_split_partitions_and_batch_each_burst_once() {
     b.stop().await;
 }
 
+/// at_least_once: lull's own retry path (each failed delivery sent again, in order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it() {
+    output_outage(lull::config::Delivery::AtLeastOnce).await;
+}
+
+/// exactly_once: the transaction that cannot commit is aborted and replayed once the broker is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_outage_aborts_the_transaction_and_replays_it_without_loss() {
+    output_outage(lull::config::Delivery::ExactlyOnce).await;
+}
+
+async fn output_outage(delivery: lull::config::Delivery) {
     // The mock: the output broker goes down on command (the suite's real broker is shared).
     let cluster = Cluster::mock(1);
     let mut cfg = cluster.config("outage");
+    cfg.delivery = delivery;
     // Deliveries give up after 1.5 s, so lull's own retry path is what carries the batches over.
     cfg.kafka.insert(
         "message.timeout.ms".into(),
@@ -563,9 +576,20 @@ async fn an_output_outage_is_retried_without_loss_and_without_committing_past_it
         .with(|c| c.broker_down(1))
         .unwrap()
         .unwrap();
-    let retries_before = lull::ops::metrics::metrics().produce_retries.get();
-    wait_for("lull to retry the failed deliveries", || {
-        lull::ops::metrics::metrics().produce_retries.get() > retries_before
+    let retries = || match delivery {
+        lull::config::Delivery::AtLeastOnce => lull::ops::metrics::metrics().produce_retries.get(),
+        lull::config::Delivery::ExactlyOnce => lull::ops::metrics::metrics()
+            .transactions
+            .with_label_values(&["aborted"])
+            .get(),
+    };
+    let retries_before = retries();
+    // exactly_once: the transaction is aborted, or (a commit stuck until the group dropped this
+    // member) left to the partition's next owner to abort.
+    wait_for("lull to give up what it had sent", || {
+        retries() > retries_before
+            || (delivery == lull::config::Delivery::ExactlyOnce
+                && lull.health.assigned_partitions() == 0)
     })
     .await;
     cluster

@@ -1,18 +1,23 @@
 //! The chaos suite, on a real three-node Apache Kafka cluster (replication 3,
 //! `min.insync.replicas=2`, started by `scripts/test.sh` and named by `LULL_TEST_KAFKA3`), with
-//! lull as OS processes sharing one Redis, while simulated users type bursts:
+//! lull as OS processes, while simulated users type bursts:
 //!
 //! * `kill -9` of the leader of the busiest input partition mid-burst, then its restart;
-//! * `kill -9` of the consumer group's coordinator;
+//! * `kill -9` of the consumer group's coordinator, and of a transaction coordinator;
 //! * a rolling restart of all three brokers under load;
 //! * repeated `kill -9` of lull processes while users type;
+//! * a **zombie**: one of two lull processes paused (SIGSTOP) past its session timeout while
+//!   users type, its partitions moved to the other, then woken (SIGCONT);
 //!
 //! with consumer groups on the classic protocol (cooperative-sticky) and on KIP-848
-//! (`group.protocol=consumer`). Every run is audited by `lull verify`: nothing lost or altered;
-//! the same batch ids and contents as an undisturbed run over the same log; and, with Redis, no
-//! batch emitted twice because of a broker fault. A killed lull process may emit again only the
-//! batches inside its acknowledgement-to-Redis window (acknowledged by Kafka but not yet recorded
-//! in Redis when it died); those are counted, reported, and each must be an exact repeat.
+//! (`group.protocol=consumer`). In the default delivery, exactly_once, and **without Redis**, a
+//! `read_committed` reader must see every fragment in exactly one batch: 0 lost, 0 repeated, in
+//! every scenario. at_least_once (with Redis) runs the kill loop too, for comparison: there a
+//! killed process may emit again only the batches inside its acknowledgement-to-Redis window
+//! (acknowledged by Kafka but not yet recorded in Redis when it died); those are counted,
+//! reported, and each must be an exact repeat. Every run is audited by `lull verify` (nothing
+//! lost or altered, boundaries kept) and compared with an undisturbed run over the same log (the
+//! same batch ids and contents).
 //!
 //! The scenarios share the cluster and kill its brokers, so they run one at a time (a lock here,
 //! and a nextest test group). `LULL_CHAOS_REPORT` names a file that collects one line per run.
@@ -49,6 +54,8 @@ const GRACE_MS: u64 = 12_000;
 const ACK_TO_REDIS_WINDOW_MS: i64 = 2_000;
 /// `offsets.topic.num.partitions` in scripts/kafka.sh.
 const OFFSETS_PARTITIONS: i32 = 10;
+/// `transaction.state.log.num.partitions` in scripts/kafka.sh.
+const TXN_STATE_PARTITIONS: i32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -64,6 +71,12 @@ enum Fault {
     LeaderKill,
     /// kill -9 the group coordinator, restart it after a while.
     CoordinatorKill,
+    /// kill -9 the transaction coordinator of the busiest input partition's producer, restart
+    /// it after a while.
+    TxnCoordinatorKill,
+    /// SIGSTOP one lull process past its session timeout, wait for the other to own every
+    /// partition, SIGCONT it.
+    Zombie,
     /// Stop and start each broker in turn, waiting for full replication in between.
     RollingRestart,
     /// kill -9 a lull process this many times, restarting it each time.
@@ -90,6 +103,27 @@ impl Worker {
             .unwrap()
             .iter()
             .any(|l| l.contains("partitions assigned"))
+    }
+
+    /// Where its HTTP endpoints listen, once it said so.
+    fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.log.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if !v["message"].as_str()?.starts_with("serving /metrics") {
+                return None;
+            }
+            v["addr"].as_str()?.parse().ok()
+        })
+    }
+
+    /// Sends `signal` (STOP, CONT) to the process.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{signal} failed");
     }
 
     /// SIGTERM and wait: a graceful stop must exit 0.
@@ -120,12 +154,21 @@ impl Worker {
     }
 }
 
+/// What a scenario runs lull with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The default: Kafka transactions, no Redis.
+    ExactlyOnce,
+    /// No transactions; Redis records what was delivered.
+    AtLeastOnceWithRedis,
+}
+
 struct Run {
     cluster: Cluster,
     group: String,
-    redis_url: String,
-    prefix: String,
+    redis: Option<(String, String)>,
     protocol: Protocol,
+    mode: Mode,
 }
 
 impl Run {
@@ -134,8 +177,13 @@ impl Run {
         c.arg("run")
             .env_clear()
             .envs(self.cluster.process_env(&self.group))
-            .env("REDIS_URL", &self.redis_url)
-            .env("LULL_REDIS_PREFIX", &self.prefix)
+            .env(
+                "LULL_DELIVERY",
+                match self.mode {
+                    Mode::ExactlyOnce => "exactly_once",
+                    Mode::AtLeastOnceWithRedis => "at_least_once",
+                },
+            )
             .env("LULL_INSTANCE_ID", instance)
             .env("LULL_QUIET_MS", QUIET_MS.to_string())
             .env("LULL_GRACE_MS", GRACE_MS.to_string())
@@ -145,6 +193,9 @@ impl Run {
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some((url, prefix)) = &self.redis {
+            c.env("REDIS_URL", url).env("LULL_REDIS_PREFIX", prefix);
+        }
         match self.protocol {
             Protocol::Classic => {
                 c.env(
@@ -352,17 +403,38 @@ fn shapes(batches: &[OutMsg]) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) {
+/// The leader of `__transaction_state`'s partition for `transactional_id`: its coordinator.
+async fn txn_coordinator_of(bootstrap: &str, transactional_id: &str) -> i32 {
+    let h = java_hash(transactional_id);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    leader_of(bootstrap, "__transaction_state", abs % TXN_STATE_PARTITIONS).await
+}
+
+/// Waits until the lull process listening at `addr` owns `n` partitions.
+async fn owns(addr: std::net::SocketAddr, n: usize) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = http_get(addr, "/health/ready").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["assigned_partitions"].as_u64() == Some(n as u64) {
+            return;
+        }
+        assert!(Instant::now() < end, "never owned {n} partitions: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, mode: Mode) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let kafka = KafkaEnv::three();
     let cluster = Cluster::real(kafka.clone(), PARTITIONS, 3).await;
-    let redis = RedisServer::shared();
+    let redis = (mode == Mode::AtLeastOnceWithRedis).then(RedisServer::shared);
     let run = Run {
         group: unique(&format!("chaos-{name}")),
-        redis_url: redis.url.clone(),
-        prefix: unique_prefix(name),
+        redis: redis.as_ref().map(|r| (r.url.clone(), unique_prefix(name))),
         protocol,
+        mode,
         cluster,
     };
     let bootstrap = run.cluster.bootstrap().to_string();
@@ -395,6 +467,40 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
             wait_for_leader_change(&bootstrap, &run.cluster.input, p, leader).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             node(&kafka, "start-node", leader).await;
+        }
+        Fault::TxnCoordinatorKill => {
+            let p = typing.busiest_partition();
+            let id = lull::io::kafka::transactional_id(&run.group, &run.cluster.input, p);
+            let coordinator = txn_coordinator_of(&bootstrap, &id).await;
+            node(&kafka, "kill-node", coordinator).await;
+            broker_faults += 1;
+            let h = java_hash(&id);
+            let part = if h == i32::MIN { 0 } else { h.abs() } % TXN_STATE_PARTITIONS;
+            wait_for_leader_change(&bootstrap, "__transaction_state", part, coordinator).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            node(&kafka, "start-node", coordinator).await;
+        }
+        Fault::Zombie => {
+            // The zombie is paused past its session timeout (6 s) while users type; the group
+            // moves its partitions to the other process, which must own all of them.
+            let live = procs[1].http_addr().expect("the live process serves HTTP");
+            procs[0].signal("STOP");
+            kills_ms.push(lull::model::wire::now_ms());
+            owns(live, PARTITIONS as usize).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            procs[0].signal("CONT");
+            // Woken, it is fenced; the group takes its partitions back and shares them again.
+            wait_for("the woken process to rejoin with partitions", || {
+                procs[0]
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .take_while(|l| !l.contains("partitions revoked"))
+                    .any(|l| l.contains("partitions assigned"))
+            })
+            .await;
         }
         Fault::CoordinatorKill => {
             let coordinator = coordinator_of(&bootstrap, &run.group).await;
@@ -459,7 +565,8 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
     assert_eq!(report.altered, 0, "{report:#?}");
     assert_eq!(report.boundary_violations, 0, "{report:#?}");
 
-    // Repeats: none from broker faults; from killed workers only inside the window, exact.
+    // Repeats: none in exactly_once; in at_least_once none from broker faults, and from killed
+    // workers only inside the acknowledgement-to-Redis window, exact.
     let live = shapes(&out.seen);
     let mut first_flushed: HashMap<String, i64> = HashMap::new();
     let mut copies: HashMap<String, usize> = HashMap::new();
@@ -477,6 +584,13 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
         .filter(|(_, &n)| n > 1)
         .map(|(id, _)| id)
         .collect();
+    if mode == Mode::ExactlyOnce {
+        assert!(
+            repeated.is_empty(),
+            "exactly_once: batches a read_committed reader saw twice: {repeated:?}"
+        );
+        assert_eq!(report.duplicated, 0, "{report:#?}");
+    }
     let outside: Vec<&&String> = repeated
         .iter()
         .filter(|id| {
@@ -517,14 +631,22 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
     );
 
     let line = format!(
-        "chaos {name} ({protocol:?}, {workers} lull processes): fragments {typed}, batches {}, \
-         broker faults {broker_faults}, lull kills {}, lost {}, altered {}, repeated batches {} \
-         (all inside the ack-to-Redis window of a kill), wall {:.0} s",
+        "chaos {name} ({}, {protocol:?}, {workers} lull processes): fragments {typed}, batches {}, \
+         broker faults {broker_faults}, lull kills/pauses {}, lost {}, altered {}, repeated \
+         batches {}{}, wall {:.0} s",
+        match mode {
+            Mode::ExactlyOnce => "exactly_once, no Redis",
+            Mode::AtLeastOnceWithRedis => "at_least_once, Redis",
+        },
         live.len(),
         kills_ms.len(),
         report.lost,
         report.altered,
         repeated.len(),
+        match mode {
+            Mode::ExactlyOnce => "",
+            Mode::AtLeastOnceWithRedis => " (all inside the ack-to-Redis window of a kill)",
+        },
         started.elapsed().as_secs_f64()
     );
     eprintln!("{line}");
@@ -542,27 +664,99 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_busiest_partitions_leader_mid_burst() {
-    scenario("leader", Protocol::Classic, 2, Fault::LeaderKill).await;
+    scenario(
+        "leader",
+        Protocol::Classic,
+        2,
+        Fault::LeaderKill,
+        Mode::ExactlyOnce,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_group_coordinator() {
-    scenario("coordinator", Protocol::Consumer, 2, Fault::CoordinatorKill).await;
+    scenario(
+        "coordinator",
+        Protocol::Consumer,
+        2,
+        Fault::CoordinatorKill,
+        Mode::ExactlyOnce,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_transaction_coordinator() {
+    scenario(
+        "txn-coordinator",
+        Protocol::Classic,
+        2,
+        Fault::TxnCoordinatorKill,
+        Mode::ExactlyOnce,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_all_three_brokers_under_load() {
-    scenario("rolling", Protocol::Classic, 2, Fault::RollingRestart).await;
+    scenario(
+        "rolling",
+        Protocol::Classic,
+        2,
+        Fault::RollingRestart,
+        Mode::ExactlyOnce,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_kill_9_of_lull_processes_classic_protocol() {
-    scenario("kills-classic", Protocol::Classic, 3, Fault::WorkerKills(4)).await;
+    scenario(
+        "kills-classic",
+        Protocol::Classic,
+        3,
+        Fault::WorkerKills(4),
+        Mode::ExactlyOnce,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_kill_9_of_lull_processes_kip_848() {
-    scenario("kills-848", Protocol::Consumer, 3, Fault::WorkerKills(4)).await;
+    scenario(
+        "kills-848",
+        Protocol::Consumer,
+        3,
+        Fault::WorkerKills(4),
+        Mode::ExactlyOnce,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_woken_after_its_partitions_moved_writes_nothing_visible() {
+    scenario(
+        "zombie",
+        Protocol::Classic,
+        2,
+        Fault::Zombie,
+        Mode::ExactlyOnce,
+    )
+    .await;
+}
+
+/// at_least_once with Redis, for comparison: repeats only inside the ack-to-Redis window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_of_lull_processes_at_least_once_with_redis() {
+    scenario(
+        "kills-alo",
+        Protocol::Classic,
+        3,
+        Fault::WorkerKills(4),
+        Mode::AtLeastOnceWithRedis,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,7 +385,8 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
         }
     });
     let mut conn = redis.conn().await;
-    let key = format!("{prefix}:flushed:someone");
+    // Keys of the consumer group `lull` (LULL_GROUP_ID's default), which `lull monitor` follows.
+    let key = format!("{prefix}:lull:flushed:someone");
     let end = Instant::now() + DEADLINE;
     let line = loop {
         let _: () = redis::AsyncCommands::hset_multiple(

@@ -192,7 +192,7 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     type_fragment(&producer, &cluster.input, 1, 1).await;
     let mut conn = redis.conn().await;
     let pending_keys: Vec<String> = (0..USERS)
-        .map(|u| format!("{prefix}:pending:{}", user(u)))
+        .map(|u| format!("{prefix}:{group}:pending:{}", user(u)))
         .collect();
     let deadline = Instant::now() + DEADLINE;
     loop {

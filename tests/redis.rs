@@ -234,11 +234,11 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     let mut cfg = redis.configure(cluster.config("pending"), &prefix);
     cfg.quiet = Duration::from_millis(500);
     cfg.max_wait = Duration::from_secs(8);
-    let lull = Running::start(cfg);
+    let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     let producer = cluster.producer();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:pending:typist");
+    let key = format!("{prefix}:{}:pending:typist", cfg.group_id);
     // 20 fragments 200 ms apart: 4 s of typing, eight times the quiet period, one burst.
     for seq in 0..20 {
         send(
@@ -342,7 +342,7 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     // Shared state works again: the recovered worker re-claimed its partition and wrote.
     let mut c = redis.conn().await;
     let flushed: Option<String> = c
-        .hget(format!("{prefix}:flushed:x0"), "offset")
+        .hget(format!("{prefix}:{}:flushed:x0", cfg.group_id), "offset")
         .await
         .unwrap();
     assert!(

@@ -387,7 +387,7 @@ async fn follows_survives_a_crash_between_two_bursts_with_redis() {
         .to_string();
     // Recorded in Redis, then the process dies without a word.
     let mut conn = redis.conn().await;
-    let key = format!("{prefix}:flushed:f");
+    let key = format!("{prefix}:{}:flushed:f", cfg.group_id);
     let end = tokio::time::Instant::now() + DEADLINE;
     loop {
         let id: Option<String> = redis::AsyncCommands::hget(&mut conn, &key, "batch_id")

@@ -35,7 +35,7 @@ const HIGH: i64 = 1_000_000;
 async fn flushed(redis: &RedisServer, prefix: &str, key: &str) -> (String, String, String) {
     let mut c = redis.conn().await;
     let v: Vec<String> = redis::cmd("HMGET")
-        .arg(format!("{prefix}:flushed:{key}"))
+        .arg(format!("{prefix}:lull:flushed:{key}"))
         .arg("topic_id")
         .arg("partition")
         .arg("offset")
@@ -115,14 +115,14 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
         owner.read_pending("u").await.unwrap().is_some(),
         "pending not deleted by the zombie"
     );
-    let event: Option<String> = c.get(format!("{prefix}:event:e")).await.unwrap();
+    let event: Option<String> = c.get(format!("{prefix}:lull:event:e")).await.unwrap();
     assert_eq!(event, None, "the refused admit wrote nothing");
 
     // The rightful owner may resume after an outage; the generation still grows even if the
     // owner record is lost (Redis restarted without persistence).
     let resumed = owner.claim("t", 0, TID, true).await.unwrap();
     assert!(resumed.generation > new.generation);
-    let _: () = c.del(format!("{prefix}:owner:t:0")).await.unwrap();
+    let _: () = c.del(format!("{prefix}:lull:owner:t:0")).await.unwrap();
     let again = owner.claim("t", 0, TID, false).await.unwrap();
     assert!(again.generation > resumed.generation);
 }
@@ -144,7 +144,7 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         .await
         .unwrap();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:flushed:u");
+    let key = format!("{prefix}:lull:flushed:u");
     let _: () = c.pexpire(&key, 5_000).await.unwrap();
     s.record_flushed(&f, HIGH, &[batch("u", 8, 12)])
         .await
@@ -215,7 +215,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
         .unwrap();
     assert_eq!(v.verdicts, vec![Verdict::New]);
     let mut c = redis.conn().await;
-    let ttl: i64 = c.pttl(format!("{prefix}:event:e6")).await.unwrap();
+    let ttl: i64 = c.pttl(format!("{prefix}:lull:event:e6")).await.unwrap();
     assert!(ttl > 3_000_000, "event TTL set: {ttl}");
 }
 
@@ -336,7 +336,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     // A record from before topic ids ("partition:offset") is read as one of unknown topic id.
     let mut c = redis.conn().await;
     let _: () = c
-        .set(format!("{prefix}:flushed:legacy"), "0:7")
+        .set(format!("{prefix}:lull:flushed:legacy"), "0:7")
         .await
         .unwrap();
     let f = old.claim("t", 0, TID, false).await.unwrap();
@@ -375,7 +375,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
     };
     s.publish_pending(&f, &[w(5, 1)]).await.unwrap();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:pending:u");
+    let key = format!("{prefix}:lull:pending:u");
     let _: () = c.pexpire(&key, 50).await.unwrap();
     s.publish_pending(&f, &[w(5, 2)]).await.unwrap();
     let view = s.read_pending("u").await.unwrap().expect("pending");
@@ -438,7 +438,7 @@ async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
         .await
         .unwrap();
     // MONITOR starts asynchronously: keep writing until it shows up.
-    let key = format!("{prefix}:pending:probe");
+    let key = format!("{prefix}:lull:pending:probe");
     let seen = tokio::time::timeout(DEADLINE, async {
         loop {
             let _: () = c.set(&key, "1").await.unwrap();

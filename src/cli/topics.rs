@@ -1,5 +1,6 @@
-//! Creating lull's topics (input, output, dead-letter) with the admin API, so nothing relies on
-//! broker auto-creation. A topic that already exists is fine.
+//! Creating lull's topics (input, output, dead-letter, and in exactly_once the compacted state
+//! topic) with the admin API, so nothing relies on broker auto-creation. A topic that already
+//! exists is fine.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,8 +14,10 @@ use lull::config::Config;
 /// The outcome for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
-    /// Newly created, with this replication factor.
+    /// Newly created, with these partitions and this replication factor.
     Created {
+        /// Partitions.
+        partitions: i32,
         /// Replicas per partition.
         replication: i32,
     },
@@ -60,25 +63,32 @@ pub async fn create(
     let admin: AdminClient<DefaultClientContext> = lull::io::kafka::admin_config(config)
         .create()
         .map_err(TopicsError::Client)?;
-    // The lifecycle events topic too, when LULL_EVENTS_TOPIC is set.
+    // The lifecycle events topic too, when LULL_EVENTS_TOPIC is set, and the state topic in
+    // exactly_once (compacted, with the same partition count as the input).
+    let state = config.exactly_once().then(|| config.state_topic());
     let names: Vec<&String> = [&config.input_topic, &config.output_topic, &config.dlq_topic]
         .into_iter()
         .chain(config.events_topic.as_ref())
+        .chain(state.as_ref())
         .collect();
     // Topics that exist already are left alone, and need no CreateTopics request at all (which
     // an ACL may forbid, and librdkafka's mock cluster behind `lull dev-broker` does not serve).
-    let (existing, brokers): (Vec<String>, usize) = {
+    let (existing, brokers, input_partitions): (Vec<String>, usize, Option<i32>) = {
         let metadata = admin
             .inner()
             .fetch_metadata(None, Duration::from_secs(15))
             .map_err(TopicsError::Request)?;
-        let existing = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.name().to_string())
-            .collect();
-        (existing, metadata.brokers().len())
+        let live = || {
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        };
+        let existing = live().map(|t| t.name().to_string()).collect();
+        let input = live()
+            .find(|t| t.name() == config.input_topic)
+            .and_then(|t| i32::try_from(t.partitions().len()).ok());
+        (existing, metadata.brokers().len(), input)
     };
     let replication = replication.unwrap_or_else(|| default_replication(brokers));
     let mut out: Vec<(String, TopicOutcome)> = names
@@ -89,7 +99,18 @@ pub async fn create(
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .filter(|n| !existing.contains(n))
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .map(|n| {
+            if Some(*n) == state.as_ref() {
+                // As many partitions as the input has (an existing input keeps its count).
+                let count = input_partitions.unwrap_or(partitions);
+                let topic = NewTopic::new(n, count, TopicReplication::Fixed(replication));
+                lull::io::state_topic::TOPIC_CONFIG
+                    .iter()
+                    .fold(topic, |t, (k, v)| t.set(k, v))
+            } else {
+                NewTopic::new(n, partitions, TopicReplication::Fixed(replication))
+            }
+        })
         .collect();
     if new.is_empty() {
         return Ok(out);
@@ -103,7 +124,19 @@ pub async fn create(
         .map_err(TopicsError::Request)?;
     for r in results {
         match r {
-            Ok(name) => out.push((name, TopicOutcome::Created { replication })),
+            Ok(name) => {
+                let partitions = match (&state, input_partitions) {
+                    (Some(s), Some(n)) if *s == name => n,
+                    _ => partitions,
+                };
+                out.push((
+                    name,
+                    TopicOutcome::Created {
+                        partitions,
+                        replication,
+                    },
+                ))
+            }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 out.push((name, TopicOutcome::Exists))
             }
@@ -113,7 +146,7 @@ pub async fn create(
     Ok(out)
 }
 
-/// `lull topics`: create the input, output and dead-letter topics.
+/// `lull topics`: create the input, output, dead-letter (events) and state topics.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopicsArgs {
     /// Partitions per topic.
@@ -139,7 +172,10 @@ pub async fn main(config: Config, args: TopicsArgs) -> ExitCode {
         Ok(outcomes) => {
             for (name, outcome) in outcomes {
                 match outcome {
-                    TopicOutcome::Created { replication } => println!(
+                    TopicOutcome::Created {
+                        partitions,
+                        replication,
+                    } => println!(
                         "created {name} ({partitions} partitions, replication {replication})"
                     ),
                     TopicOutcome::Exists => println!("exists  {name}"),

@@ -220,6 +220,14 @@ impl FlushedKeys {
         self.records.iter()
     }
 
+    /// Every kept record, oldest batch first: the order to seed `follows` in (the engine
+    /// forgets previous batches in the order they came).
+    pub fn by_last_ts(&self) -> Vec<(&Arc<str>, &Kept)> {
+        let mut all: Vec<_> = self.records.iter().collect();
+        all.sort_by_key(|(_, k)| k.last_ts);
+        all
+    }
+
     /// Records kept.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -241,8 +249,8 @@ impl FlushedKeys {
     }
 
     /// The keys whose records may be deleted once `committed` is the partition's committed
-    /// offset and `time` its partition time: below the committed offset, and their batch older
-    /// than the horizon. They are forgotten here; the caller writes their tombstones in the
+    /// offset and `time` the earliest log time a replay from it can start at (the engine's
+    /// `replay_time`): below the committed offset, and their batch older than the horizon. They are forgotten here; the caller writes their tombstones in the
     /// transaction that commits `committed`.
     pub fn expired(&mut self, committed: i64, time: i64) -> Vec<Arc<str>> {
         while let Some(Reverse((offset, _))) = self.by_offset.peek() {
@@ -384,6 +392,167 @@ mod tests {
         assert!(k.expired(20, 100).is_empty());
         assert!(k.skips("a", 40));
         assert!(k.expired(41, 100).iter().map(|s| &**s).eq(["a"]));
+    }
+
+    mod crash {
+        //! The skip rule against the model: a worker that commits at arbitrary points and
+        //! crashes at an arbitrary point (everything not committed is lost), then restarts from
+        //! its committed offset and state records, makes exactly the batches — ids, contents,
+        //! reasons, `follows` — of a run that never crashed.
+
+        use super::*;
+        use crate::model::fragment::{Fields, Fragment};
+        use crate::model::window::{Batch, Follows, WindowConfig, WindowEngine};
+
+        const FAR: i64 = i64::MAX / 4;
+
+        fn cfg() -> WindowConfig {
+            WindowConfig {
+                batching: true,
+                quiet_ms: 100,
+                max_wait_ms: 700,
+                max_fragments: 4,
+                max_batch_bytes: 10_000,
+                grace_ms: 20,
+                typing_ms: 0,
+                followup_ms: 300,
+            }
+        }
+
+        fn build(log: &[(u8, i64)]) -> Vec<Fragment> {
+            let mut ts = 1_000;
+            log.iter()
+                .enumerate()
+                .map(|(i, &(k, gap))| {
+                    ts += gap;
+                    Fragment::new(format!("k{k}"), i as i64, ts, b"{}", Fields::default())
+                })
+                .collect()
+        }
+
+        fn id(offset: i64) -> String {
+            format!("t/0/{offset}")
+        }
+
+        /// What a downstream reader sees of a batch.
+        fn seen(b: &Batch) -> (String, Vec<i64>, &'static str, Option<String>) {
+            let follows = b.follows.as_ref().map(|f| match f {
+                Follows::Offset(o) => id(*o),
+                Follows::Id(s) => s.to_string(),
+            });
+            (
+                id(b.first_offset()),
+                b.fragments.iter().map(|f| f.offset).collect(),
+                b.reason.as_str(),
+                follows,
+            )
+        }
+
+        /// The committed state: visible batches, the state topic's records, the input offset.
+        #[derive(Default, Clone)]
+        struct Committed {
+            visible: Vec<(String, Vec<i64>, &'static str, Option<String>)>,
+            topic: HashMap<String, FlushedRecord>,
+            offset: i64,
+        }
+
+        fn record(b: &Batch) -> FlushedRecord {
+            FlushedRecord {
+                topic_id: "T".into(),
+                partition: 0,
+                offset: b.last_offset(),
+                batch_id: id(b.first_offset()),
+                last_ts: b.last_ts,
+            }
+        }
+
+        /// Runs `frags` from `c`'s committed offset with its records, committing where
+        /// `commits` says, until `crash` (an index into `frags`) or the end; returns what is
+        /// committed then.
+        fn run(frags: &[Fragment], mut c: Committed, commits: &[bool], crash: usize) -> Committed {
+            let horizon = cfg().followup_ms + cfg().grace_ms;
+            let mut engine = WindowEngine::new(cfg());
+            let mut keys = FlushedKeys::new(0, horizon);
+            for (k, r) in &c.topic {
+                keys.restore(StateEntry::Flushed(k.clone(), r.clone()), Some("T"), None)
+                    .expect("own records");
+            }
+            for (k, kept) in keys.by_last_ts() {
+                engine.seed_follows(k, &kept.batch_id, kept.last_ts);
+            }
+            let mut out = Vec::new();
+            let mut pending: Vec<Batch> = Vec::new();
+            let mut next = c.offset;
+            let start = usize::try_from(c.offset).expect("offset");
+            let commit = |engine: &mut WindowEngine,
+                          keys: &mut FlushedKeys,
+                          pending: &mut Vec<Batch>,
+                          c: &mut Committed,
+                          next: i64| {
+                let point = engine.low_watermark().map_or(next, |low| low.min(next));
+                for b in pending.drain(..) {
+                    c.topic.insert(b.key.to_string(), record(&b));
+                    c.visible.push(seen(&b));
+                }
+                for key in keys.expired(point, engine.replay_time().unwrap_or(i64::MIN)) {
+                    c.topic.remove(&*key);
+                }
+                c.offset = c.offset.max(point);
+            };
+            for (i, f) in frags.iter().enumerate().skip(start) {
+                if i >= crash {
+                    return c;
+                }
+                if keys.skips(&f.key, f.offset) {
+                    engine.skip(f.ts, FAR, &mut out);
+                } else {
+                    engine.push(f.clone(), FAR, &mut out);
+                }
+                next = f.offset + 1;
+                for b in out.drain(..) {
+                    keys.flushed(
+                        b.key.clone(),
+                        b.last_offset(),
+                        Arc::from(id(b.first_offset())),
+                        b.last_ts,
+                    );
+                    pending.push(b);
+                }
+                if commits.get(i).copied().unwrap_or(false) {
+                    commit(&mut engine, &mut keys, &mut pending, &mut c, next);
+                }
+            }
+            engine.advance(FAR, &mut out);
+            for b in out.drain(..) {
+                keys.flushed(
+                    b.key.clone(),
+                    b.last_offset(),
+                    Arc::from(id(b.first_offset())),
+                    b.last_ts,
+                );
+                pending.push(b);
+            }
+            commit(&mut engine, &mut keys, &mut pending, &mut c, next);
+            c
+        }
+
+        proptest! {
+            #[test]
+            fn a_crash_anywhere_gives_the_same_visible_output(
+                log in proptest::collection::vec((0u8..5, 0i64..250), 1..120),
+                commits in proptest::collection::vec(any::<bool>(), 120),
+                crashes in proptest::collection::vec(0usize..120, 0..4),
+            ) {
+                let frags = build(&log);
+                let never = run(&frags, Committed::default(), &commits, usize::MAX);
+                let mut c = Committed::default();
+                for crash in crashes {
+                    c = run(&frags, c, &commits, crash);
+                }
+                let c = run(&frags, c, &commits, usize::MAX);
+                prop_assert_eq!(c.visible, never.visible);
+            }
+        }
     }
 
     proptest! {

@@ -746,6 +746,23 @@ impl WindowEngine {
         self.windows.get(key).map(|w| w.first_ts)
     }
 
+    /// The log's own clock: the highest timestamp read (fragments and signals), by which
+    /// previous batches are forgotten; `None` before anything was read.
+    pub fn log_time(&self) -> Option<i64> {
+        (self.log_time != i64::MIN).then_some(self.log_time)
+    }
+
+    /// How far back a replay from the commit point can need a key's previous batch: the log's
+    /// clock, or the first timestamp of the oldest open window when that is earlier (a replay
+    /// starts at the lowest open window and reaches the log time only as it reads on). A flushed
+    /// record whose batch is older than this by more than the `follows` horizon can go.
+    pub fn replay_time(&self) -> Option<i64> {
+        match (self.log_time(), self.oldest_open_ts()) {
+            (Some(log), Some(open)) => Some(log.min(open)),
+            (log, open) => log.or(open),
+        }
+    }
+
     /// The highest timestamp seen, or wall-clock time handed to `advance`.
     pub fn partition_time(&self) -> Option<i64> {
         (self.partition_time != i64::MIN).then_some(self.partition_time)

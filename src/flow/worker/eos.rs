@@ -312,7 +312,7 @@ impl Worker {
         }
         let point = p.progress.commit_point(&p.engine);
         if let Some(point) = point {
-            let time = p.engine.partition_time().unwrap_or(i64::MIN);
+            let time = p.engine.replay_time().unwrap_or(i64::MIN);
             for key in state.keys.expired(point, time) {
                 t.push(wire::encode_state_tombstone(&key), Kind::State);
             }

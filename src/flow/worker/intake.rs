@@ -72,6 +72,8 @@ pub struct Intake {
     rules: Rules,
     timestamp: TimestampSource,
     linger: Option<Duration>,
+    /// One past the last offset read.
+    next: Option<i64>,
 }
 
 impl Intake {
@@ -87,6 +89,7 @@ impl Intake {
             rules: config.rules(),
             timestamp: config.timestamp,
             linger: lingers.then(|| ADMIT_LINGER.min(config.grace / 4)),
+            next: None,
         }
     }
 
@@ -95,7 +98,7 @@ impl Intake {
     /// a little for more when a Redis gate wants full chunks; one catching up does not — its
     /// next fetch is on its way anyway.
     pub async fn chunk<'q, C: ConsumerContext + 'static>(
-        &self,
+        &mut self,
         first: Received<'q>,
         stream: &mut MessageStream<'q, C>,
         client: &rdkafka::client::Client<C>,
@@ -120,14 +123,23 @@ impl Intake {
                 }
             }
         }
-        // librdkafka says "end of partition" only with the next, empty fetch (up to
-        // fetch.wait.max.ms later): the high watermark it last saw tells at once.
         chunk.full = chunk.items.len() >= READ_CHUNK || chunk.bytes >= READ_CHUNK_BYTES;
         chunk.high = crate::io::kafka::cached_high_watermark(client, &self.topic_c, self.partition);
-        if let (Some(last), Some(high)) = (last_offset, chunk.high) {
-            if last + 1 >= high && !matches!(chunk.items.last(), Some(Item::End)) {
-                chunk.items.push(Item::End);
-            }
+        if let Some(last) = last_offset {
+            self.next = Some(last + 1);
+        }
+        // The end of the partition is said once, as the chunk's last item. An end-of-partition
+        // event queued before more messages is stale (a worker that started after its queue
+        // filled, or fell behind): taken as the end, it would let the wall clock close windows
+        // that the messages behind it join. librdkafka says "end of partition" only with the
+        // next, empty fetch (up to fetch.wait.max.ms later); the high watermark it last saw
+        // tells at once.
+        let said_end = matches!(chunk.items.last(), Some(Item::End));
+        chunk.items.retain(|i| !matches!(i, Item::End));
+        let at_end =
+            said_end || matches!((self.next, chunk.high), (Some(next), Some(high)) if next >= high);
+        if at_end {
+            chunk.items.push(Item::End);
         }
         chunk
     }

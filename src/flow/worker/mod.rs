@@ -282,7 +282,7 @@ impl Worker {
                 let Some(state) = self.restore(producer).await? else {
                     return Ok(None);
                 };
-                for (key, kept) in state.keys.iter() {
+                for (key, kept) in state.keys.by_last_ts() {
                     engine.seed_follows(key, &kept.batch_id, kept.last_ts);
                 }
                 progress.transactional(state.committed);
