@@ -291,6 +291,65 @@ async fn the_readme_acls_are_all_lull_needs() {
             &cluster.dlq,
         ],
     );
+    // exactly_once (the default): the state topic, and the transactional ids.
+    let state = lull::config::default_state_topic(&cluster.input, &group);
+    allow(
+        &cluster,
+        &user,
+        &[
+            "--operation",
+            "Read",
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            "--topic",
+            &state,
+        ],
+    );
+    let prefix = format!("{group}/");
+    // Describe alone binds the user to lull's transactional ids without letting it write:
+    // `lull run` says so in one line and exits 2.
+    allow(
+        &cluster,
+        &user,
+        &[
+            "--operation",
+            "Describe",
+            "--transactional-id",
+            &prefix,
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+    );
+    let refused = run_to_exit(
+        &cluster,
+        kafka.get("KAFKA_SASL_SSL_BOOTSTRAP"),
+        &scram(&kafka),
+        &group,
+    );
+    assert_eq!(refused.0, Some(2), "{}", refused.1);
+    let lines: Vec<&str> = refused.1.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {}", refused.1);
+    assert!(
+        lines[0].contains("transactional ids") && lines[0].contains("LULL_DELIVERY=at_least_once"),
+        "{}",
+        refused.1
+    );
+    allow(
+        &cluster,
+        &user,
+        &[
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            "--transactional-id",
+            &prefix,
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+    );
     let listed = kafka_tool(
         "org.apache.kafka.tools.AclCommand",
         &[
@@ -312,6 +371,46 @@ async fn the_readme_acls_are_all_lull_needs() {
         &group,
     )
     .await;
+}
+
+/// Runs `lull run` with `security` settings until it exits by itself (within the deadline);
+/// returns its exit code and its standard error (logs at warn and above, as JSON, and anything
+/// it prints itself).
+fn run_to_exit(
+    cluster: &Cluster,
+    bootstrap: &str,
+    security: &[(&str, String)],
+    group: &str,
+) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .arg("run")
+        .env_clear()
+        .envs(cluster.process_env(group))
+        .env("KAFKA_BROKERS", bootstrap)
+        .envs(security.iter().map(|(k, v)| (k, v)))
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lull run starts");
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+    }
+    (status.code(), text)
 }
 
 /// Tries to write one record to `topic` as the SCRAM user, with lull's own producer settings

@@ -17,7 +17,7 @@ use rdkafka::Message;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use lull::config::{Batching, Config};
+use lull::config::{Batching, Config, Delivery};
 use lull::devkit::batches::{reader, Tally};
 use lull::devkit::load::{Plan, PlanArgs, Writer};
 use lull::devkit::mock::MockBroker;
@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Also run the throughput phase with LULL_BATCHING=off.
     #[arg(long)]
     pub compare: bool,
+    /// Also run the throughput phase in the other delivery mode (at_least_once when
+    /// LULL_DELIVERY is exactly_once, and the other way round), on a backlog of its own.
+    #[arg(long)]
+    pub compare_delivery: bool,
     /// Brokers in the mock cluster (each serves its requests on one thread; partitions are
     /// spread over them).
     #[arg(long, default_value_t = 1)]
@@ -78,6 +82,8 @@ pub struct PhaseReport {
     pub phase: String,
     /// Batching on or off.
     pub batching: bool,
+    /// `exactly_once` or `at_least_once`.
+    pub delivery: String,
     /// Fragments processed.
     pub fragments: usize,
     /// Batches delivered.
@@ -179,9 +185,21 @@ fn acked_fragments() -> u64 {
     metrics().batch_fragments.get_sample_sum() as u64
 }
 
+/// A batch's value as a reader received it, and when (Unix ms).
+type Received = (Vec<u8>, i64);
+
+/// The throughput phase in the other delivery mode (`--compare-delivery`).
+const OTHER_DELIVERY: &str = "other-delivery";
+
 /// Fresh topics for one phase, and the config pointing at them.
 fn phase_config(base: &Config, brokers: &str, run: &str, name: &str, batching: bool) -> Config {
     let mut c = base.clone();
+    if name == OTHER_DELIVERY {
+        c.delivery = match base.delivery {
+            Delivery::ExactlyOnce => Delivery::AtLeastOnce,
+            Delivery::AtLeastOnce => Delivery::ExactlyOnce,
+        };
+    }
     c.brokers = brokers.to_string();
     c.input_topic = format!("bench.{run}{name}.in");
     c.output_topic = format!("bench.{run}{name}.out");
@@ -298,6 +316,7 @@ async fn copy(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
     Ok(PhaseReport {
         phase: "copy".into(),
         batching: false,
+        delivery: "at_least_once".into(),
         fragments: args.fragments,
         batches: args.fragments,
         seconds,
@@ -396,6 +415,7 @@ async fn throughput(
     Ok(PhaseReport {
         phase: name.to_string(),
         batching: config.batching == Batching::On,
+        delivery: config.delivery.as_str().into(),
         fragments: args.fragments,
         batches,
         seconds,
@@ -416,10 +436,39 @@ async fn throughput(
     })
 }
 
-/// Users type in real time; lateness and latency come from the batches.
+/// Users type in real time; lateness and latency run from the batches' due times to the moment
+/// a `read_committed` reader received them (in exactly_once, when their transaction committed).
 async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
     let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
     let (token, handle) = start_worker(config, args.partitions).await?;
+    let consumer = reader(
+        &config.brokers,
+        &config.output_topic,
+        &format!("{}-read", config.group_id),
+    )?;
+    let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+    let reading = CancellationToken::new();
+    let read_task = {
+        let (received, reading) = (received.clone(), reading.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = reading.cancelled() => break,
+                    m = consumer.recv() => match m {
+                        Ok(m) => {
+                            let at = lull::model::wire::now_ms();
+                            if let Some(payload) = m.payload() {
+                                if let Ok(mut r) = received.lock() {
+                                    r.push((payload.to_vec(), at));
+                                }
+                            }
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
+                }
+            }
+        })
+    };
     let users = args.live_users.max(1);
     let burst = args.burst.max(1);
     // Each user repeats: a burst of `burst` fragments `gap_ms` apart, then a pause of 2-3x quiet.
@@ -465,26 +514,32 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
     let redis = lull::io::store::round_trips() - redis_before;
     stop_worker(token, handle).await?;
 
-    // Read the batches back for lateness and latency.
-    let consumer = reader(
-        &config.brokers,
-        &config.output_topic,
-        &format!("{}-read", config.group_id),
-    )?;
+    // Every batch received (or nothing new for 10 s), then the tally at the times they came.
     let mut tally = Tally::new(config.quiet, config.max_wait, config.grace);
-    while tally.distinct() < sent {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await else {
-            break;
+    let mut taken = 0;
+    let mut idle_since = Instant::now();
+    while tally.distinct() < sent && idle_since.elapsed() < Duration::from_secs(10) {
+        let fresh: Vec<Received> = match received.lock() {
+            Ok(r) => r[taken..].to_vec(),
+            Err(_) => Vec::new(),
         };
-        if let Some(payload) = m.payload() {
-            tally.add(payload);
+        if fresh.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        taken += fresh.len();
+        idle_since = Instant::now();
+        for (payload, at) in &fresh {
+            tally.add_seen(payload, Some(*at));
         }
     }
-    drop(consumer);
+    reading.cancel();
+    let _ = read_task.await;
     let audit = audit(config).await?;
     Ok(PhaseReport {
         phase: "live".into(),
         batching: true,
+        delivery: config.delivery.as_str().into(),
         fragments: sent,
         batches: tally.batches,
         seconds,
@@ -519,6 +574,9 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
     }
     if args.compare {
         names.push(("passthrough", false));
+    }
+    if args.compare_delivery {
+        names.push((OTHER_DELIVERY, true));
     }
     if args.live_users > 0 {
         names.push(("live", true));

@@ -49,6 +49,8 @@ pub fn reader(brokers: &str, topic: &str, group: &str) -> Result<StreamConsumer,
         .set("enable.auto.commit", "false")
         // What a downstream consumer sees: committed transactions only.
         .set("isolation.level", "read_committed")
+        // A batch is seen as soon as it is there (latencies are measured with this reader).
+        .set("fetch.wait.max.ms", "20")
         .create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
@@ -111,9 +113,17 @@ impl Tally {
 
     /// Counts one batch (its raw value; anything else is ignored).
     pub fn add(&mut self, payload: &[u8]) {
+        self.add_seen(payload, None);
+    }
+
+    /// Counts one batch that a reader received at `seen_at` (Unix ms): lateness and latency then
+    /// run to that moment — when the batch became visible downstream (exactly_once: at its
+    /// transaction's commit) — instead of to its `flushed_at`.
+    pub fn add_seen(&mut self, payload: &[u8], seen_at: Option<i64>) {
         let Ok(b) = serde_json::from_slice::<BatchView>(payload) else {
             return;
         };
+        let at = seen_at.unwrap_or(b.flushed_at);
         for f in &b.fragments {
             *self.seen.entry(f.event_id.clone()).or_default() += 1;
             self.batch_of
@@ -130,12 +140,10 @@ impl Tally {
         // flush. Only windows that closed by time have such a moment.
         if (b.reason == "quiet" || b.reason == "max_wait") && !self.held_keys.contains(&b.key) {
             let close = (b.last_ts + self.quiet_ms).min(b.first_ts + self.max_wait_ms);
-            let late = (b.flushed_at - close - self.grace_ms).max(0);
+            let late = (at - close - self.grace_ms).max(0);
             let _ = self.lateness.record(late as u64);
         }
-        let _ = self
-            .end_to_end
-            .record((b.flushed_at - b.last_ts).max(0) as u64);
+        let _ = self.end_to_end.record((at - b.last_ts).max(0) as u64);
         *self.reasons.entry(b.reason.clone()).or_default() += 1;
         self.batches += 1;
         if b.fragments.len() >= 3 && self.samples.len() < 16 {

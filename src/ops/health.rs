@@ -26,6 +26,9 @@ pub struct Health {
     fenced: AtomicUsize,
     /// Partition workers whose transactions could not start yet (exactly_once).
     starting: AtomicUsize,
+    /// Partition workers running: started (exactly_once: transactions started, state read) and
+    /// not yet stopped.
+    running: AtomicUsize,
     http_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -158,6 +161,21 @@ impl Health {
     /// Partition workers whose transactions have not started yet.
     pub fn partitions_starting(&self) -> usize {
         self.starting.load(Ordering::Acquire)
+    }
+
+    /// A partition worker started reading its input (`true`) or stopped (`false`).
+    pub fn set_running(&self, running: bool) {
+        if running {
+            self.running.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Partition workers reading their input now (an assigned partition's worker first starts
+    /// its transactions and reads its state: [`Health::assigned_partitions`] counts it at once).
+    pub fn running_partitions(&self) -> usize {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Records where the HTTP endpoints listen.

@@ -371,10 +371,11 @@ impl Running {
         }
     }
 
-    /// Waits until this worker owns at least `n` partitions.
+    /// Waits until this worker owns at least `n` partitions and reads them (exactly_once: its
+    /// transactions started and its state records read).
     pub async fn assigned(&self, n: usize) {
         wait_for("partitions assigned", || {
-            self.health.assigned_partitions() >= n
+            self.health.assigned_partitions() >= n && self.health.running_partitions() >= n
         })
         .await;
     }

@@ -242,10 +242,12 @@ impl Worker {
                 Ok(None) => return Ok(()),
                 Err(stop) => return self.stopped(stop).await,
             };
+            self.health.set_running(true);
             let outcome = match self.event_loop(&mut p).await {
                 Err(Stop::Abort(cause)) => Err(self.abort(&mut p, cause).await),
                 other => other,
             };
+            self.health.set_running(false);
             p.progress.finish();
             match outcome {
                 Ok(()) => {

@@ -1,0 +1,210 @@
+//! A takeover's state restore is bounded (exactly_once), on real Apache Kafka (the suite's single
+//! node): with 100,000 keys ever flushed on a partition and about 1,000 active, the partition's
+//! next owner reads on the order of the active keys, not every key ever seen — lull deletes the
+//! records that can never skip anything again (tombstones), and the log cleaner compacts the
+//! state topic. Prints the count and the time. Its own test binary: it reads lull's
+//! process-wide metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lull::ops::metrics::metrics;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const EVER: usize = 100_000;
+const ACTIVE: usize = 1_000;
+
+/// Writes one fragment for each of `users`, `gap_ms` apart from `start_ms`.
+async fn write(
+    producer: &FutureProducer,
+    topic: &str,
+    users: std::ops::Range<usize>,
+    start_ms: i64,
+    gap_ms: i64,
+) {
+    let mut pending = FuturesUnordered::new();
+    for (i, u) in users.enumerate() {
+        let user = format!("u{u}");
+        let value = fragment(&user, 0);
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            let r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+                .key(user.as_str())
+                .payload(value.as_slice())
+                .timestamp(start_ms + i as i64 * gap_ms);
+            producer
+                .send(r, Duration::from_secs(60))
+                .await
+                .expect("produce");
+        });
+        if pending.len() >= 5_000 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+}
+
+/// The group's committed offset of partition 0.
+fn committed(cluster: &Cluster, group: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&cluster.input, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10));
+    let offset = got
+        .ok()
+        .and_then(|t| t.find_partition(&cluster.input, 0).map(|e| e.offset()));
+    match offset {
+        Some(Offset::Offset(o)) => o,
+        _ => -1,
+    }
+}
+
+/// Messages (records and tombstones) in partition 0 of `topic`, read to its end.
+fn messages_in(bootstrap: &str, topic: &str) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "restore-count")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let (low, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    if high <= low {
+        return 0;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    c.assign(&tpl).expect("assign");
+    let mut n = 0;
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => n += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return n,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < end, "cannot read {topic}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_reads_about_the_active_keys_not_every_key_ever_flushed() {
+    let cluster = Cluster::start(1).await;
+    let cfg = cluster.config("restore");
+    let group = cfg.group_id.clone();
+    let state = cfg.state_topic();
+    // The state topic as `lull topics` makes it, with segments small enough for the log cleaner
+    // to get to them within the test (production's roll after a minute).
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin");
+    let mut topic = NewTopic::new(&state, 1, TopicReplication::Fixed(1));
+    for (k, v) in lull::io::state_topic::TOPIC_CONFIG {
+        topic = topic.set(k, v);
+    }
+    let topic = topic
+        .set("segment.bytes", "65536")
+        .set("segment.ms", "2000")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "100");
+    for r in admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("create")
+    {
+        r.expect("state topic created");
+    }
+
+    // 100,000 users, one burst each, typed over the last ~17 minutes.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    let now = lull::model::wire::now_ms();
+    write(
+        &producer,
+        &cluster.input,
+        0..EVER,
+        now - 1_000_000 - 60_000,
+        10,
+    )
+    .await;
+    let first = Running::start(cfg.clone());
+    first.assigned(1).await;
+    wait_for("every old burst committed", || {
+        committed(&cluster, &group) >= EVER as i64
+    })
+    .await;
+    // The log cleaner drops what the tombstones deleted.
+    let end = tokio::time::Instant::now() + DEADLINE * 2;
+    loop {
+        let (b, s) = (cluster.bootstrap().to_string(), state.clone());
+        let n = tokio::task::spawn_blocking(move || messages_in(&b, &s))
+            .await
+            .expect("count");
+        if n < 10 * ACTIVE {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the state topic still holds {n} messages"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // About 1,000 users active now.
+    let now = lull::model::wire::now_ms();
+    write(
+        &producer,
+        &cluster.input,
+        EVER..EVER + ACTIVE,
+        now - 5_000,
+        1,
+    )
+    .await;
+    wait_for("the active bursts committed", || {
+        committed(&cluster, &group) >= (EVER + ACTIVE) as i64
+    })
+    .await;
+    first.stop().await;
+
+    // The takeover: the partition's next owner reads its state records.
+    let (read0, took0) = (
+        metrics().state_records_read.get(),
+        metrics().state_restore_seconds.get_sample_sum(),
+    );
+    let second = Running::start(cfg);
+    second.assigned(1).await;
+    wait_for("the state restored", || {
+        metrics().state_restore_seconds.get_sample_count() >= 2
+    })
+    .await;
+    let read = metrics().state_records_read.get() - read0;
+    let took = metrics().state_restore_seconds.get_sample_sum() - took0;
+    eprintln!(
+        "state restore: {EVER} keys ever flushed, {ACTIVE} active: the next owner read {read} \
+         state messages in {:.0} ms",
+        took * 1000.0
+    );
+    assert!(
+        read < (10 * ACTIVE) as u64,
+        "the takeover read {read} state messages for {ACTIVE} active keys"
+    );
+    second.stop().await;
+}
