@@ -109,6 +109,28 @@ else
     cargo test --no-run
 fi
 
+# The last release without transactions, for tests/upgrade.rs (a rolling upgrade from it): built
+# once per machine from git history and cached outside git beside the Kafka jars. Its binary is
+# renamed, so it shares this tree's target directory (and its built dependencies: the same
+# Cargo.lock) without replacing this tree's own `lull`.
+BASELINE_REV=a0edb1ae7e7b8db7900402248818e93d48a66d1d
+baseline="${LULL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lull}/baseline-$BASELINE_REV/lull"
+if [ ! -x "$baseline" ]; then
+    if git cat-file -e "$BASELINE_REV^{commit}" 2>/dev/null; then
+        log "building the release before exactly-once (${BASELINE_REV:0:7}) for the upgrade test"
+        mkdir -p "$work/baseline"
+        git archive "$BASELINE_REV" | tar -x -C "$work/baseline"
+        sed -i '/^\[\[bin\]\]$/{n;s/^name = "lull"$/name = "lull-baseline"/}' "$work/baseline/Cargo.toml"
+        cargo build --quiet --bin lull-baseline --manifest-path "$work/baseline/Cargo.toml" \
+            --target-dir "$PWD/target"
+        mkdir -p "$(dirname "$baseline")"
+        cp target/debug/lull-baseline "$baseline"
+    else
+        log "this clone lacks git history for $BASELINE_REV: tests/upgrade.rs cannot run"
+    fi
+fi
+[ -x "$baseline" ] && export LULL_TEST_BASELINE="$baseline"
+
 for i in "${!kafka_jobs[@]}"; do
     if ! wait "${kafka_jobs[$i]}"; then
         cat "$work"/kafka*.log >&2

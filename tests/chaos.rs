@@ -25,16 +25,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::procs::{Typing, Worker};
 use common::*;
 use lull::config::KafkaProperty;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
-use tokio_util::sync::CancellationToken;
 
 /// One scenario at a time: they share the cluster and kill its brokers.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -83,77 +81,6 @@ enum Fault {
     WorkerKills(usize),
 }
 
-/// A `lull run` child process, killed on drop.
-struct Worker {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Worker {
-    fn assigned(&self) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("partitions assigned"))
-    }
-
-    /// Where its HTTP endpoints listen, once it said so.
-    fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.log.lock().unwrap().iter().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if !v["message"].as_str()?.starts_with("serving /metrics") {
-                return None;
-            }
-            v["addr"].as_str()?.parse().ok()
-        })
-    }
-
-    /// Sends `signal` (STOP, CONT) to the process.
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{signal} failed");
-    }
-
-    /// SIGTERM and wait: a graceful stop must exit 0.
-    async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let end = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "lull did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "graceful stop: {:#?}",
-            self.log
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-        );
-    }
-}
-
 /// What a scenario runs lull with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -190,9 +117,7 @@ impl Run {
             .env("LULL_HTTP_ADDR", "127.0.0.1:0")
             .env("LULL_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .current_dir(std::env::temp_dir());
         if let Some((url, prefix)) = &self.redis {
             c.env("REDIS_URL", url).env("LULL_REDIS_PREFIX", prefix);
         }
@@ -209,83 +134,7 @@ impl Run {
                 c.env("LULL_KAFKA_GROUP_PROTOCOL", "consumer");
             }
         }
-        let mut child = c.spawn().expect("lull run starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Worker { child, log }
-    }
-}
-
-/// Simulated users typing bursts until stopped; counts fragments per partition.
-struct Typing {
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<usize>>,
-    per_partition: Arc<Mutex<HashMap<i32, usize>>>,
-}
-
-impl Typing {
-    fn start(producer: &FutureProducer, topic: &str, tag: &str) -> Self {
-        let stop = CancellationToken::new();
-        let per_partition = Arc::new(Mutex::new(HashMap::new()));
-        let tasks = (0..USERS)
-            .map(|u| {
-                let (producer, topic, stop) = (producer.clone(), topic.to_string(), stop.clone());
-                let counts = per_partition.clone();
-                let user = format!("{tag}-u{u:02}");
-                tokio::spawn(async move {
-                    let mut seq = 0;
-                    // Users start at different moments, so bursts interleave.
-                    tokio::time::sleep(Duration::from_millis(37 * u as u64)).await;
-                    while !stop.is_cancelled() {
-                        for _ in 0..(3 + seq % 3) {
-                            let (p, _) = send(
-                                &producer,
-                                &topic,
-                                Some(&user),
-                                &fragment(&user, seq),
-                                None,
-                                None,
-                            )
-                            .await;
-                            *counts.lock().unwrap().entry(p).or_default() += 1;
-                            seq += 1;
-                            tokio::time::sleep(Duration::from_millis(120)).await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(QUIET_MS * 3)).await;
-                    }
-                    seq
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            tasks,
-            per_partition,
-        }
-    }
-
-    fn busiest_partition(&self) -> i32 {
-        let counts = self.per_partition.lock().unwrap();
-        counts
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map_or(0, |(p, _)| *p)
-    }
-
-    /// Stops typing after the bursts under way; returns how many fragments were typed.
-    async fn finish(self) -> usize {
-        self.stop.cancel();
-        let mut total = 0;
-        for t in self.tasks {
-            total += t.await.expect("typist");
-        }
-        total
+        Worker::spawn(c)
     }
 }
 
@@ -452,7 +301,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
         .create()
         .expect("producer");
     let mut out = run.cluster.collector(&run.cluster.output);
-    let typing = Typing::start(&producer, &run.cluster.input, name);
+    let typing = Typing::start(&producer, &run.cluster.input, name, USERS, QUIET_MS);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut kills_ms: Vec<i64> = Vec::new();

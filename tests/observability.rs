@@ -99,14 +99,20 @@ async fn health_endpoints_and_every_metric_over_http() {
     let mut out = cluster.collector(&cluster.output);
     out.until("both batches", |s| event_counts(s).len() == 4)
         .await;
-    wait_for("commits", || true).await;
+    // exactly_once (the default): offsets commit inside transactions.
+    let committed = "lull_transactions_total{outcome=\"committed\"}";
+    let end = tokio::time::Instant::now() + DEADLINE;
     let p = loop {
         let p = page(&lull).await;
-        if metric(&p, "lull_commits_total").unwrap_or(0.0) > 0.0
+        if metric(&p, committed).unwrap_or(0.0) > 0.0
             && metric(&p, "lull_dlq_messages_total").unwrap_or(0.0) > 0.0
         {
             break p;
         }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no committed transaction and dead letter:\n{p}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let moved = |series: &str| {
@@ -123,7 +129,9 @@ async fn health_endpoints_and_every_metric_over_http() {
     moved("lull_flush_lateness_seconds_count");
     moved("lull_end_to_end_seconds_count");
     moved("lull_dlq_messages_total");
-    moved("lull_commits_total");
+    moved(committed);
+    moved("lull_transaction_commit_seconds_count");
+    moved("lull_state_restore_seconds_count");
     moved("lull_assigned_partitions");
     moved("lull_redis_call_seconds_count{script=\"admit\"}");
     moved("lull_memory_budget_bytes");
@@ -138,6 +146,7 @@ async fn health_endpoints_and_every_metric_over_http() {
         "lag per partition:\n{p}"
     );
     for series in [
+        "lull_commits_total",
         "lull_produce_retries_total",
         "lull_redis_errors_total",
         "lull_backpressure_paused",

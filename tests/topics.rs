@@ -1,5 +1,6 @@
-//! `lull topics` on real Apache Kafka (the suite's single node): it creates the three topics
-//! with the replication the cluster can hold, and leaves existing ones alone. The three-node case
+//! `lull topics` on real Apache Kafka (the suite's single node): it creates lull's topics (input,
+//! output, DLQ and the compacted state topic) with the replication the cluster can hold, and
+//! leaves existing ones alone. The three-node case
 //! (replication 3) is in `chaos.rs`, which owns that cluster.
 
 mod common;
@@ -58,9 +59,28 @@ fn topics_are_created_once_with_the_replication_a_single_node_holds() {
         );
         assert_eq!(shape(kafka.bootstrap(), &format!("{base}.{t}")), (3, 1));
     }
+    // The state topic of the default group, compacted, with the input's partitions.
+    let state = format!("{base}.in.lull-state");
+    assert!(
+        text.contains(&format!("created {state} (3 partitions, replication 1)")),
+        "{text}"
+    );
+    let configs = kafka_tool(
+        "kafka.admin.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            kafka.bootstrap(),
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            &state,
+            "--describe",
+        ],
+    );
+    assert!(configs.contains("cleanup.policy=compact"), "{configs}");
     let (code, text) = lull_topics(kafka.bootstrap(), &base, &["--partitions", "5"]);
     assert_eq!(code, Some(0), "{text}");
-    assert_eq!(text.matches("exists").count(), 3, "{text}");
+    assert_eq!(text.matches("exists").count(), 4, "{text}");
     assert_eq!(
         shape(kafka.bootstrap(), &format!("{base}.in")).0,
         3,

@@ -751,6 +751,23 @@ impl Config {
                 "input, output and DLQ topics to be different",
             );
         }
+        // A transaction left open longer than its timeout is aborted by the broker (and its
+        // producer fenced): every commit must come well inside it.
+        let transaction_timeout = kafka
+            .get("transaction.timeout.ms")
+            .and_then(|t| t.value().parse::<u64>().ok())
+            .unwrap_or(u64::from(crate::io::kafka::TRANSACTION_TIMEOUT_MS));
+        let transaction_ms = transaction.as_millis() as u64;
+        if transaction_ms.saturating_mul(2) > transaction_timeout {
+            r.problem(
+                "LULL_TRANSACTION_MS",
+                &transaction_ms.to_string(),
+                &format!(
+                    "at most half the transaction timeout ({transaction_timeout} ms; \
+                     LULL_KAFKA_TRANSACTION_TIMEOUT_MS raises it)"
+                ),
+            );
+        }
         let session_ms = kafka
             .get("session.timeout.ms")
             .and_then(|s| s.value().parse::<u64>().ok());
@@ -980,6 +997,17 @@ mod tests {
         assert_eq!(c.state_topic(), "s");
         let e = Config::from_env(&env(&[("LULL_STATE_TOPIC", "chat.batches")])).unwrap_err();
         assert_eq!(e.0[0].variable, "LULL_STATE_TOPIC");
+        let e = Config::from_env(&env(&[("LULL_TRANSACTION_MS", "8000")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LULL_TRANSACTION_MS=8000: expected at most half the transaction timeout (10000 ms; \
+             LULL_KAFKA_TRANSACTION_TIMEOUT_MS raises it)"
+        );
+        Config::from_env(&env(&[
+            ("LULL_TRANSACTION_MS", "8000"),
+            ("LULL_KAFKA_TRANSACTION_TIMEOUT_MS", "30000"),
+        ]))
+        .unwrap();
         let e = Config::from_env(&env(&[("LULL_DELIVERY", "twice")])).unwrap_err();
         assert_eq!(
             e.to_string(),

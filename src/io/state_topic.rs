@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::model::state::{decode, FlushedKeys};
+use crate::model::state::{decode, FlushedKeys, StateEntry};
 
 /// Topic settings of the state topic: compacted; a segment rolls after a minute (only closed
 /// segments are compacted) and is cleaned once a tenth of it is dead; tombstones are kept a
@@ -77,6 +77,27 @@ impl StateTopicError {
         !matches!(self, StateTopicError::Request { .. })
     }
 }
+
+/// The state reader's context: its end of partition is how it knows it is done, not an error;
+/// the rest goes to the process's Kafka log.
+struct ReaderLog;
+
+impl rdkafka::ClientContext for ReaderLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::ops::kafka_log::kafka_log().librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            crate::ops::kafka_log::kafka_log().client_error("state reader error", &error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderLog {}
 
 /// What [`ensure`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,20 +178,30 @@ pub async fn ensure(config: &Config) -> Result<Ensured, StateTopicError> {
 /// What reading one partition of the state topic found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
-    /// Messages read (records and tombstones).
+    /// Messages read (records and tombstones, including the look for the last partition record).
     pub read: u64,
     /// Records ignored because they cannot describe this log.
     pub ignored: u64,
+    /// Where the read started: the last partition record's `restore_from`, else the start.
+    pub from: i64,
+    /// The partition's end: where this owner's first records will lie at the earliest.
+    pub end: i64,
     /// How long it took.
     pub took: Duration,
 }
 
-/// Reads partition `partition` of the state topic from its start to its end into `keys`, only
-/// what committed transactions wrote. "The end" is the partition's end when the read began: a
-/// transaction still open there (a previous owner that died with one open) is waited for until
-/// it is committed or aborted, so what is read is exactly what was committed. `topic_id` and
-/// `input_end` (the input partition's end) let records of another log be ignored. Blocks; gives
-/// up at `deadline`.
+/// How many messages back from the end the last partition record is looked for first (every
+/// commit writes one, last in its transaction, so it is near the end); each further look goes
+/// four times as far.
+const TAIL: i64 = 256;
+
+/// Reads partition `partition` of the state topic into `keys`: only what committed transactions
+/// wrote, from the last partition record's `restore_from` (below it no key has a live record:
+/// the log cleaner may not have removed them yet, but a takeover need not read them) to the
+/// partition's end when the read began. A transaction still open there (a previous owner that died
+/// with one open) is waited for until it is committed or aborted, so what is read is exactly what
+/// was committed. `topic_id` and `input_end` (the input partition's end) let records of another
+/// log be ignored. Blocks; gives up at `deadline`.
 pub fn read(
     config: &Config,
     partition: i32,
@@ -181,58 +212,122 @@ pub fn read(
 ) -> Result<Restored, String> {
     let started = Instant::now();
     let topic = config.state_topic();
-    let consumer: BaseConsumer = crate::io::kafka::state_reader_config(config)
-        .create()
+    let consumer: BaseConsumer<ReaderLog> = crate::io::kafka::state_reader_config(config)
+        .create_with_context(ReaderLog)
         .map_err(|e| e.to_string())?;
     let left = || deadline.saturating_duration_since(Instant::now());
     let (low, high) = consumer
         .fetch_watermarks(&topic, partition, left())
         .map_err(|e| format!("cannot read the end of {topic}/{partition}: {e}"))?;
-    let mut restored = Restored::default();
-    if high <= low.max(0) {
+    let low = low.max(0);
+    let mut restored = Restored {
+        from: low,
+        end: high.max(low),
+        ..Restored::default()
+    };
+    if high <= low {
         restored.took = started.elapsed();
         return Ok(restored);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, partition, Offset::Beginning)
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    drop(tpl);
-    let mut next = low.max(0);
-    loop {
-        if next >= high {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "reading {topic}/{partition} did not reach offset {high} in time (at {next}); \
-                 a transaction left open there ends within the transaction timeout"
-            ));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                restored.read += 1;
-                next = next.max(m.offset() + 1);
-                let entry = decode(m.key(), m.payload());
-                if keys.restore(entry, topic_id, input_end).is_err() {
-                    restored.ignored += 1;
+    let reader = Reader {
+        consumer: &consumer,
+        topic: &topic,
+        partition,
+        deadline,
+    };
+    // The last partition record's restore_from, looked for from the end backwards.
+    let same_topic = |id: &str| topic_id.is_none_or(|live| id.is_empty() || id == live);
+    let mut to = high;
+    let mut span = TAIL;
+    let from = loop {
+        let start = (to - span).max(low);
+        let mut found = None;
+        reader.range(start, to, &mut restored.read, |_, key, value| {
+            if let StateEntry::Partition(p) = decode(key, value) {
+                if p.partition == partition && same_topic(&p.topic_id) {
+                    found = p.restore_from.or(found);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                // Past control records (transaction markers) the position is further than the
-                // last record read.
-                if let Ok(position) = consumer.position() {
-                    if let Some(Offset::Offset(o)) = position
-                        .find_partition(&topic, partition)
-                        .map(|e| e.offset())
-                    {
-                        next = next.max(o);
-                    }
-                }
-            }
-            Some(Err(e)) => return Err(format!("cannot read {topic}/{partition}: {e}")),
+        })?;
+        if let Some(from) = found {
+            break from.clamp(low, high);
         }
-    }
+        if start == low {
+            break low;
+        }
+        to = start;
+        span = span.saturating_mul(4);
+    };
+    restored.from = from;
+    let mut ignored = 0;
+    reader.range(from, high, &mut restored.read, |at, key, value| {
+        if keys
+            .restore(decode(key, value), at, topic_id, input_end)
+            .is_err()
+        {
+            ignored += 1;
+        }
+    })?;
+    restored.ignored = ignored;
     restored.took = started.elapsed();
     Ok(restored)
+}
+
+/// Reads offset ranges of one state partition.
+struct Reader<'a> {
+    consumer: &'a BaseConsumer<ReaderLog>,
+    topic: &'a str,
+    partition: i32,
+    deadline: Instant,
+}
+
+impl Reader<'_> {
+    /// Hands every committed message in `[from, to)` to `each` (its offset, key and value), in
+    /// order, counting them into `read`. Past control records (transaction markers) the
+    /// consumer's position is further than the last message read, which is how the end of a
+    /// range that ends in one is known.
+    fn range(
+        &self,
+        from: i64,
+        to: i64,
+        read: &mut u64,
+        mut each: impl FnMut(i64, Option<&[u8]>, Option<&[u8]>),
+    ) -> Result<(), String> {
+        let (topic, partition) = (self.topic, self.partition);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| e.to_string())?;
+        self.consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        drop(tpl);
+        let mut next = from;
+        while next < to {
+            if Instant::now() >= self.deadline {
+                return Err(format!(
+                    "reading {topic}/{partition} did not reach offset {to} in time (at {next}); \
+                     a transaction left open there ends within the transaction timeout"
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    next = next.max(m.offset() + 1);
+                    if m.offset() < to {
+                        *read += 1;
+                        each(m.offset(), m.key(), m.payload());
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    if let Ok(position) = self.consumer.position() {
+                        if let Some(Offset::Offset(o)) = position
+                            .find_partition(topic, partition)
+                            .map(|e| e.offset())
+                        {
+                            next = next.max(o);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(format!("cannot read {topic}/{partition}: {e}")),
+            }
+        }
+        Ok(())
+    }
 }

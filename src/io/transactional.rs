@@ -11,11 +11,13 @@
 //! blocking thread. Errors are classified once, in [`TxnError::classify`], into what the worker
 //! does next: retry, abort and replay, stop touching the partition, or stop the process.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -112,15 +114,46 @@ pub enum SendError {
 
 /// The context of a transactional producer: librdkafka's log lines and errors go to the process's
 /// Kafka log; a failed delivery needs nothing here (the commit reports it and the transaction is
-/// aborted).
-pub struct TxnContext;
+/// aborted). It notes how far the partition's state records reach (each delivery says its
+/// offset), so a record can be placed before it is delivered.
+pub struct TxnContext {
+    state_topic: String,
+    partition: i32,
+    /// One past the highest state-partition offset delivered; -1 before any.
+    state_end: AtomicI64,
+}
+
+impl TxnContext {
+    fn new(config: &Config, partition: i32) -> Self {
+        Self {
+            state_topic: config.state_topic(),
+            partition,
+            state_end: AtomicI64::new(-1),
+        }
+    }
+}
 
 impl ClientContext for TxnContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // librdkafka's transaction errors (and the fatal ones, which fence or refuse a
+        // transactional producer) come back from the calls that met them, where lull says what it
+        // does about them (abort and replay, fenced, refused): not twice. GETPID retries while a
+        // new owner's coordinator aborts the previous owner's transaction: expected, retried.
+        if fac.starts_with("TXN") || matches!(fac, "FATAL" | "GETPID") {
+            tracing::debug!(target: "librdkafka", facility = fac, "{log_message}");
+            return;
+        }
         kafka_log().librdkafka(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
+        ) {
+            tracing::debug!(error = %error, reason, "transactional producer error");
+            return;
+        }
         kafka_log().client_error("kafka producer error", &error, reason);
     }
 }
@@ -129,8 +162,12 @@ impl ProducerContext for TxnContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            kafka_log().client_error("transactional delivery failed", e, "");
+        match result {
+            Ok(m) if m.partition() == self.partition && m.topic() == self.state_topic => {
+                self.state_end.fetch_max(m.offset() + 1, Ordering::AcqRel);
+            }
+            Ok(_) => {}
+            Err((e, _)) => kafka_log().client_error("transactional delivery failed", e, ""),
         }
     }
 }
@@ -157,7 +194,7 @@ impl TxnProducer {
         let c = crate::io::kafka::transactional_producer_config(config, partition);
         let id = c.get("transactional.id").unwrap_or_default().to_string();
         let producer = c
-            .create_with_context(TxnContext)
+            .create_with_context(TxnContext::new(config, partition))
             .map_err(|e| TxnError::Create(e.to_string()))?;
         Ok(Self {
             producer,
@@ -171,6 +208,13 @@ impl TxnProducer {
         })
     }
 
+    /// One past the highest offset of the partition's state records delivered so far, if any
+    /// was: where the next transaction's records will lie at the earliest.
+    pub fn state_end(&self) -> Option<i64> {
+        let end = self.producer.context().state_end.load(Ordering::Acquire);
+        (end >= 0).then_some(end)
+    }
+
     /// A producer with an id of its own (`{group}/{topic}/probe`, under the same ACL prefix as
     /// the partitions' ids), for checking at start that the brokers run transactions for lull.
     pub fn probe(config: &Config) -> Result<Self, TxnError> {
@@ -178,7 +222,7 @@ impl TxnProducer {
         let id = format!("{}/{}/probe", config.group_id, config.input_topic);
         c.set("transactional.id", &id);
         let producer = c
-            .create_with_context(TxnContext)
+            .create_with_context(TxnContext::new(config, -1))
             .map_err(|e| TxnError::Create(e.to_string()))?;
         Ok(Self {
             producer,

@@ -15,7 +15,7 @@
 //! within one max wait, not every key ever seen. Pure: no I/O, no clock of its own.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,10 @@ pub struct PartitionRecord {
     pub partition: i32,
     /// Every dead letter and `opened` event of an input offset below this is committed.
     pub read: i64,
+    /// No key's live record lies below this offset of the state partition: a takeover reads
+    /// from here, not from the start (the log cleaner may not have removed what lies below).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<i64>,
 }
 
 /// Encodes a record's value as JSON.
@@ -99,6 +103,9 @@ pub struct Kept {
     pub batch_id: Arc<str>,
     /// That batch's `last_ts`.
     pub last_ts: i64,
+    /// The record's offset in the state partition, or an offset at or below it (a record not
+    /// yet delivered is placed at the partition's end before its transaction).
+    pub since: i64,
 }
 
 /// Why a record read at takeover is not used.
@@ -123,6 +130,9 @@ pub struct FlushedKeys {
     by_offset: BinaryHeap<Reverse<(i64, Arc<str>)>>,
     /// `(last_ts + horizon, offset, key)` of records below the committed offset.
     expiring: BinaryHeap<Reverse<(i64, i64, Arc<str>)>>,
+    /// `(since, offset, key)` of records in the order they were placed (`since` never falls):
+    /// the front, once stale entries are dropped, is the oldest live record.
+    placed: VecDeque<(i64, i64, Arc<str>)>,
     /// The partition record's `read`, as restored or last written.
     read: Option<i64>,
 }
@@ -137,16 +147,18 @@ impl FlushedKeys {
             records: HashMap::default(),
             by_offset: BinaryHeap::new(),
             expiring: BinaryHeap::new(),
+            placed: VecDeque::new(),
             read: None,
         }
     }
 
-    /// Takes one entry read from the state topic, in log order. `topic_id` is the live input
-    /// topic's identity (when known) and `end` its partition's end offset: a record that cannot
-    /// describe this log is ignored, never used to skip.
+    /// Takes one entry read from the state topic at offset `at`, in log order. `topic_id` is the
+    /// live input topic's identity (when known) and `end` its partition's end offset: a record
+    /// that cannot describe this log is ignored, never used to skip.
     pub fn restore(
         &mut self,
         entry: StateEntry,
+        at: i64,
         topic_id: Option<&str>,
         end: Option<i64>,
     ) -> Result<(), Ignored> {
@@ -167,7 +179,13 @@ impl FlushedKeys {
                     self.records.remove(key.as_str());
                     return Err(Ignored::PastTheEnd);
                 }
-                self.flushed(Arc::from(key), r.offset, Arc::from(r.batch_id), r.last_ts);
+                self.flushed(
+                    Arc::from(key),
+                    r.offset,
+                    Arc::from(r.batch_id),
+                    r.last_ts,
+                    at,
+                );
             }
             StateEntry::Deleted(key) => {
                 self.records.remove(key.as_str());
@@ -191,17 +209,43 @@ impl FlushedKeys {
         Ok(())
     }
 
-    /// Notes that `key`'s batch `batch_id`, whose last fragment is at `offset`, was emitted.
-    pub fn flushed(&mut self, key: Arc<str>, offset: i64, batch_id: Arc<str>, last_ts: i64) {
+    /// Notes that `key`'s batch `batch_id`, whose last fragment is at `offset`, was emitted, and
+    /// that its record lies at or above offset `since` of the state partition.
+    pub fn flushed(
+        &mut self,
+        key: Arc<str>,
+        offset: i64,
+        batch_id: Arc<str>,
+        last_ts: i64,
+        since: i64,
+    ) {
         self.by_offset.push(Reverse((offset, key.clone())));
+        self.placed.push_back((since, offset, key.clone()));
         self.records.insert(
             key,
             Kept {
                 offset,
                 batch_id,
                 last_ts,
+                since,
             },
         );
+    }
+
+    /// The lowest state-partition offset a takeover must read from to see every live record:
+    /// the oldest live record's, or `end` (the partition's end) when there is none.
+    pub fn restore_from(&mut self, end: i64) -> i64 {
+        while let Some((since, offset, key)) = self.placed.front() {
+            let live = self
+                .records
+                .get(key)
+                .is_some_and(|k| k.offset == *offset && k.since == *since);
+            if live {
+                return (*since).min(end);
+            }
+            self.placed.pop_front();
+        }
+        end
     }
 
     /// Whether the fragment of `key` at `offset` was emitted already (at or below its key's
@@ -309,6 +353,7 @@ mod tests {
             topic_id: "T".into(),
             partition: 0,
             read: 9,
+            restore_from: Some(4),
         };
         assert_eq!(
             decode(Some(PARTITION_KEY), Some(&encode(&p))),
@@ -324,6 +369,7 @@ mod tests {
         let mut k = FlushedKeys::new(0, 1_000);
         k.restore(
             StateEntry::Flushed("u".into(), record(7, 100)),
+            0,
             Some("T"),
             Some(50),
         )
@@ -332,7 +378,7 @@ mod tests {
         assert!(k.skips("u", 7));
         assert!(!k.skips("u", 8));
         assert!(!k.skips("v", 1));
-        k.restore(StateEntry::Deleted("u".into()), Some("T"), Some(50))
+        k.restore(StateEntry::Deleted("u".into()), 1, Some("T"), Some(50))
             .unwrap();
         assert!(!k.skips("u", 5));
     }
@@ -345,12 +391,18 @@ mod tests {
             ..record(7, 100)
         };
         assert_eq!(
-            k.restore(StateEntry::Flushed("u".into(), other), Some("T"), Some(50)),
+            k.restore(
+                StateEntry::Flushed("u".into(), other),
+                0,
+                Some("T"),
+                Some(50)
+            ),
             Err(Ignored::OtherTopic)
         );
         assert_eq!(
             k.restore(
                 StateEntry::Flushed("v".into(), record(60, 1)),
+                0,
                 Some("T"),
                 Some(50)
             ),
@@ -363,6 +415,7 @@ mod tests {
         assert_eq!(
             k.restore(
                 StateEntry::Flushed("w".into(), elsewhere),
+                0,
                 Some("T"),
                 Some(50)
             ),
@@ -374,8 +427,8 @@ mod tests {
     #[test]
     fn a_record_expires_below_the_commit_and_past_the_horizon_only() {
         let mut k = FlushedKeys::new(0, 1_000);
-        k.flushed("a".into(), 10, "in/0/8".into(), 5_000);
-        k.flushed("b".into(), 20, "in/0/15".into(), 5_000);
+        k.flushed("a".into(), 10, "in/0/8".into(), 5_000, 0);
+        k.flushed("b".into(), 20, "in/0/15".into(), 5_000, 1);
         assert!(k.expired(15, 10_000).iter().map(|s| &**s).eq(["a"]));
         assert!(k.expired(15, 10_000).is_empty(), "b is above the commit");
         // Above the commit now, but its batch is recent: kept for follows.
@@ -387,8 +440,8 @@ mod tests {
     #[test]
     fn a_newer_record_of_the_same_key_is_never_deleted_for_the_old_one() {
         let mut k = FlushedKeys::new(0, 0);
-        k.flushed("a".into(), 10, "in/0/8".into(), 1);
-        k.flushed("a".into(), 40, "in/0/30".into(), 2);
+        k.flushed("a".into(), 10, "in/0/8".into(), 1, 0);
+        k.flushed("a".into(), 40, "in/0/30".into(), 2, 1);
         assert!(k.expired(20, 100).is_empty());
         assert!(k.skips("a", 40));
         assert!(k.expired(41, 100).iter().map(|s| &**s).eq(["a"]));
@@ -448,11 +501,12 @@ mod tests {
             )
         }
 
-        /// The committed state: visible batches, the state topic's records, the input offset.
+        /// The committed state: visible batches, the state partition (a log of entries, as
+        /// the topic holds them: records, tombstones, partition records), the input offset.
         #[derive(Default, Clone)]
         struct Committed {
             visible: Vec<(String, Vec<i64>, &'static str, Option<String>)>,
-            topic: HashMap<String, FlushedRecord>,
+            topic: Vec<StateEntry>,
             offset: i64,
         }
 
@@ -466,6 +520,23 @@ mod tests {
             }
         }
 
+        /// What a takeover reads: from the last partition record's `restore_from` (the whole log
+        /// when there is none) to the end.
+        fn takeover(topic: &[StateEntry], keys: &mut FlushedKeys) {
+            let from = topic
+                .iter()
+                .rev()
+                .find_map(|e| match e {
+                    StateEntry::Partition(p) => p.restore_from,
+                    _ => None,
+                })
+                .unwrap_or(0);
+            for (at, e) in topic.iter().enumerate().skip(from as usize) {
+                keys.restore(e.clone(), at as i64, Some("T"), None)
+                    .expect("own records");
+            }
+        }
+
         /// Runs `frags` from `c`'s committed offset with its records, committing where
         /// `commits` says, until `crash` (an index into `frags`) or the end; returns what is
         /// committed then.
@@ -473,10 +544,7 @@ mod tests {
             let horizon = cfg().followup_ms + cfg().grace_ms;
             let mut engine = WindowEngine::new(cfg());
             let mut keys = FlushedKeys::new(0, horizon);
-            for (k, r) in &c.topic {
-                keys.restore(StateEntry::Flushed(k.clone(), r.clone()), Some("T"), None)
-                    .expect("own records");
-            }
+            takeover(&c.topic, &mut keys);
             for (k, kept) in keys.by_last_ts() {
                 engine.seed_follows(k, &kept.batch_id, kept.last_ts);
             }
@@ -484,6 +552,8 @@ mod tests {
             let mut pending: Vec<Batch> = Vec::new();
             let mut next = c.offset;
             let start = usize::try_from(c.offset).expect("offset");
+            // A transaction appends its batches' records, the tombstones, then the partition
+            // record, and commits with the input offset.
             let commit = |engine: &mut WindowEngine,
                           keys: &mut FlushedKeys,
                           pending: &mut Vec<Batch>,
@@ -491,13 +561,31 @@ mod tests {
                           next: i64| {
                 let point = engine.low_watermark().map_or(next, |low| low.min(next));
                 for b in pending.drain(..) {
-                    c.topic.insert(b.key.to_string(), record(&b));
+                    c.topic
+                        .push(StateEntry::Flushed(b.key.to_string(), record(&b)));
                     c.visible.push(seen(&b));
                 }
                 for key in keys.expired(point, engine.replay_time().unwrap_or(i64::MIN)) {
-                    c.topic.remove(&*key);
+                    c.topic.push(StateEntry::Deleted(key.to_string()));
                 }
+                let end = c.topic.len() as i64;
+                c.topic.push(StateEntry::Partition(PartitionRecord {
+                    topic_id: "T".into(),
+                    partition: 0,
+                    read: next,
+                    restore_from: Some(keys.restore_from(end)),
+                }));
                 c.offset = c.offset.max(point);
+            };
+            // Where this transaction's records will lie at the earliest: the partition's end now.
+            let flushed = |keys: &mut FlushedKeys, c: &Committed, b: &Batch| {
+                keys.flushed(
+                    b.key.clone(),
+                    b.last_offset(),
+                    Arc::from(id(b.first_offset())),
+                    b.last_ts,
+                    c.topic.len() as i64,
+                );
             };
             for (i, f) in frags.iter().enumerate().skip(start) {
                 if i >= crash {
@@ -510,12 +598,7 @@ mod tests {
                 }
                 next = f.offset + 1;
                 for b in out.drain(..) {
-                    keys.flushed(
-                        b.key.clone(),
-                        b.last_offset(),
-                        Arc::from(id(b.first_offset())),
-                        b.last_ts,
-                    );
+                    flushed(&mut keys, &c, &b);
                     pending.push(b);
                 }
                 if commits.get(i).copied().unwrap_or(false) {
@@ -524,12 +607,7 @@ mod tests {
             }
             engine.advance(FAR, &mut out);
             for b in out.drain(..) {
-                keys.flushed(
-                    b.key.clone(),
-                    b.last_offset(),
-                    Arc::from(id(b.first_offset())),
-                    b.last_ts,
-                );
+                flushed(&mut keys, &c, &b);
                 pending.push(b);
             }
             commit(&mut engine, &mut keys, &mut pending, &mut c, next);
@@ -575,7 +653,7 @@ mod tests {
                         offset += 1 + a % 3;
                         time += b % 4;
                         let key = format!("k{}", a % 6);
-                        k.flushed(Arc::from(key.as_str()), offset, "x".into(), time);
+                        k.flushed(Arc::from(key.as_str()), offset, "x".into(), time, offset);
                         model.insert(key, (offset, time));
                     }
                     _ => {

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -453,6 +455,39 @@ pub async fn send_bursts(
     }
 }
 
+/// Writes fragment 0 of each user `u{n}` for `n` in `users`, keyed by the user, stamped `gap_ms`
+/// apart from `start_ms`, with many sends in flight: a backlog of any size, quickly.
+pub async fn write_backlog(
+    producer: &FutureProducer,
+    topic: &str,
+    users: std::ops::Range<usize>,
+    start_ms: i64,
+    gap_ms: i64,
+) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut pending = FuturesUnordered::new();
+    for (i, u) in users.enumerate() {
+        let user = format!("u{u}");
+        let value = fragment(&user, 0);
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            let r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+                .key(user.as_str())
+                .payload(value.as_slice())
+                .timestamp(start_ms + i as i64 * gap_ms);
+            producer
+                .send(r, Duration::from_secs(60))
+                .await
+                .expect("produce");
+        });
+        if pending.len() >= 5_000 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+}
+
 /// A fragment's JSON for `user`, with an event id and text.
 pub fn fragment(user: &str, seq: usize) -> Vec<u8> {
     serde_json::json!({
@@ -768,11 +803,17 @@ pub struct DevBroker {
 impl DevBroker {
     /// Starts one with lull's default topics of `partitions` partitions and waits for its address.
     pub fn start(partitions: i32) -> Self {
+        Self::start_for(partitions, "lull")
+    }
+
+    /// [`DevBroker::start`], with the state topic of consumer group `group` too.
+    pub fn start_for(partitions: i32, group: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("lull-dev-broker"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("bootstrap");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_lull"))
             .args(["dev-broker", "--partitions", &partitions.to_string()])
+            .args(["--group", group])
             .arg("--bootstrap-file")
             .arg(&file)
             .env_clear()

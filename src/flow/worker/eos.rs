@@ -5,7 +5,7 @@
 //!   owner left open is aborted and that owner fenced. Only then are the group's committed offset
 //!   and the state topic read, so both reflect exactly the committed transactions.
 //! * **Commit.** At most `LULL_TRANSACTION_MS` after its first record, and at once when the
-//!   worker has nothing more to add (the last read found no more input waiting). A commit holds
+//!   worker has nothing more to add (it read everything the partition has). A commit holds
 //!   every record made so far, the state records of its batches, the tombstones of records that
 //!   can never skip anything again, the partition record (how far the input was read), and the
 //!   input offset: the lowest offset still in an open window, else the next one to read.
@@ -62,6 +62,10 @@ pub(super) struct EosState {
     last_commit: Instant,
     /// When the commit on its way started.
     committing_since: Option<Instant>,
+    /// The state partition's end when it was read: this owner's records lie at or above it.
+    state_end: i64,
+    /// The `restore_from` of the last partition record written.
+    restore_from: Option<i64>,
 }
 
 impl EosState {
@@ -71,13 +75,27 @@ impl EosState {
         self.keys.read().is_some_and(|read| offset < read)
     }
 
-    /// Notes `batch` (id `id`) emitted and returns its state record.
-    pub(super) fn flushed(&mut self, batch: &Batch, id: Arc<str>) -> Record {
+    /// Where this owner's next state records will lie at the earliest: the end of the state
+    /// partition as its deliveries (`delivered`) or its restore told.
+    fn state_end(&self, delivered: Option<i64>) -> i64 {
+        delivered.map_or(self.state_end, |d| d.max(self.state_end))
+    }
+
+    /// Notes `batch` (id `id`) emitted and returns its state record; `delivered` is how far
+    /// this owner's state records reach (see [`EosState::state_end`]).
+    pub(super) fn flushed(
+        &mut self,
+        batch: &Batch,
+        id: Arc<str>,
+        delivered: Option<i64>,
+    ) -> Record {
+        let since = self.state_end(delivered);
         self.keys.flushed(
             batch.key.clone(),
             batch.last_offset(),
             id.clone(),
             batch.last_ts,
+            since,
         );
         let record = FlushedRecord {
             topic_id: self.topic_id.clone(),
@@ -218,6 +236,8 @@ impl Worker {
                     m.state_records_read.inc_by(restored.read);
                     info!(
                         partition = self.partition,
+                        from = restored.from,
+                        end = restored.end,
                         records_read = restored.read,
                         keys = keys.len(),
                         ignored = restored.ignored,
@@ -232,6 +252,8 @@ impl Worker {
                         first_read: None,
                         last_commit: Instant::now(),
                         committing_since: None,
+                        state_end: restored.end,
+                        restore_from: Some(restored.from),
                     }));
                 }
                 Ok(Err(e)) => e,
@@ -277,7 +299,9 @@ impl Worker {
             return None;
         }
         if let Some(due) = due {
-            let nothing_more = draining || (!p.more_input && queued == 0);
+            // Nothing more to add: the worker read everything the partition has (a catch-up
+            // reads on, so its transactions fill up to the limit).
+            let nothing_more = draining || (p.caught_up && queued == 0);
             return Some(if nothing_more { Instant::now() } else { due });
         }
         if queued > 0 || !self.offsets_moved(p) {
@@ -317,15 +341,23 @@ impl Worker {
                 t.push(wire::encode_state_tombstone(&key), Kind::State);
             }
         }
+        // The partition record: how far the input was read, and where a takeover's read of the
+        // state partition may start (below it no record is live any more).
+        let end = state.state_end(t.state_end());
+        let restore_from = state.keys.restore_from(end);
         if let Some(read) = p.progress.next_read() {
-            if state.keys.read().is_none_or(|r| r < read) {
+            let moved = state.keys.read().is_none_or(|r| r < read)
+                || state.restore_from != Some(restore_from);
+            if moved {
                 let record = PartitionRecord {
                     topic_id: state.topic_id.clone(),
                     partition: self.partition,
                     read,
+                    restore_from: Some(restore_from),
                 };
                 t.push(wire::encode_partition_record(&record), Kind::State);
                 state.keys.set_read(read);
+                state.restore_from = Some(restore_from);
             }
         }
         for first_offset in t.pump().map_err(Stop::Abort)? {

@@ -60,8 +60,6 @@ pub struct Chunk {
     pub bytes: usize,
     /// The partition's high watermark as librdkafka last saw it, if known.
     pub high: Option<i64>,
-    /// The chunk stopped at a size limit, not because nothing more was there.
-    pub full: bool,
 }
 
 /// Reads and parses one partition's input.
@@ -123,7 +121,6 @@ impl Intake {
                 }
             }
         }
-        chunk.full = chunk.items.len() >= READ_CHUNK || chunk.bytes >= READ_CHUNK_BYTES;
         chunk.high = crate::io::kafka::cached_high_watermark(client, &self.topic_c, self.partition);
         if let Some(last) = last_offset {
             self.next = Some(last + 1);

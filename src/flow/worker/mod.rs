@@ -180,8 +180,6 @@ struct Parts {
     caught_up: bool,
     /// The partition's high watermark as last seen.
     high: Option<i64>,
-    /// The last chunk stopped at a size limit: more input is waiting to be read.
-    more_input: bool,
     /// exactly_once: what the state topic says of this partition, and the commits.
     eos: Option<eos::EosState>,
 }
@@ -314,7 +312,6 @@ impl Worker {
             emitted: Vec::new(),
             caught_up: false,
             high: None,
-            more_input: false,
             eos,
         }))
     }
@@ -471,7 +468,6 @@ impl Worker {
     async fn take(&self, p: &mut Parts, chunk: Chunk) -> Result<(), Stop> {
         let now = now_ms();
         p.high = chunk.high.or(p.high);
-        p.more_input = chunk.full;
         let messages = chunk
             .items
             .iter()
@@ -655,7 +651,11 @@ impl Worker {
             };
             p.output.push(record, kind);
             if let Some(state) = p.eos.as_mut() {
-                let record = state.flushed(&batch, id.clone());
+                let delivered = match &p.output {
+                    Output::Txn(t) => t.state_end(),
+                    Output::Acked(_) => None,
+                };
+                let record = state.flushed(&batch, id.clone(), delivered);
                 p.progress.hold(record.first_offset);
                 p.output.push(record, Kind::State);
                 if self.config.events_topic.is_some() {

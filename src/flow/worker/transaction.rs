@@ -96,6 +96,12 @@ impl Transaction {
         self.queued.push_back((record, kind));
     }
 
+    /// Where this partition's state records reach, as far as deliveries told (see
+    /// [`TxnProducer::state_end`]).
+    pub fn state_end(&self) -> Option<i64> {
+        self.producer.state_end()
+    }
+
     /// Records waiting to go into a transaction.
     pub fn queued(&self) -> usize {
         self.queued.len()
