@@ -39,5 +39,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli::dispatch(cli.command, config))
+    let code = runtime.block_on(cli::dispatch(cli.command, config));
+    // A Kafka call still blocking a thread (a commit retrying against an unreachable broker) must
+    // not hold the exit back once the command is done: what it would still do, the next owner of
+    // the partition redoes.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

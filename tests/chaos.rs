@@ -399,6 +399,32 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
         w.stop().await;
     }
 
+    // After a leader moved, its new leader's high watermark catches up only as the followers
+    // fetch: the audit reads to the ends it sees, so wait until they cover everything typed.
+    let (b, input) = (bootstrap.clone(), run.cluster.input.clone());
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (b, input) = (b.clone(), input.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let c = metadata_client(&b);
+            (0..PARTITIONS)
+                .map(|p| {
+                    c.fetch_watermarks(&input, p, Duration::from_secs(5))
+                        .map_or(0, |(low, high)| high - low)
+                })
+                .sum::<i64>()
+        })
+        .await
+        .expect("watermarks");
+        if written >= typed as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the input's ends show {written} of {typed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The audit: nothing lost or altered, boundaries kept.
     let mut audit = run.cluster.config("audit");
     audit.quiet = Duration::from_millis(QUIET_MS);

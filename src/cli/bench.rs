@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// LULL_DELIVERY is exactly_once, and the other way round), on a backlog of its own.
     #[arg(long)]
     pub compare_delivery: bool,
+    /// Takeovers to time after a worker went through the throughput backlog: a new worker
+    /// replaces the last one this many times (each reads the partitions' state records); the
+    /// report gives assignment-to-reading p50/p99 (0 skips the phase).
+    #[arg(long, default_value_t = 0)]
+    pub takeovers: usize,
     /// Brokers in the mock cluster (each serves its requests on one thread; partitions are
     /// spread over them).
     #[arg(long, default_value_t = 1)]
@@ -106,6 +111,9 @@ pub struct PhaseReport {
     pub held_bytes_per_open_window: Option<f64>,
     /// Redis round trips per fragment (script calls and pipelines), when Redis is on.
     pub redis_round_trips_per_fragment: Option<f64>,
+    /// Takeover phase: from a partition's assignment until its worker reads input, ms: p50,
+    /// p99, and the number of partition starts timed (from the metric's buckets).
+    pub partition_start_ms: Option<(u64, u64, u64)>,
     /// From `lull verify`: lost and duplicated fragments (must be 0).
     pub lost: usize,
     /// See `lost`.
@@ -356,7 +364,9 @@ async fn start_worker(
         health.clone(),
     ));
     let end = Instant::now() + Duration::from_secs(60);
-    while health.assigned_partitions() < partitions as usize {
+    // Reading, not only assigned: in exactly_once a worker first starts its transactions and
+    // reads its state (timed on its own: `partition_start_ms`).
+    while health.running_partitions() < partitions as usize {
         if handle.is_finished() || Instant::now() > end {
             return Err(BenchError::Worker("never got its partitions".into()));
         }
@@ -375,6 +385,89 @@ async fn stop_worker(
         Ok(Err(e)) => Err(BenchError::Worker(e.to_string())),
         Err(e) => Err(BenchError::Worker(e.to_string())),
     }
+}
+
+/// The cumulative bucket counts of a histogram: (upper bound, observations at or below it).
+fn buckets(h: &prometheus::Histogram) -> Vec<(f64, u64)> {
+    use prometheus::core::Collector;
+    h.collect()
+        .first()
+        .and_then(|family| family.get_metric().first())
+        .map(|m| {
+            m.get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `q` quantile of the observations made between two snapshots of a histogram's buckets,
+/// in ms, interpolated within its bucket (as Prometheus' `histogram_quantile` does).
+fn quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> u64 {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|((bound, a), (_, b))| (*bound, a - b))
+        .collect();
+    let total = counts.last().map_or(0, |(_, n)| *n);
+    if total == 0 {
+        return 0;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, n) in &counts {
+        if n as f64 >= rank {
+            let span = (n - lower.1).max(1) as f64;
+            let at = lower.0 + (bound - lower.0) * ((rank - lower.1 as f64) / span);
+            return (at * 1000.0).round() as u64;
+        }
+        lower = (bound, n);
+    }
+    (lower.0 * 1000.0) as u64
+}
+
+/// A worker goes through the throughput backlog (its state records written), then new workers
+/// replace it `--takeovers` times; each start of each partition is timed, assignment to reading.
+async fn takeover(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
+    write_backlog(args, config).await?;
+    let read_before = metrics().fragments_received.get();
+    let (token, handle) = start_worker(config, args.partitions).await?;
+    let end = Instant::now() + Duration::from_secs(600);
+    while (metrics().fragments_received.get() - read_before) < args.fragments as u64
+        || metrics().open_windows.get() > 0
+    {
+        if Instant::now() > end {
+            return Err(BenchError::Worker("the backlog was never read".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_worker(token, handle).await?;
+    let before = buckets(&metrics().partition_start_seconds);
+    let start = Instant::now();
+    for _ in 0..args.takeovers {
+        let (token, handle) = start_worker(config, args.partitions).await?;
+        stop_worker(token, handle).await?;
+    }
+    let after = buckets(&metrics().partition_start_seconds);
+    let starts = after.last().map_or(0, |(_, n)| *n) - before.last().map_or(0, |(_, n)| *n);
+    let audit = audit(config).await?;
+    Ok(PhaseReport {
+        phase: "takeover".into(),
+        batching: true,
+        delivery: config.delivery.as_str().into(),
+        fragments: args.fragments,
+        seconds: start.elapsed().as_secs_f64(),
+        partition_start_ms: Some((
+            quantile_ms(&before, &after, 0.5),
+            quantile_ms(&before, &after, 0.99),
+            starts,
+        )),
+        lost: audit.lost,
+        duplicated: audit.duplicated,
+        ..PhaseReport::default()
+    })
 }
 
 /// Writes the backlog, then times the worker through it.
@@ -431,6 +524,7 @@ async fn throughput(
             .redis_url
             .is_some()
             .then(|| redis as f64 / args.fragments as f64),
+        partition_start_ms: None,
         lost: audit.lost,
         duplicated: audit.duplicated,
     })
@@ -555,6 +649,7 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
             .redis_url
             .is_some()
             .then(|| redis as f64 / sent.max(1) as f64),
+        partition_start_ms: None,
         lost: audit.lost,
         duplicated: audit.duplicated,
     })
@@ -577,6 +672,9 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
     }
     if args.compare_delivery {
         names.push((OTHER_DELIVERY, true));
+    }
+    if args.takeovers > 0 {
+        names.push(("takeover", true));
     }
     if args.live_users > 0 {
         names.push(("live", true));
@@ -617,6 +715,7 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
         let report = match name {
             "live" => live(&args, &config).await?,
             "copy" => copy(&args, &config).await?,
+            "takeover" => takeover(&args, &config).await?,
             _ => throughput(&args, &config, name).await?,
         };
         phases.push(report);

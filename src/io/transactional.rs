@@ -184,9 +184,14 @@ pub struct TxnProducer {
     id: String,
 }
 
-/// How long one transactional call may take before it is given up (and retried, or the
-/// transaction aborted): well inside the transaction timeout.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long one attempt of a transactional call waits; a call that times out is made again,
+/// which resumes it (librdkafka keeps a commit or an abort going across attempts).
+const ATTEMPT: Duration = Duration::from_secs(5);
+
+/// How long a commit or an abort is retried before the producer is given up for a new one
+/// (whose registration fences this one, whatever state it is stuck in): past the transaction
+/// timeout, by which the coordinator has ended the transaction anyway.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl TxnProducer {
     /// Creates the producer of `partition` (not yet initialised: see [`TxnProducer::init`]).
@@ -346,18 +351,23 @@ impl TxnProducer {
     }
 }
 
-/// Makes `call` until it succeeds, fails for good, or `deadline` passes (then the last error).
+/// Makes `call` until it succeeds or fails for good. A retriable failure (a timeout: the call
+/// goes on inside librdkafka, and making it again resumes it) is retried until `deadline`; past
+/// it the producer is given up ([`TxnError::Fatal`]: a new one takes over the transactional id).
 fn retrying(
     deadline: Instant,
     mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
 ) -> Result<(), TxnError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match call(left.max(Duration::from_millis(100))) {
+        match call(left.clamp(Duration::from_millis(100), ATTEMPT)) {
             Ok(()) => return Ok(()),
             Err(e) => match TxnError::classify(&e) {
                 TxnError::Retriable(why) if Instant::now() >= deadline => {
-                    return Err(TxnError::Abortable(format!("gave up retrying: {why}")))
+                    return Err(TxnError::Fatal(format!(
+                        "gave up after {} s of retrying: {why}",
+                        CALL_TIMEOUT.as_secs()
+                    )))
                 }
                 TxnError::Retriable(_) => std::thread::sleep(Duration::from_millis(50)),
                 other => return Err(other),

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub state_restore_seconds: Histogram,
     /// State topic messages read (records and tombstones) when partitions were assigned.
     pub state_records_read: IntCounter,
+    /// From a partition's assignment until its worker reads input (exactly_once: transactions
+    /// started, state read): the takeover's own cost.
+    pub partition_start_seconds: Histogram,
     /// Age of the oldest open window (now minus its first fragment's timestamp).
     pub oldest_open_window_age: prometheus::Gauge,
     /// Messages behind the end of each assigned partition.
@@ -313,6 +316,15 @@ impl Metrics {
                 &registry,
                 "lull_state_records_read_total",
                 "State topic messages read when partitions were assigned (exactly_once).",
+            ),
+            partition_start_seconds: histogram(
+                &registry,
+                "lull_partition_start_seconds",
+                "From a partition's assignment until its worker reads input (exactly_once: transactions started and state read).",
+                vec![
+                    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                    1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+                ],
             ),
             oldest_open_window_age: {
                 let g = prometheus::Gauge::new(

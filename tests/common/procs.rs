@@ -65,21 +65,31 @@ impl Worker {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < end, "lull did not stop on SIGTERM");
+            assert!(
+                Instant::now() < end,
+                "lull did not stop on SIGTERM: {:#?}",
+                self.tail(40)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(
             status.code(),
             Some(0),
             "graceful stop: {:#?}",
-            self.log
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
+            self.tail(40)
         );
+    }
+
+    /// The last `n` lines of its log, newest first.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(n)
+            .cloned()
+            .collect()
     }
 }
 
@@ -94,8 +104,20 @@ impl Worker {
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().expect("piped");
+        // LULL_TEST_LOG_DIR: also keep each process's log in a file there (for a failure's
+        // post-mortem).
+        let mut file = std::env::var_os("LULL_TEST_LOG_DIR").and_then(|dir| {
+            std::fs::File::create(
+                std::path::Path::new(&dir).join(format!("lull-{}.log", child.id())),
+            )
+            .ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 sink.lock().unwrap().push(line);
             }
         });

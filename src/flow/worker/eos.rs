@@ -408,17 +408,20 @@ impl Worker {
         Ok(())
     }
 
-    /// Aborts the open transaction after `cause`: on to a replay ([`Stop::Rewind`]), or, if
-    /// the producer is fenced or broken, the matching stop.
+    /// Aborts the open transaction after `cause`: on to a replay ([`Stop::Rewind`]); if the
+    /// producer is fenced, [`Stop::Fenced`]; if it broke otherwise (a fatal error that is no
+    /// fencing: a coordinator that lost track of the transaction in a failover), a new producer
+    /// and a replay ([`Stop::Reinit`]); if the brokers refuse it, the process stops.
     pub(super) async fn abort(&self, p: &mut Parts, cause: TxnError) -> Stop {
+        metrics().transactions.with_label_values(&["aborted"]).inc();
         match cause {
             TxnError::Fenced(why) => return Stop::Fenced(why),
-            TxnError::Fatal(_) | TxnError::Refused(_) | TxnError::Create(_) => {
+            TxnError::Fatal(why) => return Stop::Reinit(why),
+            TxnError::Refused(_) | TxnError::Create(_) => {
                 return Stop::Fatal(SinkError::Fatal(cause.to_string()))
             }
             TxnError::Retriable(_) | TxnError::Abortable(_) => {}
         }
-        metrics().transactions.with_label_values(&["aborted"]).inc();
         self.health.set_producer_ok(false);
         warn!(
             partition = self.partition,
@@ -431,6 +434,7 @@ impl Worker {
         match t.abort().await {
             Ok(()) | Err(TxnError::Retriable(_) | TxnError::Abortable(_)) => Stop::Rewind,
             Err(TxnError::Fenced(why)) => Stop::Fenced(why),
+            Err(TxnError::Fatal(why)) => Stop::Reinit(why),
             Err(e) => Stop::Fatal(SinkError::Fatal(e.to_string())),
         }
     }

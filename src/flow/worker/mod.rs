@@ -203,6 +203,9 @@ enum Stop {
     Abort(crate::io::transactional::TxnError),
     /// A transaction was aborted: replay from the last commit (exactly_once).
     Rewind,
+    /// The transactional producer broke (a fatal error that is no fencing): a new one, then a
+    /// replay from the last commit (exactly_once).
+    Reinit(String),
     /// The producer failed fatally.
     Fatal(SinkError),
 }
@@ -224,6 +227,8 @@ impl Worker {
     /// producer fails fatally or a fenced-off partition is not taken away (an error: the process
     /// stops).
     pub async fn run(self) -> Result<(), SinkError> {
+        let assigned = Instant::now();
+        let mut first_start = true;
         let producer = if self.config.exactly_once() {
             match self.start_transactions().await {
                 Ok(Some(producer)) => Some(producer),
@@ -233,13 +238,22 @@ impl Worker {
         } else {
             None
         };
+        // Closing a librdkafka client blocks (it flushes, then waits for its threads): when the
+        // worker ends, its producer closes on a blocking thread, not on the async workers.
+        let mut producer = CloseOffRuntime(producer);
         debug!(partition = self.partition, "partition worker started");
         loop {
-            let mut p = match self.parts(producer.as_ref()).await {
+            let mut p = match self.parts(producer.0.as_ref()).await {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(stop) => return self.stopped(stop).await,
             };
+            if first_start {
+                first_start = false;
+                metrics()
+                    .partition_start_seconds
+                    .observe(assigned.elapsed().as_secs_f64());
+            }
             self.health.set_running(true);
             let outcome = match self.event_loop(&mut p).await {
                 Err(Stop::Abort(cause)) => Err(self.abort(&mut p, cause).await),
@@ -254,6 +268,26 @@ impl Worker {
                 }
                 Err(Stop::Rewind) => {
                     if let Err(stop) = self.rewind(Self::replay_from(&p)).await {
+                        return self.stopped(stop).await;
+                    }
+                }
+                Err(Stop::Reinit(why)) => {
+                    warn!(
+                        partition = self.partition,
+                        reason = %why,
+                        "the partition's transactional producer failed: starting a new one, then \
+                         replaying from the last commit"
+                    );
+                    let replay_from = Self::replay_from(&p);
+                    drop(p);
+                    // The broken producer closes off the runtime; the new one fences it.
+                    drop(std::mem::replace(&mut producer, CloseOffRuntime(None)));
+                    match self.start_transactions().await {
+                        Ok(Some(fresh)) => producer = CloseOffRuntime(Some(fresh)),
+                        Ok(None) => return Ok(()),
+                        Err(stop) => return self.stopped(stop).await,
+                    }
+                    if let Err(stop) = self.rewind(replay_from).await {
                         return self.stopped(stop).await;
                     }
                 }
@@ -321,7 +355,7 @@ impl Worker {
         match stop {
             Stop::Fenced(why) => self.fenced(&why).await,
             Stop::Fatal(e) => Err(e),
-            Stop::Rewind | Stop::Abort(_) => Ok(()),
+            Stop::Rewind | Stop::Abort(_) | Stop::Reinit(_) => Ok(()),
         }
     }
 
@@ -779,6 +813,20 @@ impl Worker {
             .publish(&p.engine, p.output.bytes(), p.high, false);
         if let Err(Stop::Fenced(why)) = self.sync(p).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
+        }
+    }
+}
+
+/// Drops what it holds on a blocking thread (a Kafka client, whose close blocks).
+struct CloseOffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for CloseOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(held))),
+                Err(_) => drop(held),
+            }
         }
     }
 }
