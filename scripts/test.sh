@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs lull's whole test suite on a fresh machine that has only the Rust toolchain.
 #
-# It installs what the tests need when missing (redis-server, openssl, Java 17, Maven and Node.js
-# from apt), fetches Apache Kafka's broker jars from Maven Central once (cached outside git, see
+# It installs what the tests need when missing (redis-server, openssl, Java 17, Maven, Node.js and
+# Python's venv from apt), fetches Apache Kafka's broker jars from Maven Central once (cached outside git, see
 # scripts/kafka.sh), and starts, on loopback ports it picks:
 #   * a private Redis (no persistence, its own temporary directory);
 #   * a single real Kafka node (plain text, TLS and SASL_SSL/SCRAM listeners): the integration
@@ -27,6 +27,9 @@ ensure_packages() {
     # Node.js and npm: the KafkaJS consumer of tests/kafkajs.rs (kafkajs itself comes from npm).
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
+    # Python with venv: the confluent-kafka consumer of tests/downstream.rs (from PyPI).
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     [ "${#missing[@]}" -eq 0 ] && return
     log "installing ${missing[*]}"
     local sudo=""

@@ -116,7 +116,10 @@ impl Run {
             .env("LULL_GRACE_MS", GRACE_MS.to_string())
             .env("LULL_HTTP_ADDR", "127.0.0.1:0")
             .env("LULL_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("LULL_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .current_dir(std::env::temp_dir());
         if let Some((url, prefix)) = &self.redis {
             c.env("REDIS_URL", url).env("LULL_REDIS_PREFIX", prefix);

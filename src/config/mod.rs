@@ -934,6 +934,17 @@ impl Config {
             .unwrap_or_else(|| default_state_topic(&self.input_topic, &self.group_id))
     }
 
+    /// How long a transaction may stay open at the broker (`transaction.timeout.ms`, lull's
+    /// default unless `LULL_KAFKA_TRANSACTION_TIMEOUT_MS` says otherwise).
+    pub fn transaction_timeout(&self) -> Duration {
+        let ms = self
+            .kafka
+            .get("transaction.timeout.ms")
+            .and_then(|t| t.value().parse::<u64>().ok())
+            .unwrap_or(u64::from(crate::io::kafka::TRANSACTION_TIMEOUT_MS));
+        Duration::from_millis(ms)
+    }
+
     /// Whether output is written in Kafka transactions.
     pub fn exactly_once(&self) -> bool {
         self.delivery == Delivery::ExactlyOnce

@@ -182,16 +182,18 @@ pub struct TxnProducer {
     state_topic: Arc<str>,
     partition: i32,
     id: String,
+    /// How long a commit or an abort is retried.
+    patience: Duration,
 }
 
 /// How long one attempt of a transactional call waits; a call that times out is made again,
 /// which resumes it (librdkafka keeps a commit or an abort going across attempts).
 const ATTEMPT: Duration = Duration::from_secs(5);
 
-/// How long a commit or an abort is retried before the producer is given up for a new one
-/// (whose registration fences this one, whatever state it is stuck in): past the transaction
-/// timeout, by which the coordinator has ended the transaction anyway.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many transaction timeouts a commit or an abort is retried before the producer is given
+/// up for a new one (whose registration fences this one, whatever state it is stuck in): by then
+/// the coordinator has ended the transaction anyway.
+const PATIENCE_TIMEOUTS: u32 = 2;
 
 impl TxnProducer {
     /// Creates the producer of `partition` (not yet initialised: see [`TxnProducer::init`]).
@@ -210,6 +212,7 @@ impl TxnProducer {
             state_topic: Arc::from(config.state_topic().as_str()),
             partition,
             id,
+            patience: config.transaction_timeout() * PATIENCE_TIMEOUTS,
         })
     }
 
@@ -238,7 +241,14 @@ impl TxnProducer {
             state_topic: Arc::from(config.state_topic().as_str()),
             partition: -1,
             id,
+            patience: config.transaction_timeout() * PATIENCE_TIMEOUTS,
         })
+    }
+
+    /// How long a commit or an abort is retried before the producer is given up (twice the
+    /// transaction timeout).
+    pub fn patience(&self) -> Duration {
+        self.patience
     }
 
     /// The transactional id.
@@ -323,13 +333,13 @@ impl TxnProducer {
 
     /// Commits the open transaction together with the input offset `commit` (the next offset
     /// to read) of this partition, for the consumer group `group`. Retries what may be retried
-    /// until `deadline`. Blocks.
+    /// for [`TxnProducer::patience`]. Blocks.
     pub fn commit(
         &self,
         commit: Option<i64>,
         group: Option<&ConsumerGroupMetadata>,
-        deadline: Instant,
     ) -> Result<(), TxnError> {
+        let deadline = Instant::now() + self.patience;
         if let (Some(offset), Some(group)) = (commit, group) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.input_topic, self.partition, Offset::Offset(offset))
@@ -345,8 +355,8 @@ impl TxnProducer {
     }
 
     /// Aborts the open transaction: nothing it wrote becomes visible. Blocks.
-    pub fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
-        let deadline = Instant::now() + timeout;
+    pub fn abort(&self) -> Result<(), TxnError> {
+        let deadline = Instant::now() + self.patience;
         retrying(deadline, |timeout| self.producer.abort_transaction(timeout))
     }
 }
@@ -364,12 +374,12 @@ fn retrying(
             Ok(()) => return Ok(()),
             Err(e) => match TxnError::classify(&e) {
                 TxnError::Retriable(why) if Instant::now() >= deadline => {
-                    return Err(TxnError::Fatal(format!(
-                        "gave up after {} s of retrying: {why}",
-                        CALL_TIMEOUT.as_secs()
-                    )))
+                    return Err(TxnError::Fatal(format!("gave up retrying: {why}")))
                 }
-                TxnError::Retriable(_) => std::thread::sleep(Duration::from_millis(50)),
+                TxnError::Retriable(why) => {
+                    tracing::debug!(error = %why, "transactional call retried");
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 other => return Err(other),
             },
         }

@@ -295,23 +295,17 @@ impl Worker {
             Output::Txn(t) => (t.is_committing(), t.due(), t.queued()),
             Output::Acked(_) => return None,
         };
-        if committing {
-            return None;
-        }
-        if let Some(due) = due {
-            // Nothing more to add: the worker read everything the partition has (a catch-up
-            // reads on, so its transactions fill up to the limit).
-            let nothing_more = draining || (p.caught_up && queued == 0);
-            return Some(if nothing_more { Instant::now() } else { due });
-        }
-        if queued > 0 || !self.offsets_moved(p) {
-            return None;
-        }
-        let last = p.eos.as_ref()?.last_commit;
-        Some(if draining {
-            Instant::now()
-        } else {
-            last + OFFSETS_EVERY
+        let last_commit = p.eos.as_ref()?.last_commit;
+        let offsets_moved = due.is_none() && !committing && self.offsets_moved(p);
+        next_commit(&Cadence {
+            committing,
+            due,
+            queued,
+            caught_up: p.caught_up,
+            draining,
+            offsets_moved,
+            last_commit,
+            now: Instant::now(),
         })
     }
 
@@ -558,6 +552,50 @@ impl Worker {
     }
 }
 
+/// What decides when a partition's next commit is due.
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    /// A commit is on its way.
+    committing: bool,
+    /// The open transaction holds records and must commit by then (its first record plus
+    /// `LULL_TRANSACTION_MS`).
+    due: Option<Instant>,
+    /// Records wait to go into the transaction.
+    queued: usize,
+    /// The worker read everything the partition has.
+    caught_up: bool,
+    /// The worker drains (shutdown).
+    draining: bool,
+    /// The commit point moved past the last commit.
+    offsets_moved: bool,
+    /// When the last commit ended.
+    last_commit: Instant,
+    /// Now.
+    now: Instant,
+}
+
+/// When the next commit is due: never during one; a transaction with records at once when the
+/// worker has nothing more to add (it is caught up, or draining) and at most
+/// `LULL_TRANSACTION_MS` after its first record otherwise; a commit point that moved with
+/// nothing emitted (signals, skipped fragments) alone, [`OFFSETS_EVERY`] after the last commit.
+fn next_commit(c: &Cadence) -> Option<Instant> {
+    if c.committing {
+        return None;
+    }
+    if let Some(due) = c.due {
+        let nothing_more = c.draining || (c.caught_up && c.queued == 0);
+        return Some(if nothing_more { c.now } else { due });
+    }
+    if c.queued > 0 || !c.offsets_moved {
+        return None;
+    }
+    Some(if c.draining {
+        c.now
+    } else {
+        c.last_commit + OFFSETS_EVERY
+    })
+}
+
 /// The group's committed offset of `topic`/`partition` (read only once transactions that commit
 /// offsets for it have ended); `None` when the group has none.
 fn committed_offset(
@@ -578,4 +616,80 @@ fn committed_offset(
         });
     drop(committed);
     Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cadence(now: Instant) -> Cadence {
+        Cadence {
+            committing: false,
+            due: None,
+            queued: 0,
+            caught_up: false,
+            draining: false,
+            offsets_moved: false,
+            last_commit: now,
+            now,
+        }
+    }
+
+    #[test]
+    fn a_transaction_commits_at_the_limit_while_input_waits_and_at_once_when_caught_up() {
+        let now = Instant::now();
+        let due = now + Duration::from_millis(100);
+        let reading = Cadence {
+            due: Some(due),
+            ..cadence(now)
+        };
+        assert_eq!(
+            next_commit(&reading),
+            Some(due),
+            "a catch-up fills the transaction"
+        );
+        let caught_up = Cadence {
+            caught_up: true,
+            ..reading
+        };
+        assert_eq!(next_commit(&caught_up), Some(now), "nothing more to add");
+        let draining = Cadence {
+            draining: true,
+            ..reading
+        };
+        assert_eq!(next_commit(&draining), Some(now));
+        // Records still waiting (a full producer queue): the limit, not at once.
+        let waiting = Cadence {
+            queued: 3,
+            ..caught_up
+        };
+        assert_eq!(next_commit(&waiting), Some(due));
+        let committing = Cadence {
+            committing: true,
+            ..caught_up
+        };
+        assert_eq!(next_commit(&committing), None, "one commit at a time");
+    }
+
+    #[test]
+    fn offsets_alone_commit_less_often_and_only_when_they_moved() {
+        let now = Instant::now();
+        assert_eq!(next_commit(&cadence(now)), None, "nothing to commit");
+        let moved = Cadence {
+            offsets_moved: true,
+            ..cadence(now)
+        };
+        assert_eq!(next_commit(&moved), Some(now + OFFSETS_EVERY));
+        let draining = Cadence {
+            draining: true,
+            ..moved
+        };
+        assert_eq!(next_commit(&draining), Some(now));
+        let queued = Cadence { queued: 1, ..moved };
+        assert_eq!(
+            next_commit(&queued),
+            None,
+            "records open a transaction first"
+        );
+    }
 }

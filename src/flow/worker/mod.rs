@@ -68,10 +68,16 @@ use transaction::{Committed, Transaction};
 /// How often a worker held back by the memory budget looks whether it may read again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(20);
 
-/// How long a fenced-off worker waits for the consumer group to take its partition away before
-/// it stops the process (a zombie's group notices within a heartbeat; anything slower means the
-/// group does not see what Kafka's transactions or Redis see, and a restart sorts it out).
+/// How long a worker fenced off by Redis waits for the consumer group to take its partition away
+/// before it stops the process (a zombie's group notices within a heartbeat; anything slower
+/// means the group does not see what Redis sees, and a restart sorts it out).
 const FENCED_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a worker whose transactions were fenced waits for the group to take its partition
+/// away (a paused process learns it lost it at its first heartbeat: 3 s by default, 5 s with
+/// KIP-848) before it concludes that the broker fenced a transaction that outlived its timeout,
+/// and starts a new producer.
+const TXN_FENCED_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Everything one partition's worker is given.
 pub struct Worker {
@@ -196,9 +202,12 @@ impl Parts {
 
 /// Why a worker stopped early.
 enum Stop {
-    /// Another owner of the partition took over (Kafka's transactions, or Redis): nothing more
-    /// may be written for it.
+    /// The partition's transactional producer was fenced: by the partition's next owner (this
+    /// process was paused past its session), or by the broker when a transaction outlived its
+    /// timeout (a long broker outage). Nothing more may be written until it is clear which.
     Fenced(String),
+    /// Redis holds a newer owner's claim on the partition, in this consumer group.
+    FencedByRedis(String),
     /// The open transaction cannot commit: abort it (exactly_once), then see.
     Abort(crate::io::transactional::TxnError),
     /// A transaction was aborted: replay from the last commit (exactly_once).
@@ -212,7 +221,7 @@ enum Stop {
 
 impl From<Fenced> for Stop {
     fn from(f: Fenced) -> Self {
-        Stop::Fenced(format!("redis: {}", f.0))
+        Stop::FencedByRedis(f.0)
     }
 }
 
@@ -271,6 +280,25 @@ impl Worker {
                         return self.stopped(stop).await;
                     }
                 }
+                Err(Stop::Fenced(why)) => {
+                    if self.parked(&why, TXN_FENCED_PATIENCE).await {
+                        return Ok(());
+                    }
+                    // The group kept the partition here: the broker fenced a transaction that
+                    // outlived its timeout. A new producer, and a replay.
+                    warn!(
+                        partition = self.partition,
+                        reason = %why,
+                        "the partition's transactions were fenced but the consumer group kept the \
+                         partition here (a transaction outlived its timeout): starting a new \
+                         producer, then replaying from the last commit"
+                    );
+                    let replay_from = Self::replay_from(&p);
+                    drop(p);
+                    if let Err(stop) = self.restart_transactions(&mut producer, replay_from).await {
+                        return self.stopped(stop).await;
+                    }
+                }
                 Err(Stop::Reinit(why)) => {
                     warn!(
                         partition = self.partition,
@@ -280,14 +308,7 @@ impl Worker {
                     );
                     let replay_from = Self::replay_from(&p);
                     drop(p);
-                    // The broken producer closes off the runtime; the new one fences it.
-                    drop(std::mem::replace(&mut producer, CloseOffRuntime(None)));
-                    match self.start_transactions().await {
-                        Ok(Some(fresh)) => producer = CloseOffRuntime(Some(fresh)),
-                        Ok(None) => return Ok(()),
-                        Err(stop) => return self.stopped(stop).await,
-                    }
-                    if let Err(stop) = self.rewind(replay_from).await {
+                    if let Err(stop) = self.restart_transactions(&mut producer, replay_from).await {
                         return self.stopped(stop).await;
                     }
                 }
@@ -350,42 +371,65 @@ impl Worker {
         }))
     }
 
+    /// Replaces a broken or fenced producer with a new one (whose registration fences the old
+    /// one, whatever state it is stuck in), then sends the partition's queue back to
+    /// `replay_from`. A partition taken away meanwhile ends the worker: [`Stop::Rewind`] is then
+    /// returned as a plain end.
+    async fn restart_transactions(
+        &self,
+        producer: &mut CloseOffRuntime<Arc<crate::io::transactional::TxnProducer>>,
+        replay_from: Option<i64>,
+    ) -> Result<(), Stop> {
+        // The old one closes off the runtime.
+        drop(std::mem::replace(producer, CloseOffRuntime(None)));
+        match self.start_transactions().await? {
+            Some(fresh) => *producer = CloseOffRuntime(Some(fresh)),
+            None => return Err(Stop::Rewind),
+        }
+        self.rewind(replay_from).await
+    }
+
     /// Ends the worker on a stop: a fenced-off worker waits for its partition to be taken away.
     async fn stopped(&self, stop: Stop) -> Result<(), SinkError> {
         match stop {
-            Stop::Fenced(why) => self.fenced(&why).await,
+            Stop::Fenced(why) | Stop::FencedByRedis(why) => {
+                if self.parked(&why, FENCED_PATIENCE).await {
+                    Ok(())
+                } else {
+                    Err(SinkError::Fatal(format!(
+                        "partition {} was fenced off ({why}) and the consumer group did not take \
+                         it away within {} s",
+                        self.partition,
+                        FENCED_PATIENCE.as_secs()
+                    )))
+                }
+            }
             Stop::Fatal(e) => Err(e),
             Stop::Rewind | Stop::Abort(_) | Stop::Reinit(_) => Ok(()),
         }
     }
 
-    /// Another owner took this partition over. Nothing more is written for it; the worker waits
-    /// for the group to take it away (a paused process that woke up learns so within a
-    /// heartbeat). Until then the process is not ready; if it does not happen within
-    /// [`FENCED_PATIENCE`], the process stops with an error, so the partition moves to a live
-    /// owner instead of idling here while the process says it is healthy.
-    async fn fenced(&self, why: &str) -> Result<(), SinkError> {
+    /// Fenced off: nothing more is written for the partition while the worker waits (at most
+    /// `patience`) for the group to take it away — a paused process that woke up learns so
+    /// within a heartbeat. Meanwhile the process is not ready. Whether it was taken away (or the
+    /// process stops).
+    async fn parked(&self, why: &str, patience: Duration) -> bool {
         metrics().fenced_off.inc();
         error!(
             partition = self.partition,
             reason = %why,
-            wait_s = FENCED_PATIENCE.as_secs(),
-            "fenced off: another owner took this partition over; nothing more is written for it \
-             until the consumer group takes it away"
+            wait_s = patience.as_secs(),
+            "fenced off: nothing more is written for this partition until the consumer group \
+             takes it away (a newer owner fenced this one) or keeps it here past the wait"
         );
         self.health.set_fenced(true);
-        let outcome = tokio::select! {
-            _ = self.revoked.cancelled() => Ok(()),
-            _ = self.shutdown.cancelled() => Ok(()),
-            _ = tokio::time::sleep(FENCED_PATIENCE) => Err(SinkError::Fatal(format!(
-                "partition {} was fenced off ({why}) and the consumer group did not take it away \
-                 within {} s",
-                self.partition,
-                FENCED_PATIENCE.as_secs()
-            ))),
+        let gone = tokio::select! {
+            _ = self.revoked.cancelled() => true,
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(patience) => false,
         };
         self.health.set_fenced(false);
-        outcome
+        gone
     }
 
     async fn event_loop(&self, p: &mut Parts) -> Result<(), Stop> {
@@ -811,7 +855,7 @@ impl Worker {
         }
         p.progress
             .publish(&p.engine, p.output.bytes(), p.high, false);
-        if let Err(Stop::Fenced(why)) = self.sync(p).await {
+        if let Err(Stop::FencedByRedis(why)) = self.sync(p).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
         }
     }

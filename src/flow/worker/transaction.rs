@@ -20,10 +20,13 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::io::transactional::{SendError, TxnError, TxnProducer, CALL_TIMEOUT};
+use crate::io::transactional::{SendError, TxnError, TxnProducer};
 use crate::model::wire::Record;
 
 use super::outbox::{record_bytes, Kind};
+
+/// Beyond the producer's own patience, how long a commit or an abort may take.
+const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
 
 /// How long to wait when the producer's own queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
@@ -56,6 +59,7 @@ struct Open {
 /// A commit on its way.
 struct Committing {
     task: JoinHandle<Result<(), TxnError>>,
+    since: Instant,
     contents: Contents,
     offset: Option<i64>,
 }
@@ -215,24 +219,52 @@ impl Transaction {
         }
         let contents = self.open.take().map(|o| o.contents).unwrap_or_default();
         let producer = self.producer.clone();
-        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
-        let task =
-            tokio::task::spawn_blocking(move || producer.commit(offset, group.as_ref(), deadline));
+        let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let outcome = producer.commit(offset, group.as_ref());
+            tracing::debug!(
+                transactional_id = producer.id(),
+                offset = offset.unwrap_or(-1),
+                took_ms = started.elapsed().as_millis() as u64,
+                ok = outcome.is_ok(),
+                "commit"
+            );
+            outcome
+        });
         self.committing = Some(Committing {
             task,
+            since: Instant::now(),
             contents,
             offset,
         });
         Ok(())
     }
 
+    /// How long a commit or an abort may take before the producer is given up: librdkafka retries
+    /// inside its calls, and one has been seen never to return after a coordinator restarted.
+    fn watchdog(&self) -> Duration {
+        self.producer.patience() + WATCHDOG_MARGIN
+    }
+
     /// The outcome of the commit on its way, once it is known; pending forever while none is (for
-    /// a `select!`).
+    /// a `select!`). A commit that does not return within [`Transaction::watchdog`] counts as a
+    /// broken producer (its blocking call is left to end on its own).
     pub async fn committed(&mut self) -> Result<Committed, TxnError> {
+        let watchdog = self.watchdog();
         let Some(c) = self.committing.as_mut() else {
             return std::future::pending().await;
         };
-        let result = (&mut c.task).await;
+        let since = c.since;
+        let result = match tokio::time::timeout_at(since + watchdog, &mut c.task).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.committing = None;
+                return Err(TxnError::Fatal(format!(
+                    "a commit did not return within {} s",
+                    watchdog.as_secs()
+                )));
+            }
+        };
         let Some(c) = self.committing.take() else {
             return std::future::pending().await;
         };
@@ -252,17 +284,25 @@ impl Transaction {
     /// Aborts the open transaction (nothing of it becomes visible) and forgets everything waiting
     /// here: the worker replays from its last commit, which makes them again.
     pub async fn abort(&mut self) -> Result<(), TxnError> {
+        let watchdog = self.watchdog();
         if let Some(c) = self.committing.take() {
-            let _ = c.task.await;
+            if tokio::time::timeout(watchdog, c.task).await.is_err() {
+                return Err(TxnError::Fatal("a commit did not return".into()));
+            }
         }
         self.queued.clear();
         self.open = None;
         self.bytes = 0;
         self.hold_until = None;
         let producer = self.producer.clone();
-        match tokio::task::spawn_blocking(move || producer.abort(CALL_TIMEOUT)).await {
-            Ok(result) => result,
-            Err(join) => Err(TxnError::Fatal(format!("the abort task failed: {join}"))),
+        let abort = tokio::task::spawn_blocking(move || producer.abort());
+        match tokio::time::timeout(watchdog, abort).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(TxnError::Fatal(format!("the abort task failed: {join}"))),
+            Err(_) => Err(TxnError::Fatal(format!(
+                "an abort did not return within {} s",
+                watchdog.as_secs()
+            ))),
         }
     }
 }
