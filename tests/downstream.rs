@@ -21,7 +21,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
-const USERS: usize = 60_000;
+const USERS: usize = 30_000;
 
 /// The pinned confluent-kafka for Python, in a virtual environment of its own (once per run).
 fn python() -> PathBuf {
@@ -111,7 +111,7 @@ fn lull_run(cluster: &Cluster, group: &str) -> std::process::Child {
         .expect("lull run starts")
 }
 
-/// Java's console consumer on `topic` from the beginning, until nothing new for 10 s; the batch
+/// Java's console consumer on `topic` from the beginning, until nothing new for 6 s; the batch
 /// ids of the values it printed. `committed`: with `isolation.level=read_committed`.
 fn java_reads(cluster: &Cluster, topic: &str, committed: bool) -> Vec<String> {
     let mut args = vec![
@@ -121,7 +121,7 @@ fn java_reads(cluster: &Cluster, topic: &str, committed: bool) -> Vec<String> {
         topic,
         "--from-beginning",
         "--timeout-ms",
-        "10000",
+        "6000",
     ];
     if committed {
         args.extend(["--consumer-property", "isolation.level=read_committed"]);

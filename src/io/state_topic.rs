@@ -58,6 +58,18 @@ pub enum StateTopicError {
         /// The input's.
         input: usize,
     },
+    /// The cluster did not take the request to create it (librdkafka's mock cluster, behind `lull
+    /// dev-broker`, cannot create topics on request).
+    #[error(
+        "cannot create the state topic {topic}: {error} (create it with lull topics; lull \
+             dev-broker creates it at start for LULL_GROUP_ID and for each --group)"
+    )]
+    Refused {
+        /// The state topic.
+        topic: String,
+        /// What the cluster answered.
+        error: String,
+    },
     /// The broker refused to create it.
     #[error(
         "cannot create the state topic {topic}: {code} (create it with lull topics, or give \
@@ -124,23 +136,25 @@ pub async fn ensure(config: &Config) -> Result<Ensured, StateTopicError> {
     let admin: AdminClient<DefaultClientContext> = crate::io::kafka::admin_config(config)
         .create()
         .map_err(request)?;
-    let shape = |name: &str| -> Result<Option<(usize, usize)>, KafkaError> {
-        let md = admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(10))?;
-        Ok(md
-            .topics()
+    // Every topic's metadata, not the two by name: asking for a topic by name can create it on
+    // brokers that auto-create topics (librdkafka's mock does, with its own partition count).
+    let md =
+        tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, Duration::from_secs(10)))
+            .map_err(request)?;
+    let shape = |name: &str| -> Option<(usize, usize)> {
+        md.topics()
             .iter()
             .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
             .map(|t| {
                 let replicas = t.partitions().iter().map(|p| p.replicas().len()).max();
                 (t.partitions().len(), replicas.unwrap_or(1).max(1))
-            }))
+            })
     };
-    let input = tokio::task::block_in_place(|| shape(&config.input_topic))
-        .map_err(request)?
+    let input = shape(&config.input_topic)
         .ok_or_else(|| StateTopicError::NoInput(config.input_topic.clone()))?;
-    if let Some((has, _)) = tokio::task::block_in_place(|| shape(&topic)).map_err(request)? {
+    let state = shape(&topic);
+    drop(md);
+    if let Some((has, _)) = state {
         if has != input.0 {
             return Err(StateTopicError::Partitions {
                 topic,
@@ -162,7 +176,14 @@ pub async fn ensure(config: &Config) -> Result<Ensured, StateTopicError> {
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(15)))
         .request_timeout(Some(Duration::from_secs(15)));
-    let results = admin.create_topics([&new], &opts).await.map_err(request)?;
+    let results =
+        admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| StateTopicError::Refused {
+                topic: topic.clone(),
+                error: e.to_string(),
+            })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -186,14 +186,10 @@ pub struct TxnProducer {
     patience: Duration,
 }
 
-/// How long one attempt of a transactional call waits; a call that times out is made again,
-/// which resumes it (librdkafka keeps a commit or an abort going across attempts).
-const ATTEMPT: Duration = Duration::from_secs(5);
-
 /// How many transaction timeouts a commit or an abort is retried before the producer is given
 /// up for a new one (whose registration fences this one, whatever state it is stuck in): by then
 /// the coordinator has ended the transaction anyway.
-const PATIENCE_TIMEOUTS: u32 = 2;
+const PATIENCE_TIMEOUTS: u32 = 1;
 
 impl TxnProducer {
     /// Creates the producer of `partition` (not yet initialised: see [`TxnProducer::init`]).
@@ -245,7 +241,7 @@ impl TxnProducer {
         })
     }
 
-    /// How long a commit or an abort is retried before the producer is given up (twice the
+    /// How long a commit or an abort is retried before the producer is given up (the
     /// transaction timeout).
     pub fn patience(&self) -> Duration {
         self.patience
@@ -361,16 +357,17 @@ impl TxnProducer {
     }
 }
 
-/// Makes `call` until it succeeds or fails for good. A retriable failure (a timeout: the call
-/// goes on inside librdkafka, and making it again resumes it) is retried until `deadline`; past
-/// it the producer is given up ([`TxnError::Fatal`]: a new one takes over the transactional id).
+/// Makes `call` (given the time left) until it succeeds or fails for good. A retriable failure
+/// (a coordinator not available yet; a timeout, after which making the call again resumes it) is
+/// retried until `deadline`; past it the producer is given up ([`TxnError::Fatal`]: a new one
+/// takes over the transactional id).
 fn retrying(
     deadline: Instant,
     mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
 ) -> Result<(), TxnError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match call(left.clamp(Duration::from_millis(100), ATTEMPT)) {
+        match call(left.max(Duration::from_millis(100))) {
             Ok(()) => return Ok(()),
             Err(e) => match TxnError::classify(&e) {
                 TxnError::Retriable(why) if Instant::now() >= deadline => {
