@@ -114,6 +114,9 @@ pub struct PhaseReport {
     /// Takeover phase: from a partition's assignment until its worker reads input, ms: p50,
     /// p99, and the number of partition starts timed (from the metric's buckets).
     pub partition_start_ms: Option<(u64, u64, u64)>,
+    /// Live phase, exactly_once: how long a commit took, ms: p50, p99, and the commits timed
+    /// (from the metric's buckets).
+    pub transaction_commit_ms: Option<(u64, u64, u64)>,
     /// From `lull verify`: lost and duplicated fragments (must be 0).
     pub lost: usize,
     /// See `lost`.
@@ -349,6 +352,7 @@ fn value(user: usize, seq: usize, payload: usize) -> String {
 async fn start_worker(
     config: &Config,
     partitions: i32,
+    reading: bool,
 ) -> Result<
     (
         CancellationToken,
@@ -364,9 +368,18 @@ async fn start_worker(
         health.clone(),
     ));
     let end = Instant::now() + Duration::from_secs(60);
-    // Reading, not only assigned: in exactly_once a worker first starts its transactions and
-    // reads its state (timed on its own: `partition_start_ms`).
-    while health.running_partitions() < partitions as usize {
+    // Assigned: timing starts there, so a worker's start (in exactly_once its transactions and
+    // its state read, timed on their own in `partition_start_ms`) counts, as in production;
+    // `reading`: until every partition's worker reads.
+    let ready = || {
+        let n = if reading {
+            health.running_partitions()
+        } else {
+            health.assigned_partitions()
+        };
+        n >= partitions as usize
+    };
+    while !ready() {
         if handle.is_finished() || Instant::now() > end {
             return Err(BenchError::Worker("never got its partitions".into()));
         }
@@ -433,7 +446,7 @@ fn quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> u64 {
 async fn takeover(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
     write_backlog(args, config).await?;
     let read_before = metrics().fragments_received.get();
-    let (token, handle) = start_worker(config, args.partitions).await?;
+    let (token, handle) = start_worker(config, args.partitions, false).await?;
     let end = Instant::now() + Duration::from_secs(600);
     while (metrics().fragments_received.get() - read_before) < args.fragments as u64
         || metrics().open_windows.get() > 0
@@ -447,7 +460,7 @@ async fn takeover(args: &BenchArgs, config: &Config) -> Result<PhaseReport, Benc
     let before = buckets(&metrics().partition_start_seconds);
     let start = Instant::now();
     for _ in 0..args.takeovers {
-        let (token, handle) = start_worker(config, args.partitions).await?;
+        let (token, handle) = start_worker(config, args.partitions, true).await?;
         stop_worker(token, handle).await?;
     }
     let after = buckets(&metrics().partition_start_seconds);
@@ -481,7 +494,7 @@ async fn throughput(
     let acked_before = acked_fragments();
     let batches_before: u64 = metrics().batch_fragments.get_sample_count();
     let redis_before = lull::io::store::round_trips();
-    let (token, handle) = start_worker(config, args.partitions).await?;
+    let (token, handle) = start_worker(config, args.partitions, false).await?;
     let start = Instant::now();
     let cpu0 = cpu_seconds();
     let mut peak_windows = 0;
@@ -525,6 +538,7 @@ async fn throughput(
             .is_some()
             .then(|| redis as f64 / args.fragments as f64),
         partition_start_ms: None,
+        transaction_commit_ms: None,
         lost: audit.lost,
         duplicated: audit.duplicated,
     })
@@ -534,7 +548,7 @@ async fn throughput(
 /// a `read_committed` reader received them (in exactly_once, when their transaction committed).
 async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
     let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
-    let (token, handle) = start_worker(config, args.partitions).await?;
+    let (token, handle) = start_worker(config, args.partitions, false).await?;
     let consumer = reader(
         &config.brokers,
         &config.output_topic,
@@ -568,6 +582,7 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
     // Each user repeats: a burst of `burst` fragments `gap_ms` apart, then a pause of 2-3x quiet.
     let cycle_ms = burst as u64 * args.gap_ms + args.quiet_ms * 5 / 2;
     let rate = users as f64 * burst as f64 / (cycle_ms as f64 / 1000.0);
+    let commits_before = buckets(&metrics().transaction_seconds);
     let start = Instant::now();
     let cpu0 = cpu_seconds();
     let end = start + Duration::from_secs(args.live_seconds);
@@ -650,6 +665,16 @@ async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchErr
             .is_some()
             .then(|| redis as f64 / sent.max(1) as f64),
         partition_start_ms: None,
+        transaction_commit_ms: config.exactly_once().then(|| {
+            let after = buckets(&metrics().transaction_seconds);
+            let n =
+                after.last().map_or(0, |(_, n)| *n) - commits_before.last().map_or(0, |(_, n)| *n);
+            (
+                quantile_ms(&commits_before, &after, 0.5),
+                quantile_ms(&commits_before, &after, 0.99),
+                n,
+            )
+        }),
         lost: audit.lost,
         duplicated: audit.duplicated,
     })

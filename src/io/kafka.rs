@@ -193,13 +193,18 @@ pub fn transactional_id(group: &str, topic: &str, partition: i32) -> String {
 }
 
 /// The transactional producer of one input partition (exactly_once): [`producer_config`] plus its
-/// transactional id, and deliveries bounded by the transaction timeout (librdkafka requires
-/// `message.timeout.ms` ≤ `transaction.timeout.ms`). `LULL_KAFKA_*` still win.
+/// transactional id, deliveries bounded by the transaction timeout (librdkafka requires
+/// `message.timeout.ms` ≤ `transaction.timeout.ms`), and lingering up to `LULL_TRANSACTION_MS`.
+/// `LULL_KAFKA_*` still win.
 pub fn transactional_producer_config(config: &Config, partition: i32) -> ClientConfig {
     let mut c = base(config, &format!("producer-{partition}"));
+    // Records become visible at commit, and a commit sends everything queued at once (librdkafka
+    // flushes without lingering): lingering up to the commit costs no latency and makes one large
+    // compressed batch per output partition per commit instead of many small ones.
+    let linger = config.transaction.as_millis().clamp(5, 1_000);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger.to_string())
         .set("compression.type", "gzip")
         .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())
         .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string())
