@@ -111,7 +111,7 @@ async fn check_transactions(config: &Config) -> Result<bool, RunError> {
         // transactions, and read the state topic, once it can.
         return Ok(false);
     };
-    let mock = cluster.starts_with("mockCluster");
+    let mock = io::kafka::is_mock_cluster(&cluster);
     match io::state_topic::ensure(config).await {
         Ok(io::state_topic::Ensured::Exists) => {}
         Ok(io::state_topic::Ensured::Created {

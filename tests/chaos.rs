@@ -637,6 +637,69 @@ async fn repeated_kill_9_of_lull_processes_at_least_once_with_redis() {
     .await;
 }
 
+/// The input topic's identity is written into every state record (and Redis fact); records of
+/// another identity are ignored. So it must never change while a broker is down: it once fell
+/// back to the cluster's id when the controller a client had cached was gone, and a takeover in a
+/// rolling restart ignored its own records and emitted their batches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_input_topics_identity_holds_while_the_controller_is_down() {
+    let _serial = SERIAL.lock().await;
+    let kafka = KafkaEnv::three();
+    let cluster = Cluster::real(kafka.clone(), PARTITIONS, 3).await;
+    let (bootstrap, input) = (cluster.bootstrap().to_string(), cluster.input.clone());
+    // One long-lived client, as lull's producers are: its cached metadata goes stale.
+    let client = std::sync::Arc::new(metadata_client(&bootstrap));
+    let ask = {
+        let (client, input) = (client.clone(), input.clone());
+        move || {
+            let (client, input) = (client.clone(), input.clone());
+            tokio::task::spawn_blocking(move || {
+                lull::io::kafka::topic_identity(client.client(), &input, Duration::from_secs(2))
+            })
+        }
+    };
+    let id = ask()
+        .await
+        .expect("identity task")
+        .expect("identity")
+        .expect("a topic id");
+    assert!(
+        !id.starts_with("cluster:"),
+        "a real cluster has topic ids: {id}"
+    );
+    let controller = {
+        let client = client.clone();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: the client is alive for the call; librdkafka only reads its metadata cache.
+            unsafe { rdkafka::bindings::rd_kafka_controllerid(client.client().native_ptr(), 5_000) }
+        })
+        .await
+        .expect("controller task")
+    };
+    assert!(controller >= 0, "the client knows a controller");
+    // A graceful stop, as in a rolling restart: the broker leaves the metadata at once, while
+    // the client's cache still names it as the controller.
+    node(&kafka, "stop-node", controller).await;
+    let end = Instant::now() + Duration::from_secs(5);
+    let (mut same, mut other, mut errors) = (0, Vec::new(), 0);
+    while Instant::now() < end {
+        match ask().await.expect("identity task") {
+            Ok(got) if got.as_deref() == Some(id.as_str()) => same += 1,
+            Ok(got) => other.push(got),
+            Err(_) => errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The broker comes back before any verdict: the other scenarios need it.
+    node(&kafka, "start-node", controller).await;
+    fully_replicated(&bootstrap, &[&input]).await;
+    assert!(other.is_empty(), "the identity {id} changed to {other:?}");
+    assert!(
+        same > 0,
+        "no answer while the broker was down ({errors} errors)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_created_with_replication_three_on_three_brokers() {
     let _serial = SERIAL.lock().await;

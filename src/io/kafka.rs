@@ -250,24 +250,37 @@ pub fn admin_config(config: &Config) -> ClientConfig {
 /// for up to about twice `timeout`: call it off the async workers.
 ///
 /// A topic deleted and created again under the same name gets another topic id; a replaced dev
-/// cluster, another cluster id. lull stores the identity with every fact in Redis that names
-/// offsets, so facts about an earlier incarnation are recognised and never used to skip input
-/// (see `store`).
+/// cluster, another cluster id. lull stores the identity with every fact in Redis and in the
+/// state topic that names offsets, so facts about an earlier incarnation are recognised and never
+/// used to skip input (see `store`, `model::state`). The answer must therefore never change for
+/// one topic: a cluster that has topic ids but cannot say now (its controller restarting) is an
+/// error, never the cluster-id fallback (seen in a rolling restart: a takeover took its own
+/// records for another topic's and emitted their batches again).
 pub fn topic_identity<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<String>, String> {
-    if let Some(id) = topic_id(client, topic, timeout)? {
-        return Ok(Some(id));
+    let cluster = client.fetch_cluster_id(timeout);
+    let mock = cluster.as_deref().is_some_and(is_mock_cluster);
+    if !mock {
+        if let Some(id) = topic_id(client, topic, timeout)? {
+            return Ok(Some(id));
+        }
     }
-    Ok(client
-        .fetch_cluster_id(timeout)
-        .map(|id| format!("cluster:{id}")))
+    Ok(cluster.map(|id| format!("cluster:{id}")))
+}
+
+/// Whether `cluster_id` is that of librdkafka's in-process mock cluster (`lull demo`,
+/// `lull dev-broker`), which has no topic ids and no transactional offsets.
+pub fn is_mock_cluster(cluster_id: &str) -> bool {
+    cluster_id.starts_with("mockCluster")
 }
 
 /// The Kafka topic id of `topic`, asked of the cluster with DescribeTopics; `Ok(None)` when the
-/// cluster has none to give (an all-zero id, or no controller to ask). Blocks up to `timeout`.
+/// cluster has none to give (an all-zero id, or brokers too old to be asked); an error when it
+/// cannot say now. Blocks up to about twice `timeout`. Not for librdkafka's mock cluster, whose
+/// metadata names a controller that does not exist: asking it only times out.
 pub fn topic_id<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
@@ -314,17 +327,11 @@ pub fn topic_id<C: ClientContext>(
     let name = CString::new(topic).map_err(|_| "topic name contains NUL".to_string())?;
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     let rk = client.native_ptr();
-    // DescribeTopics goes to the controller the metadata names. librdkafka's mock cluster names
-    // one that does not exist (it has no topic ids either): asking would only time out.
-    // SAFETY: `rk` is a live client while `client` is borrowed.
-    let controller = unsafe { rd::rd_kafka_controllerid(rk, timeout_ms) };
-    let metadata = client
+    // DescribeTopics goes to the controller the client's metadata names; a fresh metadata
+    // answer names one that is up (a cached name may be a broker stopped since).
+    client
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| e.to_string())?;
-    if !metadata.brokers().iter().any(|b| b.id() == controller) {
-        return Ok(None);
-    }
-    drop(metadata);
     // SAFETY: `rk` is a live client for the duration of the borrow of `client`; every object
     // created below is owned by `req` and freed exactly once by its Drop; the topic name array
     // and the CString outlive the DescribeTopics call that copies them.
@@ -352,10 +359,12 @@ pub fn topic_id<C: ClientContext>(
         if req.event.is_null() {
             return Err("DescribeTopics timed out".into());
         }
-        if rd::rd_kafka_event_error(req.event)
-            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-        {
-            return Err(text(rd::rd_kafka_event_error_string(req.event)));
+        match rd::rd_kafka_event_error(req.event) {
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {}
+            // Brokers that cannot describe topics by id have no topic ids to give.
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE
+            | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION => return Ok(None),
+            _ => return Err(text(rd::rd_kafka_event_error_string(req.event))),
         }
         let result = rd::rd_kafka_event_DescribeTopics_result(req.event);
         if result.is_null() {

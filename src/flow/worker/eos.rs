@@ -10,7 +10,9 @@
 //!   can never skip anything again, the partition record (how far the input was read), and the
 //!   input offset: the lowest offset still in an open window, else the next one to read.
 //! * **Replay.** A transaction that cannot commit is aborted (nothing of it is visible); the
-//!   worker seeks back to its last committed offset and starts over from the state topic.
+//!   worker reads the state topic and the group's offset again and seeks back to that offset. Not
+//!   to the offset it last saw commit: a commit that seemed to fail may have landed (a new
+//!   producer completes a commit its predecessor had asked for).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,10 +53,15 @@ const RETRY: Backoff = Backoff::DEFAULT;
 pub(super) struct EosState {
     /// The partition's flushed records (skip rule, `follows`, tombstones).
     pub(super) keys: FlushedKeys,
-    /// The input topic's identity, written into every record.
-    topic_id: String,
+    /// The input topic's identity, written into every record (empty when the cluster has
+    /// none to give).
+    pub(super) topic_id: String,
     /// The input offset the last committed transaction committed (at start: the group's).
     pub(super) committed: Option<i64>,
+    /// The group's offset when the state was read: everything below it is in committed
+    /// transactions. (A consumer whose position was fetched before the previous owner's last
+    /// commit landed still delivers some of it.)
+    settled_below: Option<i64>,
     /// The first input offset this worker read (where a replay starts when nothing was ever
     /// committed).
     first_read: Option<i64>,
@@ -72,7 +79,14 @@ impl EosState {
     /// Whether what input offset `offset` made (a dead letter, an `opened` event) is in a
     /// committed transaction already: this is a replay.
     pub(super) fn committed_before(&self, offset: i64) -> bool {
-        self.keys.read().is_some_and(|read| offset < read)
+        self.settled(offset) || self.keys.read().is_some_and(|read| offset < read)
+    }
+
+    /// Whether input offset `offset` is below the group's offset as read with the state: all
+    /// it made (a batch, a dead letter) is in a committed transaction, whatever the state
+    /// records still say (a batch's record may be tombstoned already).
+    pub(super) fn settled(&self, offset: i64) -> bool {
+        self.settled_below.is_some_and(|below| offset < below)
     }
 
     /// Where this owner's next state records will lie at the earliest: the end of the state
@@ -193,10 +207,13 @@ impl Worker {
 
     /// Reads what the partition's state records and the group's committed offset say now (the
     /// producer has fenced any earlier owner, so both are final); retries while Kafka cannot
-    /// answer; `None` if the partition is taken away or the process stops meanwhile.
+    /// answer; `None` if the partition is taken away or the process stops meanwhile. `identity`
+    /// is the input topic's identity when an earlier start of this worker learned it (a replay
+    /// does not ask again).
     pub(super) async fn restore(
         &self,
         producer: &Arc<TxnProducer>,
+        identity: Option<String>,
     ) -> Result<Option<EosState>, Stop> {
         let horizon = (self.config.followup + self.config.grace).as_millis() as i64;
         let mut attempt = 0;
@@ -204,11 +221,17 @@ impl Worker {
             let (config, consumer, producer) =
                 (self.config.clone(), self.consumer.clone(), producer.clone());
             let (topic, partition) = (self.topic.to_string(), self.partition);
+            let known = identity.clone();
             let job = tokio::task::spawn_blocking(move || {
-                let topic_id = producer
-                    .topic_identity(&topic, REQUEST_TIMEOUT)
-                    .ok()
-                    .flatten();
+                // Records written under another identity are ignored: an identity that cannot
+                // be learned now is an error to retry, never a guess.
+                let topic_id = match known {
+                    Some(id) => Some(id),
+                    None => producer
+                        .topic_identity(&topic, REQUEST_TIMEOUT)
+                        .map_err(|e| format!("cannot learn the input topic's identity: {e}"))?,
+                }
+                .filter(|id| !id.is_empty());
                 let (_, end) = consumer
                     .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
                     .map_err(|e| format!("cannot read the input partition's end: {e}"))?;
@@ -249,6 +272,7 @@ impl Worker {
                         keys,
                         topic_id: topic_id.unwrap_or_default(),
                         committed,
+                        settled_below: committed,
                         first_read: None,
                         last_commit: Instant::now(),
                         committing_since: None,
@@ -433,14 +457,13 @@ impl Worker {
         }
     }
 
-    /// Where a replay starts: the last committed offset, or the first offset this worker read
-    /// when nothing was committed yet.
-    pub(super) fn replay_from(p: &Parts) -> Option<i64> {
-        let state = p.eos.as_ref()?;
-        state.committed.or(state.first_read)
+    /// Where a replay starts when nothing was ever committed: the first offset this run read.
+    /// (Otherwise a replay starts from the offset the group holds, read again with the state.)
+    pub(super) fn first_read(p: &Parts) -> Option<i64> {
+        p.eos.as_ref()?.first_read
     }
 
-    /// Before a replay: the partition's queue goes back to `offset` ([`Worker::replay_from`]).
+    /// Before a replay: the partition's queue goes back to `offset`.
     pub(super) async fn rewind(&self, offset: Option<i64>) -> Result<(), Stop> {
         let Some(offset) = offset else {
             return Ok(());

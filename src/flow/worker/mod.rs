@@ -251,12 +251,29 @@ impl Worker {
         // worker ends, its producer closes on a blocking thread, not on the async workers.
         let mut producer = CloseOffRuntime(producer);
         debug!(partition = self.partition, "partition worker started");
+        // A replay is due (after an abort or a new producer): where it starts when nothing was
+        // ever committed (the first offset the last run read).
+        let mut replay: Option<Option<i64>> = None;
+        // The input topic's identity once learned: a replay keeps it (it never changes while
+        // the worker runs, and asking again could fail just then).
+        let mut identity: Option<String> = None;
         loop {
-            let mut p = match self.parts(producer.0.as_ref()).await {
+            let mut p = match self.parts(producer.0.as_ref(), identity.clone()).await {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(stop) => return self.stopped(stop).await,
             };
+            identity = p.eos.as_ref().map(|s| s.topic_id.clone());
+            if let Some(fallback) = replay.take() {
+                // From the offset the group holds now, read after the state: a commit that
+                // seemed to fail may have landed (a new producer completes a commit its
+                // predecessor had asked for), and replaying below it would emit again what it
+                // made visible.
+                let from = p.eos.as_ref().and_then(|s| s.committed).or(fallback);
+                if let Err(stop) = self.rewind(from).await {
+                    return self.stopped(stop).await;
+                }
+            }
             if first_start {
                 first_start = false;
                 metrics()
@@ -275,11 +292,7 @@ impl Worker {
                     debug!(partition = self.partition, "partition worker stopped");
                     return Ok(());
                 }
-                Err(Stop::Rewind) => {
-                    if let Err(stop) = self.rewind(Self::replay_from(&p)).await {
-                        return self.stopped(stop).await;
-                    }
-                }
+                Err(Stop::Rewind) => replay = Some(Self::first_read(&p)),
                 Err(Stop::Fenced(why)) => {
                     if self.parked(&why, TXN_FENCED_PATIENCE).await {
                         return Ok(());
@@ -293,9 +306,9 @@ impl Worker {
                          partition here (a transaction outlived its timeout): starting a new \
                          producer, then replaying from the last commit"
                     );
-                    let replay_from = Self::replay_from(&p);
+                    replay = Some(Self::first_read(&p));
                     drop(p);
-                    if let Err(stop) = self.restart_transactions(&mut producer, replay_from).await {
+                    if let Err(stop) = self.restart_transactions(&mut producer).await {
                         return self.stopped(stop).await;
                     }
                 }
@@ -306,9 +319,9 @@ impl Worker {
                         "the partition's transactional producer failed: starting a new one, then \
                          replaying from the last commit"
                     );
-                    let replay_from = Self::replay_from(&p);
+                    replay = Some(Self::first_read(&p));
                     drop(p);
-                    if let Err(stop) = self.restart_transactions(&mut producer, replay_from).await {
+                    if let Err(stop) = self.restart_transactions(&mut producer).await {
                         return self.stopped(stop).await;
                     }
                 }
@@ -318,10 +331,12 @@ impl Worker {
     }
 
     /// The parts for a start, or for a replay (exactly_once: the state records are read
-    /// again); `None` if the partition was taken away meanwhile.
+    /// again, knowing the input topic's `identity` if an earlier start learned it); `None` if
+    /// the partition was taken away meanwhile.
     async fn parts(
         &self,
         producer: Option<&Arc<crate::io::transactional::TxnProducer>>,
+        identity: Option<String>,
     ) -> Result<Option<Parts>, Stop> {
         let mut engine = WindowEngine::new(self.config.window());
         if self.config.events_topic.is_some() {
@@ -334,7 +349,7 @@ impl Worker {
                 None,
             ),
             Some(producer) => {
-                let Some(state) = self.restore(producer).await? else {
+                let Some(state) = self.restore(producer, identity).await? else {
                     return Ok(None);
                 };
                 for (key, kept) in state.keys.by_last_ts() {
@@ -372,13 +387,11 @@ impl Worker {
     }
 
     /// Replaces a broken or fenced producer with a new one (whose registration fences the old
-    /// one, whatever state it is stuck in), then sends the partition's queue back to
-    /// `replay_from`. A partition taken away meanwhile ends the worker: [`Stop::Rewind`] is then
-    /// returned as a plain end.
+    /// one, whatever state it is stuck in, and settles the transaction it left). A partition
+    /// taken away meanwhile ends the worker: [`Stop::Rewind`] is then returned as a plain end.
     async fn restart_transactions(
         &self,
         producer: &mut CloseOffRuntime<Arc<crate::io::transactional::TxnProducer>>,
-        replay_from: Option<i64>,
     ) -> Result<(), Stop> {
         // The old one closes off the runtime.
         drop(std::mem::replace(producer, CloseOffRuntime(None)));
@@ -386,7 +399,7 @@ impl Worker {
             Some(fresh) => *producer = CloseOffRuntime(Some(fresh)),
             None => return Err(Stop::Rewind),
         }
-        self.rewind(replay_from).await
+        Ok(())
     }
 
     /// Ends the worker on a stop: a fenced-off worker waits for its partition to be taken away.
@@ -616,7 +629,7 @@ impl Worker {
                     let mut verdict = verdicts.next().unwrap_or(Verdict::New);
                     if p.eos
                         .as_ref()
-                        .is_some_and(|s| s.keys.skips(&f.key, f.offset))
+                        .is_some_and(|s| s.settled(f.offset) || s.keys.skips(&f.key, f.offset))
                     {
                         verdict = Verdict::Emitted;
                     }
