@@ -527,17 +527,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
         },
         started.elapsed().as_secs_f64()
     );
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("LULL_CHAOS_REPORT") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
+    report_line(&line);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,20 +51,6 @@ fn python() -> PathBuf {
     .clone()
 }
 
-/// `tests/kafkajs` with kafkajs installed (the same pinned install as `tests/kafkajs.rs`).
-fn kafkajs_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafkajs");
-    if !dir.join("node_modules/kafkajs/package.json").exists() {
-        let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs (Node.js is needed for the KafkaJS reader)");
-        assert!(status.success(), "npm install kafkajs failed");
-    }
-    dir
-}
-
 /// batch id -> how many times a reader saw it.
 fn tally(ids: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();

@@ -7,30 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use lull::config::KafkaProperty;
-
-/// `tests/kafkajs` with kafkajs installed (once per run, by one test: `npm install` of the
-/// pinned version).
-fn reader_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafkajs");
-        if !dir.join("node_modules/kafkajs/package.json").exists() {
-            let status = Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm runs (Node.js is needed for the KafkaJS test)");
-            assert!(status.success(), "npm install kafkajs failed");
-        }
-        dir
-    })
-    .clone()
-}
 
 /// What the KafkaJS consumer saw.
 #[derive(Debug, serde::Deserialize)]
@@ -73,7 +53,7 @@ fn kafkajs_reads(
             &deadline_ms.to_string(),
             if fail_fast { "fail-fast" } else { "patient" },
         ])
-        .current_dir(reader_dir())
+        .current_dir(kafkajs_dir())
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -142,17 +142,7 @@ async fn a_rolling_upgrade_from_the_release_without_transactions_loses_nothing()
         report.lost,
         repeated.len()
     );
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("LULL_CHAOS_REPORT") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
+    report_line(&line);
 }
 
 /// `lull verify` of the configured topics (repeats are reported, not refused).

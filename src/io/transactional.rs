@@ -195,6 +195,11 @@ impl TxnProducer {
     /// Creates the producer of `partition` (not yet initialised: see [`TxnProducer::init`]).
     pub fn create(config: &Config, partition: i32) -> Result<Self, TxnError> {
         let c = crate::io::kafka::transactional_producer_config(config, partition);
+        Self::with(config, c, partition)
+    }
+
+    /// A producer of `partition` (-1: none) made from `c`, whose `transactional.id` names it.
+    fn with(config: &Config, c: rdkafka::ClientConfig, partition: i32) -> Result<Self, TxnError> {
         let id = c.get("transactional.id").unwrap_or_default().to_string();
         let producer = c
             .create_with_context(TxnContext::new(config, partition))
@@ -223,22 +228,11 @@ impl TxnProducer {
     /// the partitions' ids), for checking at start that the brokers run transactions for lull.
     pub fn probe(config: &Config) -> Result<Self, TxnError> {
         let mut c = crate::io::kafka::transactional_producer_config(config, 0);
-        let id = format!("{}/{}/probe", config.group_id, config.input_topic);
-        c.set("transactional.id", &id);
-        let producer = c
-            .create_with_context(TxnContext::new(config, -1))
-            .map_err(|e| TxnError::Create(e.to_string()))?;
-        Ok(Self {
-            producer,
-            input_topic: Arc::from(config.input_topic.as_str()),
-            output_topic: Arc::from(config.output_topic.as_str()),
-            dlq_topic: Arc::from(config.dlq_topic.as_str()),
-            events_topic: None,
-            state_topic: Arc::from(config.state_topic().as_str()),
-            partition: -1,
-            id,
-            patience: config.transaction_timeout() * PATIENCE_TIMEOUTS,
-        })
+        c.set(
+            "transactional.id",
+            format!("{}/{}/probe", config.group_id, config.input_topic),
+        );
+        Self::with(config, c, -1)
     }
 
     /// How long a commit or an abort is retried before the producer is given up (the

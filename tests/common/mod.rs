@@ -847,3 +847,38 @@ impl Drop for DevBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `tests/kafkajs` with kafkajs installed (once per test binary: `npm install` of the pinned
+/// version), for the tests that read lull's output with KafkaJS.
+pub fn kafkajs_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafkajs");
+        if !dir.join("node_modules/kafkajs/package.json").exists() {
+            let status = std::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm runs (Node.js is needed for the KafkaJS reader)");
+            assert!(status.success(), "npm install kafkajs failed");
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Prints a chaos or upgrade run's one-line summary and appends it to the file
+/// `LULL_CHAOS_REPORT` names, if any (`scripts/test.sh` prints that file at the end).
+pub fn report_line(line: &str) {
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("LULL_CHAOS_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}

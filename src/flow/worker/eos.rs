@@ -130,7 +130,8 @@ impl EosState {
     }
 }
 
-/// Keeps readiness false while a worker's transactions cannot start, whatever way it ends.
+/// Keeps readiness false while a worker's transactions cannot start or its state cannot be
+/// read, whatever way it ends.
 struct Starting<'h> {
     health: &'h crate::ops::health::Health,
     on: bool,
@@ -216,6 +217,10 @@ impl Worker {
         identity: Option<String>,
     ) -> Result<Option<EosState>, Stop> {
         let horizon = (self.config.followup + self.config.grace).as_millis() as i64;
+        let mut starting = Starting {
+            health: &self.health,
+            on: false,
+        };
         let mut attempt = 0;
         loop {
             let (config, consumer, producer) =
@@ -284,6 +289,7 @@ impl Worker {
                 Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
             };
             attempt += 1;
+            starting.waiting();
             let delay = RETRY.delay(attempt);
             warn!(
                 partition = self.partition,
