@@ -30,9 +30,9 @@
 -- "topic_id:partition:offset" of the first sighting. Values written before topic ids existed
 -- (a "partition:offset" string) are read as records of an unknown topic id.
 --
--- Invariants: a record is used to skip or drop only if it can describe this log: same topic id
--- (when both are known) and an offset below the high watermark; anything else is ignored, never
--- trusted, so a recreated topic can never lose fragments. An event key records the first
+-- Invariants: a record is used to skip or drop only if it can describe this log (prelude.lua's
+-- `judge`, shared with flush.lua); anything else is ignored, never trusted, so a recreated topic
+-- can never lose fragments. An event key records the first
 -- sighting (SET NX), so a replay of that same offset is never a duplicate; TTLs of touched event
 -- keys are refreshed.
 local gen = redis.call('HGET', KEYS[1], 'generation')
@@ -40,23 +40,6 @@ if gen ~= ARGV[1] then
   return redis.error_reply('STALE ' .. tostring(gen))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local partition = ARGV[2]
-local topic_id = ARGV[5]
-local high = tonumber(ARGV[6])
-local tolerance = tonumber(ARGV[7])
-
--- Whether a record of topic id `tid` comes from another incarnation of the topic.
-local function other_topic(tid)
-  return tid ~= nil and tid ~= '' and topic_id ~= '' and tid ~= topic_id
-end
-
--- Whether the record or the live topic lacks an identity. Only then does the high watermark
--- judge a record: a partition's high watermark can step back for a moment when its leader
--- changes (the new leader's is behind until its followers catch up), so with identities on both
--- sides it would only turn good records stale (and batches emitted twice).
-local function unknown_identity(tid)
-  return topic_id == '' or not tid or tid == ''
-end
 
 -- flushed:{key} as (topic_id, partition, offset, last_ts, batch_id), nil or false where absent;
 -- a legacy "partition:offset" string (HMGET fails on it) has neither topic id, timestamp nor id.
@@ -78,6 +61,9 @@ local function flushed(key)
   return r.tid, r.p, r.o, r.last_ts, r.id
 end
 
+-- prelude.lua's judgement as admit's verdicts.
+local VERDICTS = {after = 0, covers = 1, other_topic = 3, beyond_high = 4, newer = 5}
+
 local out = {}
 local seeds = {}
 local seeded = {}
@@ -85,21 +71,8 @@ local n = (#KEYS - 1) / 2
 for i = 1, n do
   local offset = tonumber(ARGV[5 + 3 * i])
   local ts = tonumber(ARGV[7 + 3 * i])
-  local verdict = 0
   local tid, p, o, last_ts, batch_id = flushed(KEYS[2 * i])
-  if p == partition and o then
-    if other_topic(tid) then
-      verdict = 3
-    elseif unknown_identity(tid) and o >= high then
-      verdict = 4
-    elseif offset <= o then
-      if tolerance >= 0 and last_ts and ts > last_ts + tolerance then
-        verdict = 5
-      else
-        verdict = 1
-      end
-    end
-  end
+  local verdict = VERDICTS[judge(tid, p, o, last_ts, offset, ts)]
   if (verdict == 0 or verdict >= 3) and ARGV[6 + 3 * i] == '1' then
     local here = topic_id .. ':' .. partition .. ':' .. ARGV[5 + 3 * i]
     if not redis.call('SET', KEYS[2 * i + 1], here, 'NX', 'PX', ARGV[3]) then

@@ -20,12 +20,10 @@
 -- last_ts (that batch's last fragment timestamp), batch_id (that batch's id).
 --
 -- Invariants: a key's flushed watermark only moves forward within one incarnation of one
--- partition. It starts over when the record is of another partition (the key moved after the
--- topic was repartitioned), of another topic id (the topic was recreated), at or above the high
--- watermark when an identity is unknown (it cannot describe this log; with identities on both
--- sides the high watermark is not trusted: it steps back for a moment when the leader changes), older than this batch by more than the tolerance
--- while naming a higher offset (another log under the same name), or in the format from before
--- topic ids. A pending
+-- partition. It starts over when the record cannot describe this log (prelude.lua's `judge`,
+-- shared with admit.lua: another partition — the key moved after the topic was repartitioned —,
+-- another topic id, an offset beyond the high watermark, or older than this batch by more than the
+-- tolerance while naming a higher offset), or is in the format from before topic ids. A pending
 -- summary is deleted only if it describes this batch's window or an older one, never a newer
 -- window of the same key that opened meanwhile.
 local gen = redis.call('HGET', KEYS[1], 'generation')
@@ -33,10 +31,6 @@ if gen ~= ARGV[1] then
   return redis.error_reply('STALE ' .. tostring(gen))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local partition = ARGV[2]
-local topic_id = ARGV[5]
-local high = tonumber(ARGV[6])
-local tolerance = tonumber(ARGV[7])
 local n = (#KEYS - 1) / 2
 for i = 1, n do
   local key = KEYS[2 * i]
@@ -46,14 +40,8 @@ for i = 1, n do
   local forward = true
   if kind == 'hash' then
     local cur = redis.call('HMGET', key, 'topic_id', 'partition', 'offset', 'last_ts')
-    local unknown = cur[1] == '' or not cur[1] or topic_id == ''
-    local same_topic = cur[1] == topic_id or unknown
-    local o = tonumber(cur[3])
-    local older_log = tolerance >= 0 and tonumber(cur[4]) and last_ts > tonumber(cur[4]) + tolerance
-    local beyond = unknown and o and o >= high
-    if same_topic and cur[2] == partition and o and not beyond and last <= o and not older_log then
-      forward = false
-    end
+    forward = judge(cur[1], cur[2], tonumber(cur[3]), tonumber(cur[4]), last, last_ts) ~= 'covers'
+
   elseif kind ~= 'none' then
     redis.call('DEL', key)
   end

@@ -20,17 +20,17 @@
 //!   ([`model::wire`]).
 //! * [`flow`]: the data path: the consumer ([`flow::source`]), its rebalance callbacks
 //!   ([`flow::rebalance`]), the owner of the partition set and the commits
-//!   ([`flow::partitions`], [`flow::commit`]), one worker per partition ([`flow::worker`]), and the
-//!   supervisor that takes the process down when a task dies.
+//!   ([`flow::partitions`], [`flow::commit`]), one worker per partition ([`flow::worker`]).
 //! * [`io`]: Kafka client settings and topic identity, headers as bytes, the producer, the Redis
 //!   store and its scripts, the retry backoff.
 //! * [`ops`]: per-run health, the memory budget, `/metrics` and `/health/*`, the metric families,
-//!   signal handling.
+//!   signal handling, the wall clock, and the supervisor every task runs under (a task that dies
+//!   takes the process down).
 //! * [`devkit`]: what the operator tools (the binary's `cli/`) and the tests share.
 
 pub mod config;
 pub mod devkit;
-pub mod flow;
+pub(crate) mod flow;
 pub mod io;
 pub mod model;
 pub mod ops;
@@ -47,9 +47,12 @@ pub enum RunError {
     /// The producer could not be created.
     #[error(transparent)]
     Sink(#[from] io::producer::SinkError),
-    /// The consumer failed to start, or a worker failed fatally.
+    /// The consumer failed to start.
     #[error(transparent)]
     Flow(#[from] flow::FlowError),
+    /// A supervised task failed or panicked (named in the message).
+    #[error(transparent)]
+    Task(#[from] ops::supervisor::TaskFailed),
     /// The HTTP endpoints could not be served (address in use, no permission).
     #[error("cannot serve HTTP on {0} (LULL_HTTP_ADDR): {1}")]
     Http(std::net::SocketAddr, #[source] std::io::Error),
@@ -163,17 +166,23 @@ pub async fn run_with_health(
     health: Arc<ops::health::Health>,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    let supervisor = ops::supervisor::Supervisor::new(health.clone(), shutdown.clone());
     let sink = io::producer::Sink::new(&config)?;
     let plain_commits = if config.exactly_once() {
         check_transactions(&config).await?
     } else {
         true
     };
+    // The endpoints outlive the drain (readiness says `shutting_down`) and stop with the run,
+    // whatever way it returns.
+    let http_stop = CancellationToken::new();
+    let _http_stops_with_the_run = http_stop.clone().drop_guard();
     let addr = ops::http::serve(
         config.http_addr,
         health.clone(),
         config.instance_id.clone(),
-        shutdown.clone(),
+        &supervisor,
+        http_stop,
     )
     .await
     .map_err(|e| RunError::Http(config.http_addr, e))?;
@@ -189,9 +198,10 @@ pub async fn run_with_health(
             None
         }
         Some(url) => {
-            let store = io::store::Store::connect(&config, health.clone()).await?;
+            let store = io::store::Store::connect(&config, &supervisor).await?;
             if config.debug_redis_monitor {
                 io::store::monitor::spawn_trace(
+                    &supervisor,
                     url.expose().to_string(),
                     store.keys().namespace().to_string(),
                     config.instance_id.clone(),
@@ -205,13 +215,16 @@ pub async fn run_with_health(
         sink.clone(),
         store,
         budget,
-        shutdown,
-        health,
+        supervisor.clone(),
         plain_commits,
     )
     .await;
     let flush_sink = sink.clone();
     let timeout = config.drain_timeout;
     let _ = tokio::task::spawn_blocking(move || flush_sink.flush(timeout)).await;
+    if let Some(failure) = supervisor.take() {
+        ops::fault::linger_after_failure().await;
+        return Err(failure.into());
+    }
     result.map_err(RunError::from)
 }

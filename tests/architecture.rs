@@ -1,5 +1,6 @@
-//! The layering ARCHITECTURE.md describes, checked on the source: the model is pure, and nothing
-//! in the worker imports the operator tools' shared kit.
+//! The layering ARCHITECTURE.md describes, checked on the source: the model is pure and reads no
+//! clock, nothing in the worker imports the operator tools' shared kit, every Kafka client is
+//! configured in one place, and no production file grows past 600 lines.
 
 use std::path::{Path, PathBuf};
 
@@ -80,4 +81,53 @@ fn every_setting_is_documented() {
             s.name
         );
     }
+}
+
+#[test]
+fn the_model_reads_no_clock() {
+    let found = offending("model", &["SystemTime::now", "Instant::now", "now_ms()"]);
+    assert!(
+        found.is_empty(),
+        "the model takes time as a value (ops::clock reads the wall clock): {found:#?}"
+    );
+}
+
+/// Every Kafka client — the worker's and every tool's — is configured by `io::kafka`, so the
+/// `LULL_KAFKA_*` settings (TLS, SASL) apply to all of them the same way. (The configuration
+/// check only asks librdkafka whether it accepts a property.)
+#[test]
+fn kafka_clients_are_configured_in_one_place() {
+    let mut found = Vec::new();
+    for layer in ["cli", "devkit", "flow", "io", "model", "ops"] {
+        found.extend(
+            offending(layer, &["ClientConfig::new"])
+                .into_iter()
+                .filter(|l| !l.contains("src/io/kafka.rs")),
+        );
+    }
+    assert!(
+        found.is_empty(),
+        "build clients with io::kafka's builders: {found:#?}"
+    );
+}
+
+/// No production source file is over 600 lines (tests live in `tests.rs` / `properties.rs`
+/// files of their own).
+#[test]
+fn no_production_file_is_over_600_lines() {
+    let long: Vec<String> = sources(&src(""))
+        .into_iter()
+        .filter(|f| {
+            !f.file_name()
+                .is_some_and(|n| n == "tests.rs" || n == "properties.rs")
+        })
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(&f)
+                .expect("readable")
+                .lines()
+                .count();
+            (lines > 600).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these: {long:#?}");
 }

@@ -89,7 +89,7 @@ async fn max_wait_caps_a_user_who_never_pauses() {
     // future): never quiet for 400 ms, for 3 seconds. Written before lull starts, so the batches
     // follow from the timestamps alone, however slowly a loaded machine sends them.
     let producer = cluster.producer();
-    let t0 = lull::model::wire::now_ms() - 5_000;
+    let t0 = lull::ops::clock::now_ms() - 5_000;
     for seq in 0..30 {
         let ts = t0 + seq as i64 * 100;
         send(
@@ -626,8 +626,8 @@ async fn arrival_mode_batches_by_lulls_clock_not_the_producers() {
     let producer = cluster.producer();
     // A producer whose clock is an hour behind, and whose timestamps are a minute apart: by
     // Kafka time these would be three separate, long-late fragments.
-    let skewed = lull::model::wire::now_ms() - 3_600_000;
-    let before = lull::model::wire::now_ms();
+    let skewed = lull::ops::clock::now_ms() - 3_600_000;
+    let before = lull::ops::clock::now_ms();
     for seq in 0..3 {
         let ts = skewed + seq as i64 * 60_000;
         send(

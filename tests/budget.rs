@@ -104,7 +104,7 @@ async fn a_flood_stays_within_the_memory_budget_and_loses_nothing() {
     // would hold ~4 MiB. Flushes, which turn windows into output records, must not add to it.
     let chunk = 64 * 1024;
     let fragment_len = value("f0", 0).len();
-    let slack = 8 * lull::flow::worker::progress::held_by_windows(chunk, chunk / fragment_len + 1);
+    let slack = 8 * lull::ops::budget::held_by_windows(chunk, chunk / fragment_len + 1);
     eprintln!("held at most {max_held} bytes: budget {budget} + slack {slack}");
     assert!(
         max_held <= (budget + slack) as i64,

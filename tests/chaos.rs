@@ -337,7 +337,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
             // moves its partitions to the other process, which must own all of them.
             let live = procs[1].http_addr().expect("the live process serves HTTP");
             procs[0].signal("STOP");
-            kills_ms.push(lull::model::wire::now_ms());
+            kills_ms.push(lull::ops::clock::now_ms());
             owns(live, PARTITIONS as usize).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             procs[0].signal("CONT");
@@ -383,7 +383,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
                 // SIGKILL: no drain, no commit, no Redis sync.
                 procs[i].child.kill().expect("kill -9");
                 procs[i].child.wait().expect("reaped");
-                kills_ms.push(lull::model::wire::now_ms());
+                kills_ms.push(lull::ops::clock::now_ms());
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
                 procs[i] = run.worker(&names[i]);
                 tokio::time::sleep(Duration::from_millis(2_500)).await;

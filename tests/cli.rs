@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -216,27 +214,10 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
         .spawn()
         .expect("lull run starts");
     let mut worker = Guard(worker);
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = worker.0.stderr.take().expect("stderr piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let end = Instant::now() + DEADLINE;
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("partitions assigned"))
-    {
-        assert!(Instant::now() < end, "never assigned: {log:#?}");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.push(line);
-        }
-    }
-    for line in &log {
+    let mut lines = Lines::follow(worker.0.stderr.take().expect("stderr piped"));
+    lines.until_text("partitions assigned");
+    let log = &lines.seen;
+    for line in log {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "JSON log line: {line}"
@@ -318,14 +299,12 @@ async fn pending_shows_an_open_window_or_none() {
 
     let mut config = redis.configure(lull::config::Config::defaults(), &prefix);
     config.instance_id = "host-7".into();
-    let store = lull::io::store::Store::connect(
-        &config,
-        std::sync::Arc::new(lull::ops::health::Health::new()),
-    )
-    .await
-    .unwrap();
+    let store =
+        lull::io::store::Store::connect(&config, &lull::ops::supervisor::Supervisor::standalone())
+            .await
+            .unwrap();
     let fence = store.claim("chat.fragments", 2, "", false).await.unwrap();
-    let now = lull::model::wire::now_ms();
+    let now = lull::ops::clock::now_ms();
     store
         .publish_pending(
             &fence,
@@ -375,15 +354,7 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
         .stderr(Stdio::null())
         .spawn()
         .expect("lull monitor starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut timeline = Lines::follow(child.stdout.take().unwrap());
     let mut conn = redis.conn().await;
     // Keys of the consumer group `lull` (LULL_GROUP_ID's default), which `lull monitor` follows.
     let key = format!("{prefix}:lull:flushed:someone");
@@ -400,8 +371,8 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
         )
         .await
         .unwrap();
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            break line;
+        if let Some(line) = timeline.rest().first() {
+            break line.clone();
         }
         assert!(Instant::now() < end, "monitor printed nothing");
     };
@@ -573,15 +544,7 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
             .spawn()
             .unwrap(),
     );
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = tail.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut tail_lines = Lines::follow(tail.0.stdout.take().unwrap());
 
     let mut send = lull();
     with_env(send.arg("send"));
@@ -611,15 +574,10 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
     let status = wait_exit(&mut send.0, DEADLINE);
     assert!(status.success(), "lull send: {status:?}");
 
-    let mut lines = Vec::new();
-    let end = Instant::now() + DEADLINE;
-    let batches = |lines: &[String]| lines.iter().filter(|l| l.starts_with("batch")).count();
-    while batches(&lines) < 3 {
-        assert!(Instant::now() < end, "tail saw: {lines:#?}");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(line);
-        }
-    }
+    tail_lines.until("three batches in tail", |lines| {
+        lines.iter().filter(|l| l.starts_with("batch")).count() >= 3
+    });
+    let lines = &tail_lines.seen;
     let of = |user: &str| -> Vec<&String> {
         lines
             .iter()

@@ -84,7 +84,7 @@ async fn a_late_fragment_is_why_an_at_least_once_replay_can_cut_differently() {
     let lull = Running::start(live.clone());
     lull.assigned(1).await;
     let producer = cluster.producer();
-    let t0 = lull::model::wire::now_ms();
+    let t0 = lull::ops::clock::now_ms();
     send(
         &producer,
         &cluster.input,

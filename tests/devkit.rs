@@ -4,20 +4,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use lull::config::Config;
 use lull::devkit::load::Writer;
 use lull::io::store::{Flushed, PendingSummary, Store};
-use lull::ops::health::Health;
+use lull::ops::supervisor::Supervisor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_returns_an_error_it_cannot_retry_instead_of_spinning() {
     // The mock is enough: the refusal is librdkafka's own, before anything is sent.
     let cluster = Cluster::mock(1);
-    let mut writer = Writer::new(cluster.bootstrap(), &cluster.input).expect("writer");
+    let mut writer = Writer::new(&cluster.config("writer"), &cluster.input).expect("writer");
     writer
         .send("k", r#"{"user_id":"k"}"#, None)
         .await
@@ -36,7 +35,7 @@ async fn the_writer_returns_an_error_it_cannot_retry_instead_of_spinning() {
 async fn redis_round_trips_count_the_sync_pipeline() {
     let redis = RedisServer::shared();
     let c = redis.configure(Config::defaults(), &unique_prefix("round-trips"));
-    let store = Store::connect(&c, Arc::new(Health::new()))
+    let store = Store::connect(&c, &Supervisor::standalone())
         .await
         .expect("store");
     let fence = store.claim("t", 0, "", false).await.expect("claim");

@@ -128,7 +128,7 @@ async fn every_reader_sees_each_batch_once_beside_an_aborted_transaction() {
         &producer,
         &cluster.input,
         0..USERS,
-        lull::model::wire::now_ms() - 3_600_000,
+        lull::ops::clock::now_ms() - 3_600_000,
         50,
     )
     .await;

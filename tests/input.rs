@@ -4,11 +4,11 @@
 //! Regressions: a header *name* that is not UTF-8 panicked the partition worker (rdkafka's
 //! `Header.key` unwraps UTF-8) and the partition stalled while readiness stayed green; the DLQ
 //! dropped `x-` headers and turned null values into empty ones; a repeated JSON member went to the
-//! DLQ as "not valid JSON"; a worker that died left the process ready and exiting 0.
+//! DLQ as "not valid JSON"; a worker that died left the process ready and exiting 0 (now: any
+//! supervised task that dies — owner, worker, commit, probe, redis connection, MONITOR trace).
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ async fn odd_headers_and_repeated_members_are_batched_or_dead_lettered_never_a_s
     .await;
     let addr = lull.health.http_addr().expect("http");
     wait_for("lag back to zero", || {
-        let page = futures_executor_get(addr, "/metrics");
+        let page = http_get_blocking(addr, "/metrics");
         metric(&page, "lull_consumer_lag{partition=\"0\"}") == Some(0.0)
     })
     .await;
@@ -129,24 +129,13 @@ async fn odd_headers_and_repeated_members_are_batched_or_dead_lettered_never_a_s
     assert_eq!((r.in_batches, r.dead_lettered), (3, 1));
 }
 
-/// A blocking GET for use inside a `wait_for` condition.
-fn futures_executor_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: lull\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    body
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_dies_makes_the_process_unready_and_exit_non_zero() {
+/// Starts `lull run` (the test build, with the `fault-injection` feature) armed to panic the task
+/// `task` once a fragment of key `boom` is read, waits until it is ready, types that fragment,
+/// and checks that the task's death makes the process unready at once (`worker_failed`) and exit
+/// 1 with the task named in its log (`named`).
+async fn a_task_that_dies_takes_the_process_down(task: &str, named: &str, env: &[(&str, String)]) {
     let cluster = Cluster::start(2).await;
-    let group = unique("dies");
+    let group = unique(&format!("dies-{task}"));
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
         .arg("run")
@@ -156,36 +145,23 @@ async fn a_worker_that_dies_makes_the_process_unready_and_exit_non_zero() {
         .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("LULL_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LULL_LOG_FORMAT", "json")
-        // Test-only (the fault-injection feature): the worker that reads this key panics.
+        // Test-only (the fault-injection feature): reading a fragment of this key arms the fault,
+        // the task of this kind panics at its next turn, and a failed run keeps its endpoints up
+        // for 3 s before it exits (long enough to read its readiness).
         .env("LULL_FAULT_PANIC_KEY", "boom")
+        .env("LULL_FAULT_PANIC_TASK", task)
+        .env("LULL_FAULT_LINGER_MS", "3000")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("lull run starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut log = Lines::follow(child.stderr.take().expect("piped"));
+    log.until_text("partitions assigned");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut log = Vec::new();
-    let end = std::time::Instant::now() + DEADLINE;
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("partitions assigned"))
-    {
-        assert!(std::time::Instant::now() < end, "never assigned: {log:#?}");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.push(line);
-        }
-    }
     wait_for("ready", || {
-        futures_executor_get(addr, "/health/ready").starts_with("HTTP/1.1 200")
+        http_get_blocking(addr, "/health/ready").starts_with("HTTP/1.1 200")
     })
     .await;
 
@@ -199,23 +175,70 @@ async fn a_worker_that_dies_makes_the_process_unready_and_exit_non_zero() {
         None,
     )
     .await;
+    wait_for("readiness 503, worker_failed", || {
+        let response = http_get_blocking(addr, "/health/ready");
+        response.starts_with("HTTP/1.1 503") && response.contains("worker_failed")
+    })
+    .await;
+    let end = std::time::Instant::now() + DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
         assert!(
             std::time::Instant::now() < end,
-            "the process kept running after its worker died"
+            "the process kept running after its {task} task died"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-        log.push(line);
-    }
-    assert_eq!(status.code(), Some(1), "non-zero exit: {log:#?}");
+    let log = log.rest();
+    assert_eq!(status.code(), Some(1), "exit 1: {log:#?}");
     assert!(
         log.iter()
-            .any(|l| l.contains("partition") && l.contains("panicked")),
-        "the failure is logged: {log:#?}"
+            .any(|l| l.contains(named) && l.contains("panicked")),
+        "the failure names the task ({named}): {log:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_worker_that_dies_makes_the_process_unready_and_exit_1() {
+    a_task_that_dies_takes_the_process_down("worker", "partition", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_owner_that_dies_makes_the_process_unready_and_exit_1() {
+    a_task_that_dies_takes_the_process_down("owner", "partition owner", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_commit_that_dies_makes_the_process_unready_and_exit_1() {
+    // Offsets are committed outside transactions in at_least_once.
+    let env = [("LULL_DELIVERY", "at_least_once".to_string())];
+    a_task_that_dies_takes_the_process_down("commit", "offset commit", &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_probe_that_dies_makes_the_process_unready_and_exit_1() {
+    a_task_that_dies_takes_the_process_down("probe", "kafka probe", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_connection_task_that_dies_makes_the_process_unready_and_exit_1() {
+    let redis = RedisServer::shared();
+    let env = [
+        ("REDIS_URL", redis.url.clone()),
+        ("LULL_REDIS_PREFIX", unique_prefix("dies-redis")),
+    ];
+    a_task_that_dies_takes_the_process_down("redis", "redis connection", &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_monitor_trace_that_dies_makes_the_process_unready_and_exit_1() {
+    let redis = RedisServer::shared();
+    let env = [
+        ("REDIS_URL", redis.url.clone()),
+        ("LULL_REDIS_PREFIX", unique_prefix("dies-monitor")),
+        ("LULL_DEBUG_REDIS_MONITOR", "true".to_string()),
+    ];
+    a_task_that_dies_takes_the_process_down("monitor", "redis monitor trace", &env).await;
 }

@@ -85,7 +85,7 @@ async fn health_endpoints_and_every_metric_over_http() {
     }
     assert!(saw_open, "open-window gauges moved during the burst");
     // A fragment far behind partition time is late.
-    let old = lull::model::wire::now_ms() - 60_000;
+    let old = lull::ops::clock::now_ms() - 60_000;
     send(
         &producer,
         &cluster.input,

@@ -278,7 +278,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
             .await
             .unwrap();
         let flush_at = flush_at.expect("the pending key never disappears mid-burst");
-        let left = flush_at - lull::model::wire::now_ms();
+        let left = flush_at - lull::ops::clock::now_ms();
         assert!(
             ttl >= left,
             "TTL {ttl} ms is shorter than the {left} ms left to the flush"

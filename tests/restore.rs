@@ -89,7 +89,7 @@ async fn a_takeover_reads_about_the_active_keys_not_every_key_ever_flushed() {
         ("delete.retention.ms", "100"),
     ];
     let mut topic = NewTopic::new(&state, 1, TopicReplication::Fixed(1));
-    for (k, v) in lull::io::state_topic::TOPIC_CONFIG
+    for (k, v) in lull::io::STATE_TOPIC_CONFIG
         .iter()
         .filter(|(k, _)| !quick.iter().any(|(q, _)| q == k))
         .chain(quick.iter())
@@ -111,7 +111,7 @@ async fn a_takeover_reads_about_the_active_keys_not_every_key_ever_flushed() {
         .set("compression.type", "lz4")
         .create()
         .expect("producer");
-    let now = lull::model::wire::now_ms();
+    let now = lull::ops::clock::now_ms();
     write_backlog(
         &producer,
         &cluster.input,
@@ -127,7 +127,7 @@ async fn a_takeover_reads_about_the_active_keys_not_every_key_ever_flushed() {
     })
     .await;
     // About 1,000 users active now.
-    let now = lull::model::wire::now_ms();
+    let now = lull::ops::clock::now_ms();
     write_backlog(
         &producer,
         &cluster.input,

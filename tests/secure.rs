@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,27 +39,17 @@ async fn batch_over(
         .stderr(Stdio::piped())
         .spawn()
         .expect("lull run starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let mut log = Lines::follow(child.stderr.take().expect("piped"));
+    log.until("the partitions assigned (or an early exit)", |seen| {
+        seen.iter().any(|l| l.contains("partitions assigned"))
+            || child.try_wait().ok().flatten().is_some()
     });
-    let mut log = Vec::new();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "lull exited: {:#?}",
+        log.seen
+    );
     let end = Instant::now() + DEADLINE;
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("partitions assigned"))
-    {
-        assert!(Instant::now() < end, "never assigned: {log:#?}");
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.push(line);
-        }
-        assert!(child.try_wait().unwrap().is_none(), "lull exited: {log:#?}");
-    }
 
     // The input arrives zstd-compressed; lull must decompress it.
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -101,9 +89,7 @@ async fn batch_over(
         assert!(Instant::now() < end, "lull did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-        log.push(line);
-    }
+    let log = log.rest().to_vec();
     assert_eq!(status.code(), Some(0), "{log:#?}");
     log
 }
@@ -200,45 +186,25 @@ async fn a_wrong_scram_password_is_never_ready_and_never_shown() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("lull run starts");
-    let stderr = child.stderr.take().expect("piped");
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut t = sink.lock().unwrap();
-            t.push_str(&line);
-            t.push('\n');
-        }
-    });
     // First the broker refuses the credentials...
-    wait_for("the authentication failure in the log", || {
-        text.lock().unwrap().contains("Authentication failed")
-    })
-    .await;
+    let mut log = Lines::follow(child.stderr.take().expect("piped"));
+    log.until_text("Authentication failed");
     // ...and then readiness says so.
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let end = Instant::now() + DEADLINE;
-    let body = loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(b"GET /health/ready HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut b = String::new();
-            s.read_to_string(&mut b).await.unwrap();
-            if !b.is_empty() {
-                break b;
-            }
-        }
-        assert!(Instant::now() < end, "no readiness answer");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut body = String::new();
+    wait_for("a readiness answer", || {
+        body = http_get_blocking(addr, "/health/ready");
+        !body.is_empty()
+    })
+    .await;
     assert!(body.starts_with("HTTP/1.1 503"), "{body}");
     assert!(body.contains("not_in_group"), "{body}");
     let _ = child.kill();
     let _ = child.wait();
-    let text = text.lock().unwrap();
-    assert!(!text.contains("not-the-Password-42"), "password shown");
+    assert!(
+        !log.rest().iter().any(|l| l.contains("not-the-Password-42")),
+        "password shown"
+    );
 }
 
 /// The README's ACLs are all lull needs. The suite's node runs Kafka's StandardAuthorizer; this
@@ -434,5 +400,142 @@ async fn write_as(kafka: &KafkaEnv, topic: &str) -> String {
     match producer.send(record, Duration::from_secs(30)).await {
         Ok(_) => String::new(),
         Err((e, _)) => e.to_string(),
+    }
+}
+
+/// Runs a `lull` tool (`args`) as the SCRAM user over the node's SASL_SSL listener (or, with
+/// `bootstrap`, another address) with `stdin` as its input, until it exits (killed at the
+/// deadline); returns its exit code, standard output and standard error.
+fn tool_over_scram(
+    cluster: &Cluster,
+    bootstrap: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (Option<i32>, String, String) {
+    let kafka = cluster.kafka().clone();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .args(args)
+        .env_clear()
+        .envs(cluster.process_env("tools"))
+        .env("KAFKA_BROKERS", bootstrap)
+        .envs(scram(&kafka))
+        .env("LULL_QUIET_MS", "300")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lull starts");
+    let mut input = child.stdin.take().expect("piped");
+    std::io::Write::write_all(&mut input, stdin.as_bytes()).expect("stdin");
+    drop(input);
+    let mut out = Lines::follow(child.stdout.take().expect("piped"));
+    let mut err = Lines::follow(child.stderr.take().expect("piped"));
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), out.rest().join("\n"), err.rest().join("\n"))
+}
+
+/// Every tool takes the same `LULL_KAFKA_*` settings as `lull run` (they used to build clients of
+/// their own: `simulate` ignored SASL_SSL and typed into a plaintext port, exit 0). Over
+/// SASL_SSL + SCRAM: `send` and `simulate` type, `tail` and `verify` read what lull batched; and
+/// the same settings against the plaintext port fail instead of being ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_send_simulate_tail_and_verify_over_sasl_ssl() {
+    let cluster = Cluster::start(1).await;
+    let kafka = cluster.kafka().clone();
+    let secure = kafka.get("KAFKA_SASL_SSL_BOOTSTRAP").to_string();
+    let password = kafka.get("KAFKA_SCRAM_PASSWORD").to_string();
+
+    let (code, _, err) = tool_over_scram(
+        &cluster,
+        &secure,
+        &["send"],
+        "{\"user_id\":\"sasl-ana\",\"text\":\"hi\"}\n{\"user_id\":\"sasl-ana\",\"text\":\"there\"}\n",
+    );
+    assert_eq!(code, Some(0), "send: {err}");
+    assert_eq!(err.matches("sent sasl-ana").count(), 2, "send: {err}");
+
+    let (code, out, err) = tool_over_scram(
+        &cluster,
+        &secure,
+        &[
+            "simulate",
+            "--users",
+            "2",
+            "--fragments",
+            "4",
+            "--quiet-ms",
+            "300",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "simulate: {out}\n{err}");
+    assert!(out.contains("typed 4 fragments"), "simulate: {out}\n{err}");
+
+    // The settings are applied, not ignored: SASL_SSL against the plaintext port cannot work.
+    let (code, out, err) = tool_over_scram(
+        &cluster,
+        cluster.bootstrap(),
+        &[
+            "simulate",
+            "--users",
+            "1",
+            "--fragments",
+            "1",
+            "--quiet-ms",
+            "300",
+        ],
+        "",
+    );
+    assert_ne!(
+        code,
+        Some(0),
+        "simulate ignored the security settings: {out}\n{err}"
+    );
+
+    // lull itself (in-process, plain text) batches the six fragments.
+    let mut cfg = cluster.config("tools-lull");
+    cfg.quiet = Duration::from_millis(300);
+    let lull = Running::start(cfg);
+    lull.assigned(1).await;
+    let mut out = cluster.collector(&cluster.output);
+    out.until("every fragment batched", |s| {
+        event_counts(s).values().sum::<usize>() == 6
+    })
+    .await;
+    lull.stop().await;
+
+    // `tail --from-beginning` exits only on Ctrl-C: read until it shows sasl-ana's batch.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_lull"))
+        .args(["tail", "--from-beginning"])
+        .env_clear()
+        .envs(cluster.process_env("tools"))
+        .env("KAFKA_BROKERS", &secure)
+        .envs(scram(&kafka))
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lull tail starts");
+    let mut shown = Lines::follow(tail.stdout.take().expect("piped"));
+    shown.until_text("batch  sasl-ana  2 fragments");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    let (code, out, err) = tool_over_scram(&cluster, &secure, &["verify"], "");
+    assert_eq!(code, Some(0), "verify: {out}\n{err}");
+    assert!(out.contains("in exactly one batch  6"), "verify: {out}");
+    for text in [&out, &err] {
+        assert!(!text.contains(&password), "password shown: {text}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use lull::config::{Batching, Config};
-use lull::model::wire::now_ms;
+use lull::ops::clock::now_ms;
 
 /// A chat message of `user` at `ts`: a fragment with `text` (and `extra` fields), or a signal.
 fn chat(user: &str, seq: usize, text: &str, extra: serde_json::Value) -> Vec<u8> {

@@ -9,13 +9,13 @@ use std::time::Duration;
 use common::*;
 use lull::config::{Config, Secret};
 use lull::io::store::{Candidate, Flushed, PendingSummary, Stale, Store, StoreError, Verdict};
-use lull::ops::health::Health;
+use lull::ops::supervisor::Supervisor;
 use redis::AsyncCommands;
 
 async fn store(redis: &RedisServer, prefix: &str, instance: &str) -> Arc<Store> {
     let mut c = redis.configure(Config::defaults(), prefix);
     c.instance_id = instance.to_string();
-    let s = Store::connect(&c, Arc::new(Health::new()))
+    let s = Store::connect(&c, &Supervisor::standalone())
         .await
         .expect("store");
     assert!(!s.is_degraded(), "redis reachable");
@@ -537,7 +537,7 @@ async fn a_rediss_url_reaches_redis_over_tls() {
     // A self-signed test certificate: `#insecure` skips verification (never do that in production).
     c.redis_url = Some(Secret::new(format!("rediss://127.0.0.1:{port}/#insecure")));
     c.redis_prefix = unique_prefix("tls");
-    let s = Store::connect(&c, Arc::new(Health::new()))
+    let s = Store::connect(&c, &Supervisor::standalone())
         .await
         .expect("store");
     assert!(!s.is_degraded(), "connected over TLS");
@@ -561,7 +561,7 @@ async fn a_password_in_the_url_authenticates_and_never_shows() {
     c.redis_url = Some(Secret::new(format!(
         "redis://:s3cret-pw@127.0.0.1:{port}/0"
     )));
-    let s = Store::connect(&c, Arc::new(Health::new()))
+    let s = Store::connect(&c, &Supervisor::standalone())
         .await
         .expect("store");
     assert!(!s.is_degraded(), "authenticated");
@@ -570,7 +570,7 @@ async fn a_password_in_the_url_authenticates_and_never_shows() {
 
     // A wrong password degrades (lull keeps batching) and the error does not echo the secret.
     c.redis_url = Some(Secret::new(format!("redis://:wrong-pw@127.0.0.1:{port}/0")));
-    let s = Store::connect(&c, Arc::new(Health::new()))
+    let s = Store::connect(&c, &Supervisor::standalone())
         .await
         .expect("store");
     assert!(s.is_degraded());

@@ -94,7 +94,7 @@ async fn a_rolling_upgrade_from_the_release_without_transactions_loses_nothing()
     }
     // Every partition has had time to commit under a new instance: exactly-once from here on.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let upgraded = lull::model::wire::now_ms();
+    let upgraded = lull::ops::clock::now_ms();
     // A kill -9 of a new instance repeats nothing.
     new[0].child.kill().expect("kill -9");
     new[0].child.wait().expect("reaped");

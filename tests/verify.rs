@@ -51,7 +51,7 @@ async fn verify_reports_duplicates_alterations_and_losses() {
     )
     .await;
     // A fragment nobody batched, old enough that it cannot be still open.
-    let old = lull::model::wire::now_ms() - 600_000;
+    let old = lull::ops::clock::now_ms() - 600_000;
     send(
         &producer,
         &cluster.input,
@@ -77,6 +77,19 @@ async fn verify_reports_duplicates_alterations_and_losses() {
     );
     assert_eq!(report.altered, 1, "{report:#?}");
     assert_eq!(report.lost, 1, "{report:#?}");
+    assert_eq!(
+        report.in_batches, 0,
+        "a fragment in two batches is not in exactly one: {report:#?}"
+    );
+    assert_eq!(
+        report.in_batches
+            + report.lost
+            + report.duplicated
+            + report.still_open
+            + report.dropped_duplicates,
+        report.fragments_in,
+        "every fragment is counted once: {report:#?}"
+    );
 
     // The CLI says so with its exit code.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lull"))
@@ -90,6 +103,7 @@ async fn verify_reports_duplicates_alterations_and_losses() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("lost                  1"), "{text}");
+    assert!(text.contains("in exactly one batch  0"), "{text}");
     assert!(text.trim_end().ends_with("FAILED"), "{text}");
 }
 
@@ -106,7 +120,7 @@ async fn a_time_window_reads_only_its_part_of_the_topics() {
     let cluster = Cluster::start(1).await;
     let cfg = cluster.config("verify-window");
     let producer = cluster.producer();
-    let now = lull::model::wire::now_ms();
+    let now = lull::ops::clock::now_ms();
     let long_ago = now - 20 * 60_000;
     for seq in 0..3 {
         let ts = Some(long_ago + seq as i64 * 100);

@@ -23,6 +23,12 @@ use lull::devkit::load::{Plan, PlanArgs, Writer};
 use lull::devkit::mock::MockBroker;
 use lull::ops::metrics::metrics;
 
+mod live;
+mod phases;
+
+use live::live;
+use phases::{copy, takeover};
+
 /// The load model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -233,12 +239,12 @@ fn phase_config(base: &Config, brokers: &str, run: &str, name: &str, batching: b
     c
 }
 
-/// Creates `topics` (name, partitions) on an external cluster, replication 1.
-async fn create_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<(), BenchError> {
+/// Creates `topics` (name, partitions) on an external cluster, replication 1, with `config`'s
+/// connection and security settings.
+async fn create_topics(config: &Config, topics: &[(String, i32)]) -> Result<(), BenchError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        lull::io::kafka::admin_config(config).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
@@ -259,8 +265,8 @@ async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchErr
         text_bytes: Some(args.payload),
         ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, 11)
     });
-    let base = lull::model::wire::now_ms() - 3_600_000;
-    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    let base = lull::ops::clock::now_ms() - 3_600_000;
+    let mut writer = Writer::new(config, &config.input_topic)?;
     for e in &plan.events {
         let (key, value) = plan.message(e, "");
         writer
@@ -269,73 +275,6 @@ async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchErr
     }
     writer.finish().await?;
     Ok(())
-}
-
-/// The reference: librdkafka alone copies the backlog from the input topic to the output topic
-/// (consume, produce with lull's producer settings, wait for every acknowledgement), timed like
-/// the throughput phase. lull's rate divided by this one is how close lull comes to the machine.
-async fn copy(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    write_backlog(args, config).await?;
-    let consumer: StreamConsumer = lull::io::kafka::consumer_config(config).create()?;
-    consumer.subscribe(&[config.input_topic.as_str()])?;
-    let producer: FutureProducer = lull::io::kafka::producer_config(config).create()?;
-    let start = Instant::now();
-    let cpu0 = cpu_seconds();
-    let mut pending = futures_util::stream::FuturesUnordered::new();
-    let (mut read, mut acked) = (0usize, 0usize);
-    let deadline = start + Duration::from_secs(600);
-    while acked < args.fragments {
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout("copy".into()));
-        }
-        tokio::select! {
-            m = consumer.recv(), if read < args.fragments => match m {
-                Ok(m) => {
-                    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.output_topic);
-                    if let Some(k) = m.key() {
-                        record = record.key(k);
-                    }
-                    if let Some(v) = m.payload() {
-                        record = record.payload(v);
-                    }
-                    loop {
-                        match producer.send_result(record) {
-                            Ok(d) => {
-                                pending.push(d);
-                                break;
-                            }
-                            Err((_, back)) => {
-                                record = back;
-                                use futures_util::StreamExt;
-                                if pending.next().await.is_some() {
-                                    acked += 1;
-                                }
-                            }
-                        }
-                    }
-                    read += 1;
-                }
-                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {}
-                Err(e) => return Err(BenchError::Kafka(e)),
-            },
-            Some(_) = futures_util::StreamExt::next(&mut pending), if !pending.is_empty() => acked += 1,
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    Ok(PhaseReport {
-        phase: "copy".into(),
-        batching: false,
-        delivery: "at_least_once".into(),
-        fragments: args.fragments,
-        batches: args.fragments,
-        seconds,
-        fragments_per_sec: args.fragments as f64 / seconds,
-        batches_per_sec: args.fragments as f64 / seconds,
-        cpu_seconds: cpu_seconds() - cpu0,
-        ..PhaseReport::default()
-    })
 }
 
 /// A fragment value of about `payload` bytes of text.
@@ -441,48 +380,6 @@ fn quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> u64 {
     (lower.0 * 1000.0) as u64
 }
 
-/// A worker goes through the throughput backlog (its state records written), then new workers
-/// replace it `--takeovers` times; each start of each partition is timed, assignment to reading.
-async fn takeover(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
-    write_backlog(args, config).await?;
-    let read_before = metrics().fragments_received.get();
-    let (token, handle) = start_worker(config, args.partitions, false).await?;
-    let end = Instant::now() + Duration::from_secs(600);
-    while (metrics().fragments_received.get() - read_before) < args.fragments as u64
-        || metrics().open_windows.get() > 0
-    {
-        if Instant::now() > end {
-            return Err(BenchError::Worker("the backlog was never read".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop_worker(token, handle).await?;
-    let before = buckets(&metrics().partition_start_seconds);
-    let start = Instant::now();
-    for _ in 0..args.takeovers {
-        let (token, handle) = start_worker(config, args.partitions, true).await?;
-        stop_worker(token, handle).await?;
-    }
-    let after = buckets(&metrics().partition_start_seconds);
-    let starts = after.last().map_or(0, |(_, n)| *n) - before.last().map_or(0, |(_, n)| *n);
-    let audit = audit(config).await?;
-    Ok(PhaseReport {
-        phase: "takeover".into(),
-        batching: true,
-        delivery: config.delivery.as_str().into(),
-        fragments: args.fragments,
-        seconds: start.elapsed().as_secs_f64(),
-        partition_start_ms: Some((
-            quantile_ms(&before, &after, 0.5),
-            quantile_ms(&before, &after, 0.99),
-            starts,
-        )),
-        lost: audit.lost,
-        duplicated: audit.duplicated,
-        ..PhaseReport::default()
-    })
-}
-
 /// Writes the backlog, then times the worker through it.
 async fn throughput(
     args: &BenchArgs,
@@ -544,142 +441,6 @@ async fn throughput(
     })
 }
 
-/// Users type in real time; lateness and latency run from the batches' due times to the moment
-/// a `read_committed` reader received them (in exactly_once, when their transaction committed).
-async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseReport, BenchError> {
-    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
-    let (token, handle) = start_worker(config, args.partitions, false).await?;
-    let consumer = reader(
-        &config.brokers,
-        &config.output_topic,
-        &format!("{}-read", config.group_id),
-    )?;
-    let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
-    let reading = CancellationToken::new();
-    let read_task = {
-        let (received, reading) = (received.clone(), reading.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = reading.cancelled() => break,
-                    m = consumer.recv() => match m {
-                        Ok(m) => {
-                            let at = lull::model::wire::now_ms();
-                            if let Some(payload) = m.payload() {
-                                if let Ok(mut r) = received.lock() {
-                                    r.push((payload.to_vec(), at));
-                                }
-                            }
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    },
-                }
-            }
-        })
-    };
-    let users = args.live_users.max(1);
-    let burst = args.burst.max(1);
-    // Each user repeats: a burst of `burst` fragments `gap_ms` apart, then a pause of 2-3x quiet.
-    let cycle_ms = burst as u64 * args.gap_ms + args.quiet_ms * 5 / 2;
-    let rate = users as f64 * burst as f64 / (cycle_ms as f64 / 1000.0);
-    let commits_before = buckets(&metrics().transaction_seconds);
-    let start = Instant::now();
-    let cpu0 = cpu_seconds();
-    let end = start + Duration::from_secs(args.live_seconds);
-    let redis_before = lull::io::store::round_trips();
-    let mut sent = 0usize;
-    let mut seqs = vec![0usize; users];
-    let mut peak_windows = 0;
-    let mut peak_held = 0;
-    // Users are spread evenly over the cycle; user u types fragment i of a burst at
-    // offset(u) + i * gap within each cycle.
-    while Instant::now() < end {
-        let elapsed = start.elapsed().as_millis() as u64;
-        let due = ((elapsed as f64 / 1000.0) * rate) as usize;
-        while sent < due {
-            let slot = sent % (users * burst);
-            let (u, _i) = (slot / burst, slot % burst);
-            let seq = seqs[u];
-            seqs[u] += 1;
-            let v = value(u, seq, args.payload);
-            writer.send(&format!("u{u}"), &v, None).await?;
-            sent += 1;
-        }
-        let w = metrics().open_windows.get();
-        if w > peak_windows {
-            peak_windows = w;
-            peak_held = metrics().held_bytes.get();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    writer.finish().await?;
-    // Let every window close, then stop.
-    let quiet_end = Instant::now() + config.max_wait + config.grace + Duration::from_secs(2);
-    while Instant::now() < quiet_end && metrics().open_windows.get() > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let redis = lull::io::store::round_trips() - redis_before;
-    stop_worker(token, handle).await?;
-
-    // Every batch received (or nothing new for 10 s), then the tally at the times they came.
-    let mut tally = Tally::new(config.quiet, config.max_wait, config.grace);
-    let mut taken = 0;
-    let mut idle_since = Instant::now();
-    while tally.distinct() < sent && idle_since.elapsed() < Duration::from_secs(10) {
-        let fresh: Vec<Received> = match received.lock() {
-            Ok(r) => r[taken..].to_vec(),
-            Err(_) => Vec::new(),
-        };
-        if fresh.is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        taken += fresh.len();
-        idle_since = Instant::now();
-        for (payload, at) in &fresh {
-            tally.add_seen(payload, Some(*at));
-        }
-    }
-    reading.cancel();
-    let _ = read_task.await;
-    let audit = audit(config).await?;
-    Ok(PhaseReport {
-        phase: "live".into(),
-        batching: true,
-        delivery: config.delivery.as_str().into(),
-        fragments: sent,
-        batches: tally.batches,
-        seconds,
-        fragments_per_sec: sent as f64 / args.live_seconds as f64,
-        batches_per_sec: tally.batches as f64 / seconds,
-        cpu_seconds: cpu,
-        flush_lateness_ms: Some(tally.lateness_ms()),
-        end_to_end_ms: Some(tally.end_to_end_ms()),
-        peak_open_windows: peak_windows,
-        held_bytes_per_open_window: (peak_windows > 0)
-            .then(|| peak_held as f64 / peak_windows as f64),
-        redis_round_trips_per_fragment: config
-            .redis_url
-            .is_some()
-            .then(|| redis as f64 / sent.max(1) as f64),
-        partition_start_ms: None,
-        transaction_commit_ms: config.exactly_once().then(|| {
-            let after = buckets(&metrics().transaction_seconds);
-            let n =
-                after.last().map_or(0, |(_, n)| *n) - commits_before.last().map_or(0, |(_, n)| *n);
-            (
-                quantile_ms(&commits_before, &after, 0.5),
-                quantile_ms(&commits_before, &after, 0.99),
-                n,
-            )
-        }),
-        lost: audit.lost,
-        duplicated: audit.duplicated,
-    })
-}
-
 /// Runs the benchmark.
 pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchError> {
     let mut base = base;
@@ -706,7 +467,7 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
     }
     // On an external cluster the topics of each run are new; the mock starts empty.
     let run = match &args.kafka {
-        Some(_) => format!("{}.", lull::model::wire::now_ms()),
+        Some(_) => format!("{}.", lull::ops::clock::now_ms()),
         None => String::new(),
     };
     for (name, _) in &names {
@@ -729,7 +490,9 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
             (Some(broker), brokers)
         }
         Some(bootstrap) => {
-            create_topics(bootstrap, &topics).await?;
+            let mut admin = base.clone();
+            admin.brokers = bootstrap.clone();
+            create_topics(&admin, &topics).await?;
             (None, bootstrap.clone())
         }
     };

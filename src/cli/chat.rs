@@ -12,7 +12,7 @@ use rdkafka::Message;
 use tokio::io::AsyncBufReadExt;
 
 use lull::config::Config;
-use lull::io::kafka::{consumer_config, producer_config};
+use lull::io::kafka::{reader_config, writer_config};
 
 /// `lull send`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ fn keyed(line: &str, key: Option<&str>) -> Result<(String, String), String> {
 /// stamped with the current time, so typing by hand makes real bursts.
 pub async fn send(config: Config, args: SendArgs) -> ExitCode {
     super::init_tracing(config.log_format, "warn");
-    let producer: FutureProducer = match producer_config(&config).create() {
+    let producer: FutureProducer = match writer_config(&config).create() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot create a Kafka producer: {e}");
@@ -131,7 +131,15 @@ fn describe_event(v: &serde_json::Value) -> String {
     match v["event"].as_str() {
         Some("opened") => {
             let wait = v["close_at"].as_i64().unwrap_or(0) - v["at"].as_i64().unwrap_or(0);
-            format!("event  {key}  opened  {id}  closes in {wait} ms unless more arrives")
+            if wait >= 0 {
+                format!("event  {key}  opened  {id}  closes in {wait} ms unless more arrives")
+            } else {
+                // Read from a backlog: the window was due before lull saw its first fragment.
+                format!(
+                    "event  {key}  opened  {id}  overdue by {} ms: closes at once",
+                    -wait
+                )
+            }
         }
         Some(other) => format!(
             "event  {key}  {other}  {id}  {}",
@@ -146,20 +154,16 @@ fn describe_event(v: &serde_json::Value) -> String {
 /// nothing, so it never disturbs a consumer.
 pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
     super::init_tracing(config.log_format, "warn");
-    let mut client = consumer_config(&config);
-    client
-        .set("group.id", format!("lull-tail-{}", std::process::id()))
-        .set("enable.partition.eof", "false")
-        // Each batch once, as a downstream consumer sees them (never an aborted transaction's).
-        .set("isolation.level", "read_committed")
-        .set(
-            "auto.offset.reset",
-            if args.from_beginning {
-                "earliest"
-            } else {
-                "latest"
-            },
-        );
+    // Each batch once, as a downstream consumer sees them (never an aborted transaction's).
+    let mut client = reader_config(&config, &format!("lull-tail-{}", std::process::id()));
+    client.set(
+        "auto.offset.reset",
+        if args.from_beginning {
+            "earliest"
+        } else {
+            "latest"
+        },
+    );
     let consumer: StreamConsumer = match client.create() {
         Ok(c) => c,
         Err(e) => {
@@ -218,6 +222,22 @@ mod tests {
         assert_eq!(keyed(line, Some("u2")).unwrap().0, "u2");
         assert!(keyed(r#"{"text":"hi"}"#, None).is_err());
         assert!(keyed("hi", Some("u1")).is_err());
+    }
+
+    #[test]
+    fn an_opened_window_already_due_says_overdue() {
+        let due = serde_json::json!({"event":"opened","key":"u1","batch_id":"t/0/4",
+            "at":1_000,"close_at":1_800});
+        assert_eq!(
+            describe_event(&due),
+            "event  u1  opened  t/0/4  closes in 800 ms unless more arrives"
+        );
+        let overdue = serde_json::json!({"event":"opened","key":"u1","batch_id":"t/0/4",
+            "at":30_000,"close_at":5_265});
+        assert_eq!(
+            describe_event(&overdue),
+            "event  u1  opened  t/0/4  overdue by 24735 ms: closes at once"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use lull::config::Config;
 use lull::devkit::batches::{reader, Tally};
 use lull::devkit::load::{Plan, PlanArgs, Writer};
 use lull::devkit::mock::MockBroker;
-use lull::model::wire::now_ms;
+use lull::ops::clock::now_ms;
 
 /// The demo's knobs (all have defaults).
 #[derive(Debug, Clone, clap::Args)]
@@ -216,7 +216,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         config.grace.as_millis()
     );
 
-    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    let mut writer = Writer::new(&config, &config.input_topic)?;
     let total = plan.fragments();
     let mut next = 0;
     let mut read_started: Option<std::time::Instant> = None;
@@ -255,7 +255,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     }
 
     let reader = reader(
-        &config.brokers,
+        &config,
         &config.output_topic,
         &format!("{}-check", config.group_id),
     )?;

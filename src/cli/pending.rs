@@ -24,8 +24,8 @@ pub async fn main(config: Config, args: PendingArgs) -> ExitCode {
         eprintln!("REDIS_URL is not set: lull keeps pending windows only in memory without it");
         return ExitCode::from(super::EXIT_CONFIG);
     }
-    let health = std::sync::Arc::new(lull::ops::health::Health::new());
-    let store = match lull::io::store::Store::connect(&config, health).await {
+    let supervisor = lull::ops::supervisor::Supervisor::standalone();
+    let store = match lull::io::store::Store::connect(&config, &supervisor).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -63,7 +63,7 @@ pub async fn main(config: Config, args: PendingArgs) -> ExitCode {
         )
         .to_string()
     };
-    let in_ms = v.flush_at - lull::model::wire::now_ms();
+    let in_ms = v.flush_at - lull::ops::clock::now_ms();
     println!(
         "{key}: mid-burst, {} fragment(s) on {}/{} held by {}",
         v.count, config.input_topic, v.partition, v.owner

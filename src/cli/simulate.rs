@@ -54,11 +54,13 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
         ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
     // Like `verify`: an unreachable broker is an error within seconds, not a hang.
-    let (brokers, topic) = (config.brokers.clone(), config.input_topic.clone());
-    tokio::task::spawn_blocking(move || lull::devkit::load::reachable(&brokers, &topic, DEADLINE))
-        .await
-        .map_err(|e| DemoError::Task(e.to_string()))??;
-    let mut writer = Writer::new(&config.brokers, &config.input_topic)?;
+    let probe = config.clone();
+    tokio::task::spawn_blocking(move || {
+        lull::devkit::load::reachable(&probe, &probe.input_topic, DEADLINE)
+    })
+    .await
+    .map_err(|e| DemoError::Task(e.to_string()))??;
+    let mut writer = Writer::new(config, &config.input_topic)?;
     eprintln!(
         "typing {} fragments in {} bursts for {} users into {} (planned around a {} ms quiet period)",
         plan.fragments(),
@@ -69,7 +71,7 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
     );
     let start = Instant::now();
     // Event ids of this run only: typing the same session twice is not a producer retry.
-    let run = format!("{:x}-", lull::model::wire::now_ms());
+    let run = format!("{:x}-", lull::ops::clock::now_ms());
     for e in &plan.events {
         tokio::time::sleep_until(start + Duration::from_millis(e.at_ms)).await;
         let (key, value) = plan.message(e, &run);

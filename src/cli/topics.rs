@@ -104,7 +104,7 @@ pub async fn create(
                 // As many partitions as the input has (an existing input keeps its count).
                 let count = input_partitions.unwrap_or(partitions);
                 let topic = NewTopic::new(n, count, TopicReplication::Fixed(replication));
-                lull::io::state_topic::TOPIC_CONFIG
+                lull::io::STATE_TOPIC_CONFIG
                     .iter()
                     .fold(topic, |t, (k, v)| t.set(k, v))
             } else {

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{Config, TimestampSource};
 use crate::model::fragment::{self, RawMessage};
-use crate::model::wire::now_ms;
+use crate::ops::clock::now_ms;
 
 /// What to audit.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +42,8 @@ pub struct VerifyOptions {
 pub struct VerifyReport {
     /// Valid input fragments in range.
     pub fragments_in: usize,
-    /// Of those, found in exactly one batch.
+    /// Of those, found in exactly one batch (a fragment in two or more is `duplicated`, not here:
+    /// `in_batches + lost + duplicated + still_open + dropped_duplicates == fragments_in`).
     pub in_batches: usize,
     /// Valid fragments in no batch (and not still open, not dropped duplicates).
     pub lost: usize,
@@ -145,19 +146,11 @@ fn read_all(
     span: Span,
     timeout: Duration,
 ) -> Result<Vec<rdkafka::message::OwnedMessage>, VerifyError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("lull-verify-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    for (k, v) in &config.kafka {
-        if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("heartbeat.") {
-            cc.set(k, v.value());
-        }
-    }
     // What a downstream consumer sees: nothing of an aborted transaction, each committed batch
-    // once (librdkafka's default, said here because the audit's meaning depends on it).
-    cc.set("isolation.level", "read_committed");
+    // once.
+    let mut cc =
+        crate::io::kafka::reader_config(config, &format!("lull-verify-{}", std::process::id()));
+    cc.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = cc.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -507,7 +500,6 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                 }
                 1 => report.in_batches += 1,
                 _ => {
-                    report.in_batches += 1;
                     report.duplicated += 1;
                     if report.examples.len() < 20 {
                         report

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::config::Config;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 
 /// A batch as the tools read it (the fields they use).
@@ -40,18 +40,10 @@ pub struct FragmentView {
     pub seq: Option<usize>,
 }
 
-/// A consumer of `topic` from its beginning, in a group of its own.
-pub fn reader(brokers: &str, topic: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        // What a downstream consumer sees: committed transactions only.
-        .set("isolation.level", "read_committed")
-        // A batch is seen as soon as it is there (latencies are measured with this reader).
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
+/// A consumer of `topic` from its beginning, in a group of its own, as a downstream consumer
+/// sees it ([`crate::io::kafka::reader_config`]).
+pub fn reader(config: &Config, topic: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
+    let consumer: StreamConsumer = crate::io::kafka::reader_config(config, group).create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }

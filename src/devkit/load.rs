@@ -9,13 +9,13 @@
 //! (`final_share`), some fragments are bot commands (`/status`, `command_share`). Plans are
 //! seeded, so a run can be repeated.
 
+use crate::config::Config;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 
 /// What to plan.
 #[derive(Debug, Clone, Copy)]
@@ -243,15 +243,12 @@ impl Plan {
 /// Whether `brokers` answer a metadata request for `topic` within `timeout` (blocking): the
 /// tools check before they start typing, so an unreachable broker is an error, not a hang.
 pub fn reachable(
-    brokers: &str,
+    config: &Config,
     topic: &str,
     timeout: std::time::Duration,
 ) -> Result<(), KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("log_level", "0")
-        .create()?;
+    let probe: BaseConsumer = crate::io::kafka::probe_config(config).create()?;
     probe.fetch_metadata(Some(topic), timeout).map(|_| ())
 }
 
@@ -264,16 +261,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer of `topic` on `brokers`.
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "1000000")
-            // A delivery that cannot be made within a minute is an error (as in `verify`).
-            .set("message.timeout.ms", "60000")
-            .create()?;
+    /// A writer of `topic` on `config`'s brokers, with its connection and security settings
+    /// ([`crate::io::kafka::writer_config`]).
+    pub fn new(config: &Config, topic: &str) -> Result<Self, KafkaError> {
+        let producer = crate::io::kafka::writer_config(config).create()?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -7,19 +7,17 @@
 //! ```
 //!
 //! [`source`] owns the consumer and its main queue; [`rebalance`] is its context, which only
-//! forwards; [`partitions`] owns the partition set and the commits; [`worker`] is one partition's
-//! task; [`commit`] commits; [`supervisor`] takes the process down when a task dies.
+//! forwards; [`partitions`] owns the partition set, the [`commit::Committer`] and the run's
+//! partition health; [`worker`] is one partition's task. Every task runs under
+//! [`crate::ops::supervisor`], which takes the process down when one dies.
 
 pub mod commit;
 pub mod partitions;
 pub mod rebalance;
 pub mod source;
-pub mod supervisor;
 pub mod worker;
 
 use rdkafka::error::KafkaError;
-
-use crate::io::producer::SinkError;
 
 pub use source::run;
 
@@ -29,15 +27,4 @@ pub enum FlowError {
     /// The consumer could not be created or subscribed (bad settings, bad topic).
     #[error("cannot start the Kafka consumer: {0}")]
     Start(#[source] KafkaError),
-    /// A partition worker failed in a way that cannot be retried.
-    #[error("partition worker failed: {0}")]
-    Worker(#[source] SinkError),
-    /// A task panicked: a bug. The process stops rather than leave its partitions stalled.
-    #[error("{task} panicked: {message}")]
-    Panicked {
-        /// Which task (e.g. `partition 3 worker`).
-        task: String,
-        /// The panic's message.
-        message: String,
-    },
 }

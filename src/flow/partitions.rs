@@ -1,15 +1,17 @@
-//! The owner of the partition set: the one task that starts and stops partition workers, and
-//! commits what they report.
+//! The owner of the partition set: the one task that starts and stops partition workers, owns
+//! the [`Committer`], and turns the workers' reports into the run's health.
 //!
-//! * [`Event::Assigned`]: a worker per partition, on the partition's own queue, supervised.
+//! * [`Event::Assigned`]: a worker per partition, on the partition's own queue, supervised; the
+//!   process is in the group from the first assignment (even an empty one).
 //! * [`Event::Revoked`]: the workers are told to stop; they settle what they had sent (up to the
-//!   drain timeout), and their final commit points go back to the rebalance callback, which
-//!   commits them before the partitions move.
-//! * Every [`COMMIT_INTERVAL`], the commit points that moved are committed (on a blocking thread,
-//!   synchronously, so failures are seen), and lag, the oldest open window and readiness are
-//!   reported. In exactly_once the workers commit their offsets inside their transactions and
-//!   this task commits nothing (except on a broker that keeps no transactional offsets: see
-//!   [`Shared::plain_commits`]).
+//!   drain timeout); the committer commits their final commit points (after any commit in
+//!   flight), and only then does the rebalance callback get its answer and let the partitions
+//!   move.
+//! * Every [`COMMIT_INTERVAL`], the commit points that moved are committed, and lag, the oldest
+//!   open window and the back-pressure gauge are reported.
+//! * Whenever a worker's phase or output health changes (it wakes this task), the run's health
+//!   is recomputed from all of them: partitions claiming, waiting, running, fenced, and whether
+//!   every partition's output works. No worker writes the run's health itself.
 //!
 //! Commit points travel here as values: each worker owns a `watch` sender of its
 //! [`PartitionProgress`]; this task owns the receivers. Nothing else reads them.
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,15 +29,15 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::io::producer::Sink;
 use crate::io::store::Store;
-use crate::model::wire::now_ms;
 use crate::ops::budget::Budget;
-use crate::ops::health::Health;
+use crate::ops::clock::now_ms;
+use crate::ops::health::{Health, PartitionCounts};
 use crate::ops::metrics::metrics;
+use crate::ops::supervisor::Supervisor;
 
-use super::commit;
+use super::commit::Committer;
 use super::rebalance::{Event, LullConsumer, LullContext};
-use super::supervisor::Supervisor;
-use super::worker::progress::PartitionProgress;
+use super::worker::progress::{PartitionProgress, Phase, Status};
 use super::worker::Worker;
 
 /// How often moved commit points are committed.
@@ -46,18 +48,6 @@ struct Handle {
     revoked: CancellationToken,
     task: JoinHandle<()>,
     progress: watch::Receiver<PartitionProgress>,
-    /// The last offset committed; -1 if none.
-    committed: i64,
-}
-
-impl Handle {
-    /// The commit point, when it moved past the last commit.
-    fn moved(&self) -> Option<i64> {
-        self.progress
-            .borrow()
-            .commit
-            .filter(|&mark| mark >= 0 && mark > self.committed)
-    }
 }
 
 /// What a worker needs from the process, handed to each new one.
@@ -83,9 +73,9 @@ pub struct Shared {
     pub abandoned: CancellationToken,
     /// Where failures go.
     pub supervisor: Supervisor,
-    /// Whether this task commits offsets itself: in at_least_once always; in exactly_once only
-    /// on a broker that does not keep offsets committed inside transactions (librdkafka's mock
-    /// cluster), where it commits the offsets the transactions committed, after them.
+    /// Whether this process commits offsets itself: in at_least_once always; in exactly_once
+    /// only on a broker that does not keep offsets committed inside transactions (librdkafka's
+    /// mock cluster), where it commits the offsets the transactions committed, after them.
     pub plain_commits: bool,
 }
 
@@ -93,24 +83,36 @@ pub struct Shared {
 pub struct Owner {
     shared: Shared,
     workers: HashMap<i32, Handle>,
-    /// The commit in progress, if any (one at a time).
-    committing: Option<JoinHandle<Vec<(i32, i64)>>>,
+    committer: Committer,
+    /// Woken by a worker whose phase or output health changed.
+    changed: Arc<Notify>,
 }
 
 impl Owner {
     /// An owner with no partitions yet.
     pub fn new(shared: Shared) -> Self {
+        let committer = Committer::new(
+            shared.consumer.clone(),
+            shared.topic.clone(),
+            shared.supervisor.clone(),
+            shared.plain_commits,
+        );
         Self {
             shared,
             workers: HashMap::new(),
-            committing: None,
+            committer,
+            changed: Arc::new(Notify::new()),
         }
     }
 
     /// Runs until shutdown: then waits for the workers to drain, commits, and returns.
-    pub async fn run(mut self, mut events: UnboundedReceiver<Event>) {
+    pub async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+    ) -> Result<(), std::convert::Infallible> {
         let mut tick = tokio::time::interval(COMMIT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changed = self.changed.clone();
         loop {
             tokio::select! {
                 biased;
@@ -118,24 +120,36 @@ impl Owner {
                     for h in self.workers.values() {
                         h.task.abort();
                     }
-                    return;
+                    return Ok(());
                 }
                 _ = self.shared.shutdown.cancelled() => break,
                 event = events.recv() => match event {
                     Some(Event::Assigned(queues)) => self.assigned(queues),
                     Some(Event::Revoked { partitions, done }) => {
-                        let marks = self.revoked(&partitions).await;
-                        let _ = done.send(marks);
+                        self.revoked(&partitions).await;
+                        let _ = done.send(());
                     }
                     None => break,
                 },
+                _ = changed.notified() => self.report_health(),
                 _ = tick.tick() => {
-                    self.commit_moved().await;
+                    crate::ops::fault::panic_if_armed("owner");
+                    let points = self.points();
+                    self.committer.periodic(points).await;
                     self.report();
                 }
             }
         }
         self.drain(&mut events).await;
+        Ok(())
+    }
+
+    /// Every partition's commit point.
+    fn points(&self) -> Vec<(i32, Option<i64>)> {
+        self.workers
+            .iter()
+            .map(|(p, h)| (*p, h.progress.borrow().commit))
+            .collect()
     }
 
     fn assigned(
@@ -162,7 +176,7 @@ impl Owner {
                 store: s.store.clone(),
                 budget: s.budget.clone(),
                 health: s.health.clone(),
-                progress: tx,
+                status: Status::new(tx, self.changed.clone()),
                 revoked: revoked.clone(),
                 shutdown: s.shutdown.clone(),
             };
@@ -175,16 +189,17 @@ impl Owner {
                     revoked,
                     task,
                     progress: rx,
-                    committed: -1,
                 },
             );
         }
+        // A member from its first assignment, even an empty one.
+        self.shared.health.set_in_group(true);
         self.counted();
     }
 
-    /// Stops the workers of `partitions`, waits for them to settle (bounded), and returns the
-    /// commit points that moved.
-    async fn revoked(&mut self, partitions: &[i32]) -> Vec<(i32, i64)> {
+    /// Stops the workers of `partitions`, waits for them to settle (bounded), and commits the
+    /// commit points they reached.
+    async fn revoked(&mut self, partitions: &[i32]) {
         let mut handles: Vec<(i32, Handle)> = partitions
             .iter()
             .filter_map(|p| self.workers.remove(p).map(|h| (*p, h)))
@@ -206,67 +221,50 @@ impl Owner {
                 .consumer_lag
                 .remove_label_values(&[&p.to_string()]);
         }
-        self.counted();
+        let points: Vec<(i32, Option<i64>)> = handles
+            .iter()
+            .map(|(p, h)| (*p, h.progress.borrow().commit))
+            .collect();
+        self.committer.last(points, "revoke").await;
+        for (p, _) in &handles {
+            self.committer.forget(*p);
+        }
         if self.workers.is_empty() {
             self.shared.health.set_in_group(false);
         }
-        if !self.shared.plain_commits {
-            // exactly_once: the workers committed their offsets in their last transactions.
-            return Vec::new();
-        }
-        handles
-            .iter()
-            .filter_map(|(p, h)| h.moved().map(|mark| (*p, mark)))
-            .collect()
+        self.counted();
     }
 
-    /// Publishes how many partitions this instance owns.
+    /// Publishes how many partitions this instance owns, and their phases.
     fn counted(&self) {
         let n = self.workers.len();
         metrics().assigned_partitions.set(n as i64);
         self.shared.health.set_assigned(n);
+        self.report_health();
     }
 
-    /// Commits every commit point that moved, on a blocking thread (one commit at a time).
-    async fn commit_moved(&mut self) {
-        if let Some(done) = self.committing.take_if(|t| t.is_finished()) {
-            match done.await {
-                Ok(marks) => self.committed(&marks),
-                Err(e) => self.shared.supervisor.joined("offset commit", e),
+    /// The run's health from the workers' phases and output health: the one place that writes
+    /// them.
+    fn report_health(&self) {
+        let mut counts = PartitionCounts::default();
+        let mut output_ok = true;
+        for h in self.workers.values() {
+            let progress = *h.progress.borrow();
+            output_ok &= progress.output_ok;
+            match progress.phase {
+                Phase::Waiting => counts.waiting += 1,
+                Phase::Running | Phase::Draining => counts.running += 1,
+                Phase::Fenced => counts.fenced += 1,
+                Phase::Claiming | Phase::Done => {}
             }
         }
-        if self.committing.is_some() || !self.shared.plain_commits {
-            return;
-        }
-        let marks: Vec<(i32, i64)> = self
-            .workers
-            .iter()
-            .filter_map(|(p, h)| h.moved().map(|mark| (*p, mark)))
-            .collect();
-        if marks.is_empty() {
-            return;
-        }
-        let consumer = self.shared.consumer.clone();
-        let topic = self.shared.topic.clone();
-        self.committing = Some(tokio::task::spawn_blocking(move || {
-            if commit::commit(&*consumer, &topic, &marks, "periodic") {
-                marks
-            } else {
-                Vec::new()
-            }
-        }));
-    }
-
-    fn committed(&mut self, marks: &[(i32, i64)]) {
-        for &(p, mark) in marks {
-            if let Some(h) = self.workers.get_mut(&p) {
-                h.committed = h.committed.max(mark);
-            }
-        }
+        let health = &self.shared.health;
+        health.set_partitions(counts);
+        health.set_producer_ok(output_ok);
     }
 
     /// Lag per partition (from the commit point), the age of the oldest open window, how many
-    /// partitions are held back, and readiness.
+    /// partitions are held back.
     fn report(&self) {
         let m = metrics();
         let mut oldest = i64::MAX;
@@ -295,7 +293,9 @@ impl Owner {
     }
 
     /// After shutdown: the workers drain by themselves (they watch the same token); wait for
-    /// them (bounded), answer any revocation that comes meanwhile, and commit what they reached.
+    /// them (bounded), and commit what they reached (after any commit in flight). Revocations
+    /// that arrive meanwhile (the consumer closing) have nothing left to wait for: the channel
+    /// closes with this task.
     async fn drain(mut self, events: &mut UnboundedReceiver<Event>) {
         info!("stopping: draining partition workers");
         let limit = self.shared.config.drain_timeout + Duration::from_secs(1);
@@ -303,26 +303,8 @@ impl Owner {
         if tokio::time::timeout(limit, all).await.is_err() {
             warn!("partition workers did not stop within the drain timeout");
         }
-        if let Some(t) = self.committing.take() {
-            if let Ok(marks) = t.await {
-                self.committed(&marks);
-            }
-        }
-        let marks: Vec<(i32, i64)> = self
-            .workers
-            .iter()
-            .filter_map(|(p, h)| h.moved().map(|mark| (*p, mark)))
-            .collect();
-        if !marks.is_empty() && self.shared.plain_commits {
-            let consumer = self.shared.consumer.clone();
-            let topic = self.shared.topic.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                commit::commit(&*consumer, &topic, &marks, "shutdown")
-            })
-            .await;
-        }
-        // Revocations that arrive from now on (the consumer closing) have nothing left to wait
-        // for: the channel closes with this task.
+        let points = self.points();
+        self.committer.last(points, "shutdown").await;
         events.close();
         self.workers.clear();
         self.counted();

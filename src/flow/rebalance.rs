@@ -1,11 +1,11 @@
 //! The consumer's context: what librdkafka calls back. The rebalance callbacks do two things
 //! only — split each newly assigned partition off into a queue of its own, and forward
 //! assignments and revocations to the one task that owns the partition set
-//! ([`crate::flow::partitions`]) — so no state is shared between callbacks, the poll loop and the
-//! workers.
+//! ([`crate::flow::partitions`]) — and the error callback tells the poll loop when every broker
+//! is down. They write no state: the owner and the poll loop own every fact they report.
 //!
 //! A revocation waits for the owner's answer (its workers settled what they had sent, up to the
-//! drain timeout, below the session timeout) and then commits the final offsets, before the
+//! drain timeout, below the session timeout, and their final offsets are committed) before the
 //! partitions go to their next owner: it must start from a commit point, and from Redis records,
 //! that include every batch already out.
 
@@ -21,11 +21,8 @@ use rdkafka::ClientContext;
 use crate::ops::kafka_log::kafka_log;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
-
-use crate::ops::health::Health;
-
-use super::commit;
 
 /// lull's consumer.
 pub type LullConsumer = StreamConsumer<LullContext>;
@@ -34,12 +31,12 @@ pub type LullConsumer = StreamConsumer<LullContext>;
 pub enum Event {
     /// Partitions assigned to this member, each with its own queue.
     Assigned(Vec<(i32, StreamPartitionQueue<LullContext>)>),
-    /// Partitions taken away: stop their workers, and answer with the offsets to commit.
+    /// Partitions taken away: stop their workers, commit their final offsets, then answer.
     Revoked {
         /// The partitions.
         partitions: Vec<i32>,
-        /// Where the offsets to commit go, once the workers settled.
-        done: SyncSender<Vec<(i32, i64)>>,
+        /// Answered once the workers settled and their offsets are committed.
+        done: SyncSender<()>,
     },
 }
 
@@ -49,7 +46,8 @@ pub struct LullContext {
     /// The consumer itself, to split partition queues off (set once it exists).
     consumer: OnceLock<Weak<LullConsumer>>,
     events: UnboundedSender<Event>,
-    health: Arc<Health>,
+    /// Notified when every broker is down (the poll loop records it).
+    brokers_down: Arc<Notify>,
     /// How long a revocation waits for the workers to settle.
     revoke_wait: Duration,
 }
@@ -59,14 +57,14 @@ impl LullContext {
     pub fn new(
         topic: &str,
         events: UnboundedSender<Event>,
-        health: Arc<Health>,
+        brokers_down: Arc<Notify>,
         revoke_wait: Duration,
     ) -> Self {
         Self {
             topic: topic.to_string(),
             consumer: OnceLock::new(),
             events,
-            health,
+            brokers_down,
             revoke_wait,
         }
     }
@@ -86,10 +84,7 @@ impl LullContext {
     /// Waits for the owner's answer to a revocation. The callback runs on the thread polling the
     /// consumer; on a multi-threaded runtime `block_in_place` moves that worker's other tasks
     /// away meanwhile.
-    fn await_answer(
-        &self,
-        answer: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
-    ) -> Option<Vec<(i32, i64)>> {
+    fn await_answer(&self, answer: std::sync::mpsc::Receiver<()>) -> Option<()> {
         let wait = || answer.recv_timeout(self.revoke_wait).ok();
         match Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
@@ -108,7 +103,7 @@ impl ClientContext for LullContext {
             // End of partition is lull's "caught up" signal, not a problem.
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
             KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) => {
-                self.health.set_kafka_reachable(false);
+                self.brokers_down.notify_one();
                 kafka_log().unreachable(reason);
             }
             other => kafka_log().client_error("kafka client error", &other, reason),
@@ -117,7 +112,7 @@ impl ClientContext for LullContext {
 }
 
 impl ConsumerContext for LullContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 // Before librdkafka assigns: split each partition's queue off now, so none of its
@@ -154,15 +149,10 @@ impl ConsumerContext for LullContext {
                     return;
                 }
                 match self.await_answer(answer) {
-                    Some(marks) => {
-                        info!(
-                            partitions = ?partitions,
-                            "partitions revoked; open windows are left to the next owner"
-                        );
-                        if !marks.is_empty() {
-                            commit::commit(consumer, &self.topic, &marks, "revoke");
-                        }
-                    }
+                    Some(()) => info!(
+                        partitions = ?partitions,
+                        "partitions revoked; open windows are left to the next owner"
+                    ),
                     None => warn!(
                         partitions = ?partitions,
                         "partitions revoked before their workers settled (drain timeout); the next owner re-reads from the last commit"
@@ -176,7 +166,6 @@ impl ConsumerContext for LullContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                self.health.set_in_group(true);
                 info!(partitions = ?self.partitions(tpl), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}

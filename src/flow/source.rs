@@ -3,8 +3,9 @@
 //! Each assigned partition's messages go to that partition's own queue, read by its worker
 //! ([`crate::flow::rebalance`] splits them off); the main queue carries what is left — rebalance
 //! callbacks and errors — and polling it is what keeps this member in the group. The loop also
-//! proves liveness (it turns at least every [`TICK`]), checks that the brokers answer, and
-//! reports readiness.
+//! proves liveness (it turns at least every [`TICK`]), checks that the brokers answer (it alone
+//! records whether they do), and reports readiness. The owner of the partition set runs beside it
+//! under the same supervisor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -20,12 +22,11 @@ use crate::config::Config;
 use crate::io::producer::Sink;
 use crate::io::store::Store;
 use crate::ops::budget::Budget;
-use crate::ops::health::Health;
 use crate::ops::metrics::metrics;
+use crate::ops::supervisor::Supervisor;
 
 use super::partitions::{Owner, Shared};
 use super::rebalance::{LullConsumer, LullContext};
-use super::supervisor::Supervisor;
 use super::FlowError;
 
 /// How often the loop proves it turns (liveness) and publishes readiness.
@@ -34,22 +35,29 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often the brokers' reachability is checked (for readiness).
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs the consumer until `shutdown` is cancelled (then drains, commits and returns), or until
-/// a supervised task fails. `plain_commits`: see [`Shared::plain_commits`].
+/// Runs the consumer until `supervisor`'s run stops — a shutdown (then drains, commits and
+/// returns), or a supervised task's failure (the supervisor keeps it). `plain_commits`: see
+/// [`Shared::plain_commits`].
 pub async fn run(
     config: Arc<Config>,
     sink: Sink,
     store: Option<Arc<Store>>,
     budget: Arc<Budget>,
-    shutdown: CancellationToken,
-    health: Arc<Health>,
+    supervisor: Supervisor,
     plain_commits: bool,
 ) -> Result<(), FlowError> {
-    let supervisor = Supervisor::new(health.clone(), shutdown.clone());
+    let (shutdown, health) = (supervisor.stopping(), supervisor.health());
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    // A revocation may wait for the workers' drain; a little more than that for the answer.
-    let revoke_wait = config.drain_timeout + Duration::from_secs(2);
-    let context = LullContext::new(&config.input_topic, events_tx, health.clone(), revoke_wait);
+    let brokers_down = Arc::new(Notify::new());
+    // A revocation may wait for the workers' drain and the final commit; a little more than that
+    // for the answer.
+    let revoke_wait = config.drain_timeout + Duration::from_secs(5);
+    let context = LullContext::new(
+        &config.input_topic,
+        events_tx,
+        brokers_down.clone(),
+        revoke_wait,
+    );
     let consumer: Arc<LullConsumer> = Arc::new(
         crate::io::kafka::consumer_config(&config)
             .create_with_context(context)
@@ -78,13 +86,13 @@ pub async fn run(
         supervisor: supervisor.clone(),
         plain_commits,
     });
-    let owner_task = tokio::spawn(owner.run(events));
+    let owner_task = supervisor.spawn("partition owner", owner.run(events));
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut probe: Option<JoinHandle<()>> = None;
+    let mut probe: Option<JoinHandle<Option<bool>>> = None;
     health.polled();
     loop {
         tokio::select! {
@@ -96,11 +104,16 @@ pub async fn run(
                 let ready = crate::ops::http::readiness(&health, &config.instance_id).ready;
                 metrics().ready.set(i64::from(ready));
             }
-            _ = probe_tick.tick() => {
-                if probe.as_ref().is_none_or(|t| t.is_finished()) {
-                    supervisor.check("kafka probe", probe.take());
-                    probe = Some(spawn_probe(&consumer, &config.input_topic, &health));
+            _ = brokers_down.notified() => health.set_kafka_reachable(false),
+            outcome = finished(&mut probe), if probe.is_some() => {
+                probe = None;
+                // `None`: the probe panicked, and the supervisor is stopping the process.
+                if let Ok(Some(ok)) = outcome {
+                    health.set_kafka_reachable(ok);
                 }
+            }
+            _ = probe_tick.tick(), if probe.is_none() => {
+                probe = Some(spawn_probe(&supervisor, &consumer, &config.input_topic));
             }
             received = consumer.recv() => match received {
                 // Every assigned partition has its own queue: a message here was not split off.
@@ -121,22 +134,29 @@ pub async fn run(
     }
     // The owner drains the workers and commits; then the consumer may close (leaving the group,
     // so its partitions move at once). Closing blocks briefly: off the async workers.
-    if let Err(e) = owner_task.await {
-        supervisor.joined("partition owner", e);
-    }
+    let _ = owner_task.await;
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-    match supervisor.take() {
-        Some(e) => Err(e),
-        None => Ok(()),
+    Ok(())
+}
+
+/// The outcome of `task` once it finished; never, when there is none.
+async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
     }
 }
 
-/// Checks on a blocking thread that the brokers answer a metadata request.
-fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) -> JoinHandle<()> {
+/// Checks on a blocking thread, supervised, whether the brokers answer a metadata request.
+fn spawn_probe(
+    supervisor: &Supervisor,
+    consumer: &Arc<LullConsumer>,
+    topic: &str,
+) -> JoinHandle<Option<bool>> {
     let consumer = consumer.clone();
     let topic = topic.to_string();
-    let health = health.clone();
-    tokio::task::spawn_blocking(move || {
+    supervisor.spawn_blocking("kafka probe", move || {
+        crate::ops::fault::panic_if_armed("probe");
         let ok = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(3))
             .is_ok();
@@ -146,6 +166,6 @@ fn spawn_probe(consumer: &Arc<LullConsumer>, topic: &str, health: &Arc<Health>) 
         } else {
             log.unreachable("metadata request failed");
         }
-        health.set_kafka_reachable(ok);
+        ok
     })
 }

@@ -105,7 +105,26 @@ pub enum Role {
     Producer,
     /// Creates and describes topics (a producer-type handle in librdkafka).
     Admin,
+    /// A tool's reader (`verify`, `tail`, the demo's and bench's readers): a consumer in a group
+    /// of its own, so the group's membership settings (`group.*`, `session.timeout.ms`, …) meant
+    /// for lull's own consumer are not its.
+    Reader,
 }
+
+/// Consumer properties that belong to lull's membership of its consumer group, never to a
+/// tool's reader in a group of its own (a static `group.instance.id` shared with the running
+/// lull would even fence it).
+const MEMBERSHIP: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+];
 
 impl Role {
     /// Whether `property` is meant for this kind of client.
@@ -114,6 +133,7 @@ impl Role {
             Role::Consumer => !PRODUCER_ONLY.contains(&property),
             Role::Producer => !CONSUMER_ONLY.contains(&property),
             Role::Admin => !PRODUCER_ONLY.contains(&property) && !CONSUMER_ONLY.contains(&property),
+            Role::Reader => !PRODUCER_ONLY.contains(&property) && !MEMBERSHIP.contains(&property),
         }
     }
 }
@@ -242,6 +262,46 @@ pub fn state_reader_config(config: &Config) -> ClientConfig {
 /// The admin client used by `lull topics`.
 pub fn admin_config(config: &Config) -> ClientConfig {
     with_pass_through(base(config, "admin"), config, Role::Admin)
+}
+
+/// A tool's reader of lull's output (`verify`, `tail`, the demo's and bench's readers) in its own
+/// `group`: what a downstream consumer sees — committed transactions only, each batch once — from
+/// `auto.offset.reset` (`earliest` unless an operator's `LULL_KAFKA_AUTO_OFFSET_RESET` says
+/// otherwise), committing nothing. The operator's connection and security settings apply as to
+/// every client.
+pub fn reader_config(config: &Config, group: &str) -> ClientConfig {
+    let mut c = base(config, "reader");
+    c.set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // A batch is seen as soon as it is there (latencies are measured with this reader).
+        .set("fetch.wait.max.ms", "20");
+    let mut c = with_pass_through(c, config, Role::Reader);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
+/// A tool's writer of input (`send`, `simulate`, the demo's and bench's load): lingering and lz4
+/// for throughput, a deep queue, and a minute before a delivery counts as failed. The operator's
+/// connection and security settings apply as to every client.
+pub fn writer_config(config: &Config) -> ClientConfig {
+    let mut c = base(config, "writer");
+    c.set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000");
+    let mut c = with_pass_through(c, config, Role::Producer);
+    // A tool's writer is never one of lull's transactional producers.
+    c.remove("transactional.id");
+    c
+}
+
+/// A client that only asks for metadata (the tools' "is Kafka there?" before they start).
+pub fn probe_config(config: &Config) -> ClientConfig {
+    let mut c = base(config, "probe");
+    c.set("log_level", "0");
+    with_pass_through(c, config, Role::Admin)
 }
 
 /// What names this incarnation of `topic`: its Kafka topic id (base64, as Kafka's tools print
@@ -453,11 +513,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_tools_clients_take_the_security_settings_but_not_lulls_group() {
+        let c = config(&[
+            ("LULL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("LULL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("LULL_KAFKA_GROUP_INSTANCE_ID", "lull-0"),
+            ("LULL_KAFKA_SESSION_TIMEOUT_MS", "45000"),
+            ("LULL_KAFKA_ISOLATION_LEVEL", "read_uncommitted"),
+            ("LULL_KAFKA_TRANSACTIONAL_ID", "x"),
+        ]);
+        let reader = reader_config(&c, "lull-verify-1");
+        let writer = writer_config(&c);
+        let probe = probe_config(&c);
+        for client in [&reader, &writer, &probe] {
+            assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        }
+        assert_eq!(reader.get("group.id"), Some("lull-verify-1"));
+        assert_eq!(reader.get("group.instance.id"), None);
+        assert_eq!(reader.get("session.timeout.ms"), None);
+        assert_eq!(reader.get("isolation.level"), Some("read_committed"));
+        assert_eq!(writer.get("transactional.id"), None);
+        assert_eq!(probe.get("session.timeout.ms"), None);
+    }
+
     /// The tables name real librdkafka properties of the right kind: librdkafka itself warns
     /// when one is set on the other kind of client, so check each against a native config.
     #[test]
     fn the_role_tables_name_real_properties() {
-        for property in PRODUCER_ONLY.iter().chain(CONSUMER_ONLY) {
+        for property in PRODUCER_ONLY.iter().chain(CONSUMER_ONLY).chain(MEMBERSHIP) {
             let mut c = ClientConfig::new();
             // Any value librdkafka parses is fine; a name it does not know is refused outright.
             c.set(*property, "1");

@@ -2,6 +2,7 @@
 //! means by a fragment, a window and a batch, when a window closes, which offset may be committed,
 //! and what goes on the wire all live here, pinned down by unit and property tests.
 
+pub mod batch;
 pub mod deadlines;
 pub mod fragment;
 pub mod offsets;

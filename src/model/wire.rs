@@ -65,11 +65,6 @@ pub fn unix_ms(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The current wall clock in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    unix_ms(SystemTime::now())
-}
-
 /// `{topic}/{partition}/{first_offset}`: the deterministic id of a batch.
 pub fn batch_id(topic: &str, partition: i32, first_offset: i64) -> String {
     format!("{topic}/{partition}/{first_offset}")

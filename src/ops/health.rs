@@ -2,12 +2,29 @@
 //!
 //! The metrics registry is process-wide; this is per run, so several workers in one process (as
 //! in the integration tests) can each be asked "do you own partitions yet?".
+//!
+//! Every fact has one writer (ARCHITECTURE.md, "Who writes which fact"): the poll loop (liveness,
+//! Kafka reachability, shutting down), the owner of the partition set (assignment, group
+//! membership, the partitions' phases, output health), the redis connection task (Redis), the
+//! supervisor (failed), and the start-up (the HTTP address). The one count — messages read — is
+//! added to by each partition worker; adding cannot undo another's write.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::model::wire::now_ms;
+use crate::ops::clock::now_ms;
+
+/// How many of this run's partitions are in each phase that readiness or the tools care about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionCounts {
+    /// Reading input (running or draining).
+    pub running: usize,
+    /// Fenced off, waiting for the group to take the partition away.
+    pub fenced: usize,
+    /// Waiting for their transactions to start or their state to be readable.
+    pub waiting: usize,
+}
 
 /// Live facts about one run of the worker.
 #[derive(Debug, Default)]
@@ -24,8 +41,8 @@ pub struct Health {
     failed: AtomicBool,
     /// Partition workers fenced off and waiting for the group to take their partition away.
     fenced: AtomicUsize,
-    /// Partition workers whose transactions could not start yet (exactly_once).
-    starting: AtomicUsize,
+    /// Partition workers whose transactions could not start, or state be read, yet.
+    waiting: AtomicUsize,
     /// Partition workers running: started (exactly_once: transactions started, state read) and
     /// not yet stopped.
     running: AtomicUsize,
@@ -103,12 +120,13 @@ impl Health {
         self.kafka_reachable.load(Ordering::Acquire)
     }
 
-    /// Records the outcome of the latest delivery.
+    /// Records whether every partition's output works (its latest delivery or transaction went
+    /// through).
     pub fn set_producer_ok(&self, ok: bool) {
         self.producer_failing.store(!ok, Ordering::Release);
     }
 
-    /// Whether the latest delivery succeeded (true before any).
+    /// Whether every partition's latest delivery or transaction went through (true before any).
     pub fn producer_ok(&self) -> bool {
         !self.producer_failing.load(Ordering::Acquire)
     }
@@ -133,43 +151,22 @@ impl Health {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// A partition worker was fenced off (`true`) or its partition was taken away (`false`):
-    /// while any is, the process is not ready.
-    pub fn set_fenced(&self, fenced: bool) {
-        if fenced {
-            self.fenced.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.fenced.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Records the partitions' phases (the owner of the partition set, whenever one changes).
+    pub fn set_partitions(&self, counts: PartitionCounts) {
+        self.fenced.store(counts.fenced, Ordering::Release);
+        self.waiting.store(counts.waiting, Ordering::Release);
+        self.running.store(counts.running, Ordering::Release);
     }
 
-    /// Partition workers fenced off now.
+    /// Partition workers fenced off now: while any is, the process is not ready.
     pub fn fenced_partitions(&self) -> usize {
         self.fenced.load(Ordering::Acquire)
     }
 
-    /// A partition worker is waiting for its transactions to start (`true`), or they did or it
-    /// stopped (`false`).
-    pub fn set_starting(&self, starting: bool) {
-        if starting {
-            self.starting.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.starting.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Partition workers whose transactions have not started yet.
+    /// Partition workers whose transactions cannot start, or state be read, yet: while any is,
+    /// the process is not ready.
     pub fn partitions_starting(&self) -> usize {
-        self.starting.load(Ordering::Acquire)
-    }
-
-    /// A partition worker started reading its input (`true`) or stopped (`false`).
-    pub fn set_running(&self, running: bool) {
-        if running {
-            self.running.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.running.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Partition workers reading their input now (an assigned partition's worker first starts

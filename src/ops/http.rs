@@ -18,13 +18,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
-use crate::model::wire::now_ms;
+use crate::ops::clock::now_ms;
 use crate::ops::health::Health;
 use crate::ops::metrics::metrics;
+use crate::ops::supervisor::Supervisor;
 
 /// The poll loop must have turned within this long for `/health/live` to pass.
 pub const LIVENESS_WINDOW_MS: i64 = 30_000;
@@ -141,12 +143,15 @@ async fn prometheus() -> Response {
         .into_response()
 }
 
-/// Binds `addr` (port 0 picks a free one) and serves until `shutdown`; returns the bound address.
+/// Binds `addr` (port 0 picks a free one) and serves, under `supervisor`, until `stop` (the
+/// run's end: readiness stays served through a graceful drain, saying `shutting_down`); returns
+/// the bound address.
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
     instance: String,
-    shutdown: CancellationToken,
+    supervisor: &Supervisor,
+    stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -156,13 +161,12 @@ pub async fn serve(
         .route("/health/ready", get(ready))
         .with_state(AppState { health, instance });
     info!(addr = %bound, "serving /metrics, /health/live, /health/ready");
-    tokio::spawn(
-        async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-        }
-        .in_current_span(),
+    supervisor.spawn(
+        "http server",
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future()
+            .in_current_span(),
     );
     Ok(bound)
 }

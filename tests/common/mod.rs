@@ -882,3 +882,81 @@ pub fn report_line(line: &str) {
         }
     }
 }
+
+/// What a child process writes to one of its pipes, line by line, read on a thread of its own so
+/// a test can wait for a line with a deadline (never a bare sleep) and show every line seen when
+/// it fails.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    /// Follows `pipe` (a child's stdout or stderr) until it closes.
+    pub fn follow(pipe: impl std::io::Read + Send + 'static) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to [`DEADLINE`]) until the lines seen satisfy `done`; fails naming `what` and
+    /// showing them.
+    pub fn until(&mut self, what: &str, mut done: impl FnMut(&[String]) -> bool) {
+        let end = std::time::Instant::now() + DEADLINE;
+        while !done(&self.seen) {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}: {:#?}",
+                self.seen
+            );
+            if let Ok(line) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
+    /// Waits until a line contains `text`.
+    pub fn until_text(&mut self, text: &str) {
+        self.until(text, |seen| seen.iter().any(|l| l.contains(text)));
+    }
+
+    /// Takes in what is still coming, until the pipe is quiet for 200 ms or closed.
+    pub fn rest(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// Whether any line seen contains `text`.
+    pub fn contains(&self, text: &str) -> bool {
+        self.seen.iter().any(|l| l.contains(text))
+    }
+}
+
+/// A plain blocking HTTP/1.1 GET, for use inside a [`wait_for`] condition: the whole response
+/// (status line, headers, body), or "" when nothing listens.
+pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: lull\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+}

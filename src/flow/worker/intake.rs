@@ -102,7 +102,7 @@ impl Intake {
         client: &rdkafka::client::Client<C>,
         live: bool,
     ) -> Chunk {
-        let now = wire::now_ms();
+        let now = crate::ops::clock::now_ms();
         let mut chunk = Chunk::default();
         let mut last_offset = None;
         self.take(first, now, &mut chunk, &mut last_offset);
@@ -177,8 +177,7 @@ impl Intake {
         };
         match fragment::parse(raw, &self.rules) {
             Ok(Parsed::Fragment(f)) => {
-                #[cfg(feature = "fault-injection")]
-                fault_injection::panic_on(&f.key);
+                crate::ops::fault::fragment_read(&f.key);
                 Item::Fragment(f)
             }
             Ok(Parsed::Signal(s)) => Item::Signal(s),
@@ -205,22 +204,6 @@ impl Intake {
                     failed_at: SystemTime::now(),
                 }))
             }
-        }
-    }
-}
-
-/// Test-only faults (the `fault-injection` feature, never in a release build).
-#[cfg(feature = "fault-injection")]
-mod fault_injection {
-    use std::sync::OnceLock;
-
-    /// Panics the worker when it reads a fragment of the key in `LULL_FAULT_PANIC_KEY`: the way
-    /// the tests prove that a worker that dies takes the process down loudly.
-    pub fn panic_on(key: &str) {
-        static KEY: OnceLock<Option<String>> = OnceLock::new();
-        let armed = KEY.get_or_init(|| std::env::var("LULL_FAULT_PANIC_KEY").ok());
-        if armed.as_deref() == Some(key) {
-            panic!("fault injection: a fragment of key {key} (LULL_FAULT_PANIC_KEY)");
         }
     }
 }

@@ -29,12 +29,16 @@
 //! (Kafka's transactions, or Redis) writes nothing more and waits for the group to take the
 //! partition away — or stops the process, never idling while it says it is healthy.
 
+mod emit;
 mod eos;
+mod feed;
 pub mod gate;
 pub mod intake;
 pub mod ledger;
 pub mod outbox;
+mod output;
 pub mod progress;
+mod stop;
 pub mod transaction;
 
 use std::sync::Arc;
@@ -43,27 +47,27 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::flow::rebalance::{LullConsumer, LullContext};
 use crate::io::producer::{Sink, SinkError};
-use crate::io::store::{Candidate, Store, Verdict};
-use crate::model::window::{Batch, FlushReason, SignalOutcome, WindowEngine};
-use crate::model::wire::{self, now_ms};
+use crate::io::store::Store;
+use crate::model::window::{Batch, WindowEngine};
 use crate::ops::budget::Budget;
+use crate::ops::clock::now_ms;
 use crate::ops::health::Health;
 use crate::ops::metrics::metrics;
 
 use gate::{Fenced, Gate};
-use intake::{Chunk, Intake, Item};
+use intake::Intake;
 use ledger::Ledger;
-use outbox::{Acked, Kind, Outbox, MAX_HELD};
-use progress::{PartitionProgress, Progress};
-use transaction::{Committed, Transaction};
+use outbox::Outbox;
+use output::{Output, OutputEvent};
+use progress::{Phase, Progress, Status};
+use transaction::Transaction;
 
 /// How often a worker held back by the memory budget looks whether it may read again.
 const BUDGET_RECHECK: Duration = Duration::from_millis(20);
@@ -98,78 +102,15 @@ pub struct Worker {
     pub store: Option<Arc<Store>>,
     /// The process-wide memory budget.
     pub budget: Arc<Budget>,
-    /// Per-run health (producer state).
+    /// Per-run health (the count of messages read).
     pub health: Arc<Health>,
-    /// Where the worker's progress goes back to the owner of the partition set.
-    pub progress: watch::Sender<PartitionProgress>,
+    /// Where the worker's progress, phase and output health go back to the owner of the
+    /// partition set.
+    pub status: Status,
     /// Cancelled when the partition is revoked: settle what was sent, stop.
     pub revoked: CancellationToken,
     /// Cancelled when the process stops: drain, then stop.
     pub shutdown: CancellationToken,
-}
-
-/// Where one partition's output goes until it is delivered.
-enum Output {
-    /// at_least_once: sent, acknowledged one by one, retried.
-    Acked(Outbox<Sink>),
-    /// exactly_once: into the partition's Kafka transaction, visible at its commit.
-    Txn(Transaction),
-}
-
-/// What the output has to say next.
-enum OutputEvent {
-    /// at_least_once: a delivery settled (`None`: it failed and will be sent again).
-    Settled(Option<Acked>),
-    /// exactly_once: a commit ended.
-    Committed(Result<Committed, crate::io::transactional::TxnError>),
-}
-
-impl Output {
-    fn push(&mut self, record: wire::Record, kind: Kind) {
-        match self {
-            Output::Acked(o) => o.push(record, kind),
-            Output::Txn(t) => t.push(record, kind),
-        }
-    }
-
-    fn held(&self) -> usize {
-        match self {
-            Output::Acked(o) => o.held(),
-            Output::Txn(t) => t.held(),
-        }
-    }
-
-    fn has_room(&self) -> bool {
-        self.held() < MAX_HELD
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Output::Acked(o) => o.bytes(),
-            Output::Txn(t) => t.bytes(),
-        }
-    }
-
-    fn hold_until(&self) -> Option<Instant> {
-        match self {
-            Output::Acked(o) => o.hold_until(),
-            Output::Txn(t) => t.hold_until(),
-        }
-    }
-
-    fn release_hold(&mut self) {
-        match self {
-            Output::Acked(o) => o.release_hold(),
-            Output::Txn(t) => t.release_hold(),
-        }
-    }
-
-    async fn next(&mut self) -> Result<OutputEvent, SinkError> {
-        match self {
-            Output::Acked(o) => Ok(OutputEvent::Settled(o.settled().await?)),
-            Output::Txn(t) => Ok(OutputEvent::Committed(t.committed().await)),
-        }
-    }
 }
 
 /// The parts of one worker, each owning its state, in travel order.
@@ -236,6 +177,15 @@ impl Worker {
     /// producer fails fatally or a fenced-off partition is not taken away (an error: the process
     /// stops).
     pub async fn run(self) -> Result<(), SinkError> {
+        let outcome = self.live().await;
+        self.status.phase(Phase::Done);
+        outcome
+    }
+
+    /// The worker's life, phase by phase: [`Phase::Claiming`] (exactly_once: transactions and
+    /// state), then the event loop in [`Phase::Running`] and [`Phase::Draining`], back to
+    /// `Claiming` for a replay, or [`Phase::Fenced`] while a newer owner holds the partition.
+    async fn live(&self) -> Result<(), SinkError> {
         let assigned = Instant::now();
         let mut first_start = true;
         let producer = if self.config.exactly_once() {
@@ -280,12 +230,11 @@ impl Worker {
                     .partition_start_seconds
                     .observe(assigned.elapsed().as_secs_f64());
             }
-            self.health.set_running(true);
             let outcome = match self.event_loop(&mut p).await {
                 Err(Stop::Abort(cause)) => Err(self.abort(&mut p, cause).await),
                 other => other,
             };
-            self.health.set_running(false);
+            self.status.phase(Phase::Claiming);
             p.progress.finish();
             match outcome {
                 Ok(()) => {
@@ -342,7 +291,7 @@ impl Worker {
         if self.config.events_topic.is_some() {
             engine.track_opened();
         }
-        let mut progress = Progress::new(self.progress.clone(), self.budget.clone());
+        let mut progress = Progress::new(self.status.sender(), self.budget.clone());
         let (output, eos) = match producer {
             None => (
                 Output::Acked(Outbox::new(self.sink.clone(), self.partition)),
@@ -402,60 +351,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Ends the worker on a stop: a fenced-off worker waits for its partition to be taken away.
-    async fn stopped(&self, stop: Stop) -> Result<(), SinkError> {
-        match stop {
-            Stop::Fenced(why) | Stop::FencedByRedis(why) => {
-                if self.parked(&why, FENCED_PATIENCE).await {
-                    Ok(())
-                } else {
-                    Err(SinkError::Fatal(format!(
-                        "partition {} was fenced off ({why}) and the consumer group did not take \
-                         it away within {} s",
-                        self.partition,
-                        FENCED_PATIENCE.as_secs()
-                    )))
-                }
-            }
-            Stop::Fatal(e) => Err(e),
-            Stop::Rewind | Stop::Abort(_) | Stop::Reinit(_) => Ok(()),
-        }
-    }
-
-    /// Fenced off: nothing more is written for the partition while the worker waits (at most
-    /// `patience`) for the group to take it away — a paused process that woke up learns so
-    /// within a heartbeat. Meanwhile the process is not ready. Whether it was taken away (or the
-    /// process stops).
-    async fn parked(&self, why: &str, patience: Duration) -> bool {
-        metrics().fenced_off.inc();
-        error!(
-            partition = self.partition,
-            reason = %why,
-            wait_s = patience.as_secs(),
-            "fenced off: nothing more is written for this partition until the consumer group \
-             takes it away (a newer owner fenced this one) or keeps it here past the wait"
-        );
-        self.health.set_fenced(true);
-        let gone = tokio::select! {
-            _ = self.revoked.cancelled() => true,
-            _ = self.shutdown.cancelled() => true,
-            _ = tokio::time::sleep(patience) => false,
-        };
-        self.health.set_fenced(false);
-        gone
-    }
-
+    /// The event loop of [`Phase::Running`] and [`Phase::Draining`]: returns when the partition
+    /// is revoked (after settling what was sent) or, draining, once everything made is delivered
+    /// or the drain timeout passed.
     async fn event_loop(&self, p: &mut Parts) -> Result<(), Stop> {
         let mut stream = self.queue.stream();
-        let mut drain_deadline: Option<Instant> = None;
         p.gate.claim().await?;
+        let mut phase = Lifecycle::Running;
+        self.status.phase(Phase::Running);
         loop {
             self.pump(p)?;
-            if drain_deadline.is_some() && self.settled(p) {
-                self.sync(p).await?;
-                return Ok(());
-            }
-            let commit_at = self.commit_due(p, drain_deadline.is_some());
+            let draining = match phase {
+                Lifecycle::Running => None,
+                Lifecycle::Draining { until } => {
+                    if self.settled(p) {
+                        self.sync(p).await?;
+                        return Ok(());
+                    }
+                    Some(until)
+                }
+            };
+            let commit_at = self.commit_due(p, draining.is_some());
             if commit_at.is_some_and(|at| at <= Instant::now()) {
                 self.start_commit(p)?;
             }
@@ -463,14 +379,15 @@ impl Worker {
             // so windows still close and free memory, even in catch-up (batch boundaries may then
             // differ from a replay: memory comes first).
             let starved = self.budget.starved();
-            let deadline = if (p.caught_up || starved) && drain_deadline.is_none() {
-                p.engine.next_deadline().map(wall_to_instant)
-            } else {
-                None
+            let deadline = match phase {
+                Lifecycle::Running if p.caught_up || starved => {
+                    p.engine.next_deadline().map(wall_to_instant)
+                }
+                _ => None,
             };
-            let commit_at = self.commit_due(p, drain_deadline.is_some());
-            let reading = p.output.has_room()
-                && drain_deadline.is_none()
+            let commit_at = self.commit_due(p, draining.is_some());
+            let reading = matches!(phase, Lifecycle::Running)
+                && p.output.has_room()
                 && !self.budget.exhausted()
                 && !self.commit_waits_for_output(p, commit_at);
             let hold = p.output.hold_until();
@@ -482,8 +399,11 @@ impl Worker {
                     self.settle_revoked(p).await;
                     return Ok(());
                 }
-                _ = self.shutdown.cancelled(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                _ = self.shutdown.cancelled(), if draining.is_none() => {
+                    phase = Lifecycle::Draining {
+                        until: Instant::now() + self.config.drain_timeout,
+                    };
+                    self.status.phase(Phase::Draining);
                     if p.caught_up {
                         p.engine.advance(now_ms(), &mut p.emitted);
                     }
@@ -515,7 +435,7 @@ impl Worker {
                 }
                 _ = sleep_until_opt(sync_at), if sync_at.is_some() => self.sync(p).await?,
                 _ = tokio::time::sleep(BUDGET_RECHECK), if starved => {}
-                _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
+                _ = sleep_until_opt(draining), if draining.is_some() => {
                     warn!(
                         partition = self.partition,
                         unacknowledged = p.output.held(),
@@ -552,275 +472,6 @@ impl Worker {
         match &p.output {
             Output::Acked(o) => o.is_empty(),
             Output::Txn(t) => t.is_settled() && !self.offsets_moved(p),
-        }
-    }
-
-    /// A chunk of input: admitted in one gate call, then fed to the engine in order.
-    async fn take(&self, p: &mut Parts, chunk: Chunk) -> Result<(), Stop> {
-        let now = now_ms();
-        p.high = chunk.high.or(p.high);
-        let messages = chunk
-            .items
-            .iter()
-            .filter(|i| !matches!(i, Item::End))
-            .count();
-        self.health.messages_read_by(messages as u64);
-        let candidates: Vec<Candidate<'_>> = chunk
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Fragment(f) => Some(Candidate {
-                    key: &f.key,
-                    offset: f.offset,
-                    event_id: f.event_id(),
-                    ts: f.ts,
-                }),
-                _ => None,
-            })
-            .collect();
-        let floor = candidates.iter().map(|c| c.offset + 1).max().unwrap_or(0);
-        let high = p.high.unwrap_or(0).max(floor);
-        let admission = p.gate.admit(&candidates, high).await?.unwrap_or_default();
-        // Keys' last batches as Redis remembers them (after a restart or a handoff), so `follows`
-        // survives: seeded before the fragments go in.
-        for seed in &admission.seeds {
-            if let Some(c) = candidates.get(seed.index) {
-                p.engine.seed_follows(c.key, &seed.batch_id, seed.last_ts);
-            }
-        }
-        drop(candidates);
-        let mut verdicts = admission.verdicts.into_iter();
-        for item in chunk.items {
-            match item {
-                Item::End => {
-                    p.caught_up = true;
-                    p.engine.advance(now_ms(), &mut p.emitted);
-                }
-                Item::Signal(signal) => {
-                    p.caught_up = false;
-                    p.read(signal.offset);
-                    let outcome =
-                        p.engine
-                            .signal(&signal.key, signal.kind, signal.ts, now, &mut p.emitted);
-                    metrics()
-                        .signals
-                        .with_label_values(&[signal.kind.as_str(), outcome.as_str()])
-                        .inc();
-                    if outcome == SignalOutcome::Applied && p.gate.is_redis() {
-                        p.ledger.touched(&signal.key);
-                    }
-                }
-                Item::DeadLetter(record) => {
-                    p.caught_up = false;
-                    p.read(record.first_offset);
-                    if p.eos
-                        .as_ref()
-                        .is_some_and(|s| s.committed_before(record.first_offset))
-                    {
-                        // A replay: this dead letter is in a committed transaction already.
-                        continue;
-                    }
-                    p.progress.hold(record.first_offset);
-                    p.output.push(record, Kind::DeadLetter);
-                }
-                Item::Fragment(f) => {
-                    p.caught_up = false;
-                    p.read(f.offset);
-                    let mut verdict = verdicts.next().unwrap_or(Verdict::New);
-                    if p.eos
-                        .as_ref()
-                        .is_some_and(|s| s.settled(f.offset) || s.keys.skips(&f.key, f.offset))
-                    {
-                        verdict = Verdict::Emitted;
-                    }
-                    match verdict {
-                        verdict @ (Verdict::New | Verdict::NewPastStale(_)) => {
-                            if let Verdict::NewPastStale(why) = verdict {
-                                p.gate.stale(why, f.offset);
-                            }
-                            if p.gate.is_redis() {
-                                p.ledger.touched(&f.key);
-                            }
-                            p.engine.push(f, now, &mut p.emitted);
-                        }
-                        Verdict::Emitted => {
-                            metrics().fragments_skipped.inc();
-                            debug!(
-                                partition = self.partition,
-                                offset = f.offset,
-                                reason = "already_delivered",
-                                "fragment skipped: a delivered batch already holds it"
-                            );
-                            p.engine.skip(f.ts, now, &mut p.emitted);
-                        }
-                        Verdict::Duplicate => {
-                            metrics().fragments_duplicate.inc();
-                            debug!(
-                                partition = self.partition,
-                                offset = f.offset,
-                                reason = "duplicate_event_id",
-                                "fragment skipped: its event id was first seen at another offset"
-                            );
-                            p.engine.skip(f.ts, now, &mut p.emitted);
-                        }
-                    }
-                }
-            }
-        }
-        let stats = p.engine.take_stats();
-        metrics().fragments_late.inc_by(stats.late);
-        metrics().fragments_clamped.inc_by(stats.clamped);
-        Ok(())
-    }
-
-    /// Turns the windows that opened into `opened` events, and the batches the engine emitted
-    /// into output records, in emission order (exactly_once: each batch with its state record,
-    /// and its `flushed` event, in the same transaction).
-    fn route(&self, p: &mut Parts) {
-        for opened in p.engine.take_opened() {
-            if p.eos
-                .as_ref()
-                .is_some_and(|s| s.committed_before(opened.first_offset))
-            {
-                // A replay of a window whose opening was committed already.
-                continue;
-            }
-            let record = wire::encode_opened(
-                &opened.key,
-                &self.topic,
-                self.partition,
-                opened.first_offset,
-                now_ms(),
-                opened.flush_at,
-            );
-            // Held until delivered, like the window's batch.
-            p.progress.hold(record.first_offset);
-            p.output.push(record, Kind::Event);
-        }
-        if p.emitted.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        let grace = self.config.grace.as_millis() as i64;
-        // Drained, not taken: the vector keeps its capacity for the next turn.
-        for batch in p.emitted.drain(..) {
-            let m = metrics();
-            if batch.reason != FlushReason::Passthrough {
-                m.flush_lateness
-                    .observe((now - batch.close_time - grace).max(0) as f64 / 1000.0);
-            }
-            m.end_to_end
-                .observe((now - batch.last_ts).max(0) as f64 / 1000.0);
-            let record = wire::encode_batch(&batch, &self.topic, self.partition, now);
-            let id: Arc<str> = Arc::from(wire::batch_id(
-                &self.topic,
-                self.partition,
-                batch.first_offset(),
-            ));
-            debug!(
-                batch_id = %id,
-                count = batch.fragments.len(),
-                reason = batch.reason.as_str(),
-                correlation_id = batch.fragments[0].correlation_id().unwrap_or(""),
-                "batch flushed"
-            );
-            p.progress.hold(record.first_offset);
-            if p.gate.is_redis() {
-                p.ledger.emitted(
-                    &batch.key,
-                    id.clone(),
-                    batch.first_offset(),
-                    batch.last_offset(),
-                    batch.last_ts,
-                );
-            }
-            let kind = Kind::Batch {
-                key: batch.key.clone(),
-                reason: batch.reason.as_str(),
-                fragments: batch.fragments.len(),
-                bytes: batch.bytes(),
-            };
-            p.output.push(record, kind);
-            if let Some(state) = p.eos.as_mut() {
-                let delivered = match &p.output {
-                    Output::Txn(t) => t.state_end(),
-                    Output::Acked(_) => None,
-                };
-                let record = state.flushed(&batch, id.clone(), delivered);
-                p.progress.hold(record.first_offset);
-                p.output.push(record, Kind::State);
-                if self.config.events_topic.is_some() {
-                    let record = wire::encode_flushed(
-                        &batch.key,
-                        &id,
-                        batch.first_offset(),
-                        now,
-                        batch.reason.as_str(),
-                        batch.fragments.len(),
-                    );
-                    p.progress.hold(record.first_offset);
-                    p.output.push(record, Kind::Event);
-                }
-            }
-        }
-    }
-
-    /// Counts what became visible (a delivery acknowledged, or a transaction committed) and
-    /// tells the ledger of delivered batches.
-    fn delivered(&self, p: &mut Parts, kind: &Kind, first_offset: i64) {
-        let m = metrics();
-        match kind {
-            Kind::Batch {
-                key,
-                reason,
-                fragments,
-                bytes,
-            } => {
-                m.batches_flushed.with_label_values(&[reason]).inc();
-                m.batch_fragments.observe(*fragments as f64);
-                m.batch_bytes.observe(*bytes as f64);
-                if p.gate.is_redis() {
-                    p.ledger.acknowledged(key, first_offset);
-                }
-            }
-            Kind::DeadLetter => m.dlq_messages.inc(),
-            Kind::Event => m.events.inc(),
-            Kind::State => {}
-        }
-    }
-
-    /// at_least_once: a settled delivery. An acknowledgement moves the commit point and the
-    /// ledger (and makes the batch's `flushed` event); a failure (already queued again by the
-    /// outbox) marks the producer unhealthy.
-    fn acknowledged(&self, p: &mut Parts, settled: Option<Acked>) {
-        let Some(acked) = settled else {
-            self.health.set_producer_ok(false);
-            return;
-        };
-        self.health.set_producer_ok(true);
-        p.progress.release(acked.first_offset);
-        self.delivered(p, &acked.kind, acked.first_offset);
-        if let Kind::Batch {
-            key,
-            reason,
-            fragments,
-            ..
-        } = &acked.kind
-        {
-            if self.config.events_topic.is_some() {
-                let id = wire::batch_id(&self.topic, self.partition, acked.first_offset);
-                let record = wire::encode_flushed(
-                    key,
-                    &id,
-                    acked.first_offset,
-                    now_ms(),
-                    reason,
-                    *fragments,
-                );
-                // The batch's offsets stay held until its event is acknowledged too.
-                p.progress.hold(record.first_offset);
-                p.output.push(record, Kind::Event);
-            }
         }
     }
 
@@ -872,6 +523,18 @@ impl Worker {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
         }
     }
+}
+
+/// The part of a worker's life its event loop runs (the loop matches on it).
+#[derive(Debug, Clone, Copy)]
+enum Lifecycle {
+    /// Reading input, cutting batches.
+    Running,
+    /// Shutting down: nothing more is read; what is made is delivered until `until`.
+    Draining {
+        /// The drain timeout.
+        until: Instant,
+    },
 }
 
 /// Drops what it holds on a blocking thread (a Kafka client, whose close blocks).

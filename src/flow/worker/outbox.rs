@@ -157,11 +157,6 @@ impl<T: Transport> Outbox<T> {
         self.held() == 0
     }
 
-    /// Whether there is room for more input (below [`MAX_HELD`]).
-    pub fn has_room(&self) -> bool {
-        self.held() < MAX_HELD
-    }
-
     /// Payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -1,18 +1,42 @@
 //! The progress of one partition, kept in one place: its commit point (the offset tracker), its
-//! contribution to the gauges and to the process-wide memory budget, and the value it sends back
-//! to the owner of the partition set, which commits and reports.
+//! contribution to the gauges and to the process-wide memory budget, its lifecycle [`Phase`] and
+//! output health, and the value it sends back to the owner of the partition set, which commits
+//! and reports (and alone turns the partitions' phases and output health into the run's health).
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::model::offsets::OffsetTracker;
 use crate::model::window::WindowEngine;
-use crate::ops::budget::Budget;
+use crate::ops::budget::{held_by_windows, Budget};
 use crate::ops::metrics::metrics;
 
-/// What a worker reports about its partition, through a `watch` channel.
+/// Where a partition's worker is in its life. Each worker moves through these in order (a replay
+/// goes back from `Running` to `Claiming`; a fenced worker whose partition stays goes back to
+/// `Claiming` with a new producer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Starting: exactly_once starts the partition's transactions (fencing any earlier owner) and
+    /// reads its state records; Redis claims the partition.
+    #[default]
+    Claiming,
+    /// Claiming, but the brokers cannot start its transactions or give its state yet: the
+    /// process is not ready meanwhile (`transactions_unavailable`).
+    Waiting,
+    /// Reading input and cutting batches.
+    Running,
+    /// Stopping (shutdown): reads nothing more, delivers what is due, up to the drain timeout.
+    Draining,
+    /// Fenced off by a newer owner: writes nothing and waits for the group to take the partition
+    /// away; the process is not ready meanwhile (`partition_fenced`).
+    Fenced,
+    /// Stopped.
+    Done,
+}
+
+/// What a worker reports about its partition, through a `watch` channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionProgress {
     /// The offset that may be committed (the next one to read when nothing is pending); `None`
     /// until something was read.
@@ -23,18 +47,60 @@ pub struct PartitionProgress {
     pub oldest_open_ts: Option<i64>,
     /// Whether the worker is reading input (false while the budget or its outbox hold it back).
     pub reading: bool,
+    /// Where the worker is in its life.
+    pub phase: Phase,
+    /// Whether the partition's output works: its latest delivery (at_least_once) or transaction
+    /// (exactly_once) went through. True before any.
+    pub output_ok: bool,
 }
 
-/// What an open window is counted as against the budget: the most its batch can take once
-/// encoded, so a flush never makes the held bytes jump. A batch carries every fragment's value and,
-/// when they have one, the joined `text` (a part of each value: at most the value's size again),
-/// plus an envelope (ids, key, source, timestamps, headers) of a few hundred bytes. Counting windows at
-/// their raw size let a flush under a full budget grow the held bytes by up to ~90 % of the
-/// windows flushed (seen as a 57 % overshoot of a 1 MiB budget on a loaded machine).
-pub fn held_by_windows(fragment_bytes: usize, windows: usize) -> usize {
-    /// An encoded batch's envelope, beyond its fragments and text.
-    const ENVELOPE: usize = 512;
-    2 * fragment_bytes + ENVELOPE * windows
+impl Default for PartitionProgress {
+    fn default() -> Self {
+        Self {
+            commit: None,
+            high: None,
+            oldest_open_ts: None,
+            reading: false,
+            phase: Phase::default(),
+            output_ok: true,
+        }
+    }
+}
+
+/// A worker's phase and output health, sent to the owner of the partition set, which is woken
+/// when either changes (it turns them into the run's readiness at once).
+#[derive(Clone)]
+pub struct Status {
+    tx: watch::Sender<PartitionProgress>,
+    changed: Arc<Notify>,
+}
+
+impl Status {
+    /// Status reported on `tx`, waking the owner through `changed`.
+    pub fn new(tx: watch::Sender<PartitionProgress>, changed: Arc<Notify>) -> Self {
+        Self { tx, changed }
+    }
+
+    /// The worker moved to `phase`.
+    pub fn phase(&self, phase: Phase) {
+        self.update(|p| std::mem::replace(&mut p.phase, phase) != phase);
+    }
+
+    /// The partition's latest delivery or transaction went through (`true`) or failed.
+    pub fn output_ok(&self, ok: bool) {
+        self.update(|p| std::mem::replace(&mut p.output_ok, ok) != ok);
+    }
+
+    /// The channel progress is published on.
+    pub fn sender(&self) -> watch::Sender<PartitionProgress> {
+        self.tx.clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut PartitionProgress) -> bool) {
+        if self.tx.send_if_modified(change) {
+            self.changed.notify_one();
+        }
+    }
 }
 
 /// One partition's commit point and accounting.
@@ -129,13 +195,15 @@ impl Progress {
         self.reported_windows = windows;
         self.reported_bytes = bytes;
         self.reported_held = held;
-        let now = PartitionProgress {
-            commit,
-            high,
-            oldest_open_ts: engine.oldest_open_ts(),
-            reading,
-        };
+        let oldest_open_ts = engine.oldest_open_ts();
         self.tx.send_if_modified(|p| {
+            let now = PartitionProgress {
+                commit,
+                high,
+                oldest_open_ts,
+                reading,
+                ..*p
+            };
             let changed = *p != now;
             *p = now;
             changed

@@ -16,25 +16,34 @@
 //!
 //! Redis is an optimisation, never a dependency of correctness: when it is unreachable the store
 //! turns *degraded* — calls fail fast, lull keeps batching in memory with the duplicate protections
-//! off, readiness says `redis_degraded` — and a single background task reconnects with backoff.
-//! Each recovery bumps [`Store::epoch`], telling partition workers to re-claim their partitions.
+//! off, readiness says `redis_degraded`. Whether Redis is reachable is one fact with one writer:
+//! the supervised *redis connection* task ([`Store::connect`] starts it). Calls that fail tell it
+//! so; it publishes the state over a `watch` channel (and into the run's health), reconnects with
+//! backoff, and checks an idle connection every [`CHECK_INTERVAL`]. Each recovery bumps
+//! [`Store::epoch`], telling partition workers to re-claim their partitions.
 
+mod connection;
+mod facts;
+mod keys;
 pub mod monitor;
 mod scripts;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub use facts::*;
+pub use keys::Keys;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{mask_url_password, Config};
 use crate::model::window::FUTURE_TOLERANCE_MS;
-use crate::ops::health::Health;
 use crate::ops::metrics::metrics;
+use crate::ops::supervisor::Supervisor;
 
 pub use scripts::Script;
 
@@ -65,206 +74,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra life of a pending key past max wait + grace (+ the future-timestamp tolerance).
 const PENDING_MARGIN_MS: u64 = 10_000;
 
-/// Why a store call did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Redis is unreachable or failed; the caller carries on without it (degraded).
-    #[error("redis unavailable: {0}")]
-    Unavailable(String),
-    /// Another instance owns the partition now; the caller must stop touching it.
-    #[error("fenced off: partition owned by a newer generation ({0})")]
-    Stale(String),
-}
-
-/// What [`Store::admit`] says about one fragment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Not seen before: batch it.
-    New,
-    /// Already emitted in an acknowledged batch (a replay after a crash or handoff): skip it.
-    Emitted,
-    /// Its event id was first seen at another offset (a producer retry): drop it.
-    Duplicate,
-    /// New; its key's flushed record could not describe this log and was ignored.
-    NewPastStale(Stale),
-}
-
-/// Why a flushed record in Redis was ignored rather than used to skip fragments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stale {
-    /// It was written for another incarnation of the topic (another Kafka topic id): the topic
-    /// was deleted and created again, or the cluster replaced, while Redis kept its keys.
-    TopicId,
-    /// It names an offset at or above the partition's high watermark: no such message exists.
-    BeyondHighWatermark,
-    /// It would skip a fragment more than [`LOG_TIME_TOLERANCE_MS`] newer than the record's own
-    /// last fragment: it describes another log under the same name (a cluster without topic
-    /// ids, such as the mock behind `lull dev-broker`, replaced while Redis kept its keys).
-    LogTime,
-}
-
-/// How far a fragment's timestamp may lie past a flushed record's last fragment for the record
-/// to still describe it. A fragment at or below the record's offset is older in the log, so it is
-/// normally older in time too; only producer clocks running backwards by more than this (or a
-/// replaced log) break that. Not used with `LULL_TIMESTAMP=arrival`, where a replay carries new
-/// timestamps.
-pub const LOG_TIME_TOLERANCE_MS: i64 = 60_000;
-
-impl Stale {
-    /// A short, fixed label for metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Stale::TopicId => "topic_id",
-            Stale::BeyondHighWatermark => "beyond_high_watermark",
-            Stale::LogTime => "log_time",
-        }
-    }
-}
-
-/// Proof of partition ownership, carried by every fenced write.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    owner_key: String,
-    /// The generation taken by [`Store::claim`].
-    pub generation: u64,
-    /// The partition it covers.
-    pub partition: i32,
-    /// The Kafka topic id of the input topic as the owner saw it ("" when unknown): records
-    /// written under it are recognised as this incarnation's.
-    pub topic_id: String,
-}
-
-/// One fragment as [`Store::admit`] needs it.
-#[derive(Debug, Clone, Copy)]
-pub struct Candidate<'a> {
-    /// Grouping key.
-    pub key: &'a str,
-    /// Input offset.
-    pub offset: i64,
-    /// Event id, if any.
-    pub event_id: Option<&'a str>,
-    /// Timestamp, Unix ms.
-    pub ts: i64,
-}
-
-/// An open window's summary, as published to `pending:{key}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingSummary {
-    /// Grouping key.
-    pub key: String,
-    /// Earliest fragment timestamp.
-    pub first_ts: i64,
-    /// Latest fragment timestamp.
-    pub last_ts: i64,
-    /// Fragments so far.
-    pub count: usize,
-    /// When the batch is expected to go out (close time + grace), Unix ms.
-    pub flush_at: i64,
-    /// Offset of the window's first fragment.
-    pub first_offset: i64,
-}
-
-/// A batch the output topic acknowledged, as [`Store::record_flushed`] needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flushed {
-    /// Grouping key.
-    pub key: String,
-    /// The batch's first offset.
-    pub first_offset: i64,
-    /// The batch's last offset.
-    pub last_offset: i64,
-    /// The batch's last fragment timestamp, Unix ms.
-    pub last_ts: i64,
-    /// The batch's id.
-    pub batch_id: String,
-}
-
-/// A key's last batch as Redis remembers it, for `follows` after a restart or handoff.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seed {
-    /// Index of the fragment (in the admitted chunk) whose key it is.
-    pub index: usize,
-    /// The batch's id.
-    pub batch_id: String,
-    /// Its last fragment's timestamp.
-    pub last_ts: i64,
-}
-
-/// What [`Store::admit`] says about a chunk.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Admission {
-    /// One verdict per fragment.
-    pub verdicts: Vec<Verdict>,
-    /// Last batches of keys in the chunk, as recorded.
-    pub seeds: Vec<Seed>,
-}
-
-/// `pending:{key}` as read back by [`Store::read_pending`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PendingView {
-    /// Grouping key.
-    pub key: String,
-    /// Input partition of the window.
-    pub partition: i32,
-    /// Instance that holds the window.
-    pub owner: String,
-    /// Fragments so far.
-    pub count: u64,
-    /// Earliest fragment timestamp, Unix ms.
-    pub first_ts: i64,
-    /// Latest fragment timestamp, Unix ms.
-    pub last_ts: i64,
-    /// Expected flush time, Unix ms.
-    pub flush_at: i64,
-    /// Offset of the window's first fragment.
-    pub first_offset: i64,
-    /// Milliseconds until Redis drops the summary (if its owner died).
-    pub ttl_ms: i64,
-}
-
-/// Key names, all under the configured prefix and the consumer group: two groups reading the
-/// same topic (staging beside production, a blue/green deploy, a debugging run) keep apart, so
-/// one group's records never fence, skip or de-duplicate the other's fragments.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    /// `{prefix}:{group}`.
-    namespace: String,
-}
-
-impl Keys {
-    /// Keys of consumer group `group` under `prefix`.
-    pub fn new(prefix: &str, group: &str) -> Self {
-        Self {
-            namespace: format!("{prefix}:{group}"),
-        }
-    }
-
-    /// `{prefix}:{group}`, what every key starts with.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// `{prefix}:{group}:owner:{topic}:{partition}`
-    pub fn owner(&self, topic: &str, partition: i32) -> String {
-        format!("{}:owner:{topic}:{partition}", self.namespace)
-    }
-
-    /// `{prefix}:{group}:pending:{key}`
-    pub fn pending(&self, key: &str) -> String {
-        format!("{}:pending:{key}", self.namespace)
-    }
-
-    /// `{prefix}:{group}:flushed:{key}`
-    pub fn flushed(&self, key: &str) -> String {
-        format!("{}:flushed:{key}", self.namespace)
-    }
-
-    /// `{prefix}:{group}:event:{event_id}`
-    pub fn event(&self, event_id: &str) -> String {
-        format!("{}:event:{event_id}", self.namespace)
-    }
-}
-
 /// TTLs of the keys lull writes, in milliseconds.
 #[derive(Debug, Clone, Copy)]
 struct Ttls {
@@ -272,6 +81,19 @@ struct Ttls {
     flushed: u64,
     event: u64,
     pending: u64,
+}
+
+/// How often the redis connection task checks a connection nothing has failed on (a PING), so
+/// an outage shows in readiness even while no partition calls Redis.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether Redis can be used now, as the redis connection task publishes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// Redis is unreachable: calls fail fast until it recovers.
+    pub degraded: bool,
+    /// Bumped on every recovery.
+    pub epoch: u64,
 }
 
 /// The Redis connection, scripts and degraded-mode state of one process.
@@ -286,10 +108,10 @@ pub struct Store {
     ttl: Ttls,
     /// [`LOG_TIME_TOLERANCE_MS`], or -1 when timestamps are arrival times.
     ts_tolerance: i64,
-    degraded: AtomicBool,
-    reconnecting: AtomicBool,
-    epoch: AtomicU64,
-    health: Arc<Health>,
+    /// Published by the redis connection task alone.
+    reachability: watch::Receiver<Reachability>,
+    /// Failed calls, told to the redis connection task.
+    outages: mpsc::UnboundedSender<StoreError>,
 }
 
 fn redis_error(e: &RedisError) -> StoreError {
@@ -300,9 +122,13 @@ fn redis_error(e: &RedisError) -> StoreError {
 }
 
 impl Store {
-    /// Sets up the pool for `REDIS_URL`. Never fails on an unreachable server: the store starts
-    /// degraded and reconnects in the background. Fails only on a malformed URL.
-    pub async fn connect(config: &Config, health: Arc<Health>) -> Result<Arc<Self>, StoreError> {
+    /// Sets up the pool for `REDIS_URL` and starts the redis connection task under `supervisor`
+    /// (it stops when `supervisor`'s run shuts down). Never fails on an unreachable server: the
+    /// store starts degraded and reconnects in the background. Fails only on a malformed URL.
+    pub async fn connect(
+        config: &Config,
+        supervisor: &Supervisor,
+    ) -> Result<Arc<Self>, StoreError> {
         let Some(url) = &config.redis_url else {
             return Err(StoreError::Unavailable("REDIS_URL is not set".into()));
         };
@@ -319,6 +145,8 @@ impl Store {
             .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis pool: {e}")))?;
+        let (outages, outage_rx) = mpsc::unbounded_channel();
+        let (publish, reachability) = watch::channel(Reachability::default());
         let max_wait = config.max_wait.as_millis() as u64;
         let grace = config.grace.as_millis() as u64;
         let store = Arc::new(Self {
@@ -337,16 +165,28 @@ impl Store {
                 crate::config::TimestampSource::Kafka => LOG_TIME_TOLERANCE_MS,
                 crate::config::TimestampSource::Arrival => -1,
             },
-            degraded: AtomicBool::new(false),
-            reconnecting: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            health,
+            reachability,
+            outages,
         });
-        store.health.set_redis(Some(true));
-        match store.connection().await {
+        let first = store.connection().await;
+        match &first {
             Ok(_) => info!(url = %store.url_shown, "redis connected"),
-            Err(e) => store.degrade(&e),
+            Err(e) => {
+                *store.lock_conn() = None;
+                warn!(error = %e, url = %store.url_shown, "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+                metrics().redis_errors.inc();
+            }
         }
+        // The task's starting point, published before any call can ask.
+        publish.send_modify(|r| r.degraded = first.is_err());
+        let task = connection::Connection {
+            store: Arc::downgrade(&store),
+            publish,
+            outages: outage_rx,
+            health: supervisor.health(),
+            stop: supervisor.stopping(),
+        };
+        supervisor.spawn("redis connection", task.run(first.is_err()));
         Ok(store)
     }
 
@@ -357,12 +197,12 @@ impl Store {
 
     /// Whether Redis is currently unreachable.
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Acquire)
+        self.reachability.borrow().degraded
     }
 
     /// Bumped on every recovery from degraded mode: workers re-claim their partitions.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.reachability.borrow().epoch
     }
 
     /// A connection: the shared multiplexed one, or a fresh one from the pool.
@@ -400,51 +240,26 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Enters degraded mode (once) and starts the reconnect task.
-    fn degrade(self: &Arc<Self>, error: &StoreError) {
+    /// A call failed on an outage: the cached connection is dropped (the next call takes a fresh
+    /// one) and the redis connection task is told.
+    fn degrade(&self, error: &StoreError) {
         *self.lock_conn() = None;
         metrics().redis_errors.inc();
-        if !self.degraded.swap(true, Ordering::AcqRel) {
-            warn!(error = %error, url = %self.url_shown, "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
-            metrics().redis_degraded.set(1);
-            self.health.set_redis(Some(false));
-        }
-        if !self.reconnecting.swap(true, Ordering::AcqRel) {
-            let store = self.clone();
-            tokio::spawn(async move { store.reconnect().await });
-        }
+        let _ = self.outages.send(error.clone());
     }
 
-    async fn reconnect(self: Arc<Self>) {
-        let backoff = crate::io::backoff::Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(5),
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            tokio::time::sleep(backoff.delay(attempt)).await;
+    /// Whether Redis answers a PING: on a fresh connection (`fresh`, after an outage), else on
+    /// the one in use.
+    async fn ping(&self, fresh: bool) -> bool {
+        if fresh {
             *self.lock_conn() = None;
-            let ok = match self.connection().await {
-                Ok(mut c) => redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            };
-            if ok {
-                self.epoch.fetch_add(1, Ordering::AcqRel);
-                self.degraded.store(false, Ordering::Release);
-                self.reconnecting.store(false, Ordering::Release);
-                metrics().redis_degraded.set(0);
-                self.health.set_redis(Some(true));
-                info!(
-                    attempts = attempt,
-                    "redis recovered: shared state and duplicate protection are back"
-                );
-                return;
-            }
-            debug!(attempt, "redis still unreachable");
+        }
+        match self.connection().await {
+            Ok(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            Err(_) => false,
         }
     }
 
@@ -475,7 +290,7 @@ impl Store {
     }
 
     /// A connection for a call, failing fast while degraded; a failure to connect degrades.
-    async fn usable_connection(self: &Arc<Self>) -> Result<MultiplexedConnection, StoreError> {
+    async fn usable_connection(&self) -> Result<MultiplexedConnection, StoreError> {
         if self.is_degraded() {
             return Err(StoreError::Unavailable("degraded".into()));
         }
@@ -483,7 +298,7 @@ impl Store {
     }
 
     /// Classifies a failed call; an outage (not a fencing refusal) degrades the store.
-    fn failed(self: &Arc<Self>, e: &RedisError) -> StoreError {
+    fn failed(&self, e: &RedisError) -> StoreError {
         let error = redis_error(e);
         if matches!(error, StoreError::Unavailable(_)) {
             self.degrade(&error);

@@ -70,10 +70,22 @@ fn describe(command: &str, args: &[String], key: &str) -> String {
             after("topic_id")
         ),
         ("DEL", "flushed") => "record from before topic ids replaced".to_string(),
-        ("SET", "event") => format!(
-            "event first seen at {}",
+        // admit.lua records a sighting with SET NX, which keeps the first one: MONITOR shows the
+        // command whether or not it took, so it cannot be called a first sighting. A sighting
+        // that did not take is read back (GET) to compare: that line says "seen before".
+        ("SET", "event") if args.iter().any(|a| a.eq_ignore_ascii_case("NX")) => format!(
+            "event sighted at {}: recorded if it is the first sighting",
             args.get(2).map_or("?", String::as_str)
         ),
+        ("SET", "event") => format!(
+            "event first seen at {} (a sighting in an older topic replaced)",
+            args.get(2).map_or("?", String::as_str)
+        ),
+        ("GET", "event") => {
+            "event seen before: its first sighting is compared (another offset: dropped as a \
+             duplicate)"
+                .to_string()
+        }
         ("PEXPIRE", _) => format!("TTL set to {} ms", args.get(2).map_or("?", String::as_str)),
         ("GET" | "HGET" | "HMGET" | "HGETALL" | "PTTL" | "EXISTS", _) => "read".to_string(),
         _ => args.join(" "),
@@ -234,28 +246,47 @@ pub async fn follow(
 }
 
 /// `LULL_DEBUG_REDIS_MONITOR=true`: logs every command on lull's keys at debug level, alongside
-/// this process's instance id and pid, until the process stops.
-pub fn spawn_trace(url: String, prefix: String, instance: String) {
-    tokio::spawn(async move {
+/// this process's instance id and pid, until the run stops; a lost MONITOR connection (Redis
+/// restarted) is followed again after a pause. Runs under `supervisor` (a panic stops lull).
+pub fn spawn_trace(
+    supervisor: &crate::ops::supervisor::Supervisor,
+    url: String,
+    prefix: String,
+    instance: String,
+) {
+    let stop = supervisor.stopping();
+    let trace = async move {
         let pid = std::process::id();
         warn!("LULL_DEBUG_REDIS_MONITOR is on: MONITOR costs Redis throughput; use it for debugging only");
-        let result = follow(&url, &prefix, |e| {
-            debug!(
-                target: "lull::redis_monitor",
-                instance = %instance,
-                pid,
-                client = %e.client,
-                client_name = e.client_name.as_deref().unwrap_or(""),
-                script = e.script.unwrap_or(""),
-                command = %e.args.join(" "),
-                "redis command"
-            );
-        })
-        .await;
-        if let Err(e) = result {
-            warn!(error = %e, "redis MONITOR trace stopped");
+        loop {
+            let follow = follow(&url, &prefix, |e| {
+                crate::ops::fault::panic_if_armed("monitor");
+                debug!(
+                    target: "lull::redis_monitor",
+                    instance = %instance,
+                    pid,
+                    client = %e.client,
+                    client_name = e.client_name.as_deref().unwrap_or(""),
+                    script = e.script.unwrap_or(""),
+                    command = %e.args.join(" "),
+                    "redis command"
+                );
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                result = follow => {
+                    if let Err(e) = result {
+                        warn!(error = %e, "redis MONITOR trace lost; following again in 5 s");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
         }
-    });
+    };
+    supervisor.spawn("redis monitor trace", trace);
 }
 
 #[cfg(test)]
@@ -288,6 +319,28 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains("by lull:host-1:42 (127.0.0.1:5000) via flush.lua"));
+    }
+
+    #[test]
+    fn a_sighting_of_a_known_event_is_not_called_a_first_sighting() {
+        let event = |args: &[&str]| MonitorEvent {
+            time: 1_700_000_000.5,
+            client: "lua".into(),
+            client_name: None,
+            script: Some("admit"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let nx = timeline(
+            &event(&["SET", "lull:g:event:e1", "tid:0:7", "NX", "PX", "600000"]),
+            "lull:g",
+        );
+        assert!(
+            nx[0].contains("recorded if it is the first sighting"),
+            "{nx:?}"
+        );
+        assert!(!nx[0].contains("first seen"), "{nx:?}");
+        let read_back = timeline(&event(&["GET", "lull:g:event:e1"]), "lull:g");
+        assert!(read_back[0].contains("event seen before"), "{read_back:?}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The Lua scripts in `lua/`, compiled in and loaded once per connection, then called by SHA
+//! (`admit.lua` and `flush.lua` each behind `prelude.lua`, the stale-record rule they share)
 //! (`redis::Script` re-loads a script by itself if the server answers NOSCRIPT, e.g. after a
 //! restart or SCRIPT FLUSH). lull never puts scripts in pipelines, where that fallback would not
 //! apply.
@@ -9,12 +10,20 @@ use redis::aio::MultiplexedConnection;
 
 static CLAIM: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../../lua/claim.lua")));
-static ADMIT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/admit.lua")));
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../../../lua/prelude.lua"),
+        include_str!("../../../lua/admit.lua")
+    ))
+});
 static PENDING: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../../lua/pending.lua")));
-static FLUSH: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/flush.lua")));
+static FLUSH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../../../lua/prelude.lua"),
+        include_str!("../../../lua/flush.lua")
+    ))
+});
 
 /// One of lull's scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

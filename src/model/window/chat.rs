@@ -1,0 +1,92 @@
+//! The chat side of the engine: signals that hold a window open or flush it, and `follows`, the
+//! link from a batch to its key's previous batch (ARCHITECTURE.md, "Chat signals").
+
+use std::sync::Arc;
+
+use crate::model::fragment::SignalKind;
+
+use super::{
+    close_of, Batch, FlushReason, Follows, SignalOutcome, WindowEngine, FUTURE_TOLERANCE_MS,
+};
+
+impl WindowEngine {
+    /// The key's previous batch, if a batch starting at `first_ts` follows it.
+    pub(super) fn follows_for(&self, key: &str, first_ts: i64) -> Option<Follows> {
+        let (follows, last_ts) = self.previous.get(key)?;
+        (first_ts.saturating_sub(*last_ts) <= self.cfg.followup_ms).then(|| follows.clone())
+    }
+
+    /// Tells the engine a key's previous batch learnt elsewhere (Redis, after a restart or a
+    /// handoff), unless it knows a later one itself.
+    pub fn seed_follows(&mut self, key: &str, batch_id: &str, last_ts: i64) {
+        let horizon = self.cfg.followup_ms.saturating_add(self.cfg.grace_ms);
+        if self.cfg.followup_ms <= 0
+            || self.previous.contains_key(key)
+            || last_ts.saturating_add(horizon) < self.log_time
+        {
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.previous.insert(
+            key.clone(),
+            (Follows::Id(Arc::new(batch_id.to_string())), last_ts),
+        );
+        self.previous_order.push_back((last_ts, key));
+    }
+
+    /// Applies a chat signal of `key` at `ts`; batches it closes go to `out`.
+    pub fn signal(
+        &mut self,
+        key: &str,
+        kind: SignalKind,
+        ts: i64,
+        now_ms: i64,
+        out: &mut Vec<Batch>,
+    ) -> SignalOutcome {
+        let ts = if ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            self.stats.clamped += 1;
+            now_ms
+        } else {
+            ts
+        };
+        self.saw(ts);
+        if !self.cfg.batching {
+            return SignalOutcome::Ignored;
+        }
+        let cfg = self.cfg;
+        let outcome = match self.windows.get_mut(key) {
+            None => SignalOutcome::Ignored,
+            Some(w) => {
+                let (close, reason) = close_of(&cfg, w);
+                if ts > close {
+                    self.flush_key(key, reason, out);
+                    SignalOutcome::Expired
+                } else {
+                    match kind {
+                        SignalKind::Typing => {
+                            w.typing_until = w.typing_until.max(ts.saturating_add(cfg.typing_ms));
+                        }
+                        SignalKind::Stopped => w.typing_until = ts,
+                        SignalKind::Flush => {}
+                    }
+                    let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
+                    // Later: picked up lazily; earlier (`stopped`): rescheduled now.
+                    let earlier = (due < w.scheduled).then(|| {
+                        w.scheduled = due;
+                        w.first_offset()
+                    });
+                    if kind == SignalKind::Flush {
+                        self.flush_key(key, FlushReason::Signal, out);
+                    } else if let Some(first) = earlier {
+                        if let Some((stored, _)) = self.windows.get_key_value(key) {
+                            self.deadlines.push((due, first, stored.clone()));
+                        }
+                    }
+                    SignalOutcome::Applied
+                }
+            }
+        };
+        self.advance(ts, out);
+        outcome
+    }
+}
