@@ -292,42 +292,62 @@ async fn lifecycle_events_say_opened_and_flushed() {
     let lull = Running::start(cfg);
     lull.assigned(1).await;
     let t0 = base_time();
+    // Two bursts; the second starts 2 s after the first (follow-up is 5 s).
     write(
         &cluster,
         t0,
         &[
             ("ev", chat("ev", 0, "a", serde_json::json!({})), 0),
             ("ev", chat("ev", 1, "b", serde_json::json!({})), 50),
+            ("ev", chat("ev", 2, "c", serde_json::json!({})), 2_050),
         ],
     )
     .await;
     let mut out = cluster.collector(&cluster.output);
-    let batch = out.until("the batch", |s| !s.is_empty()).await[0].clone();
-    let id = batch.json()["batch_id"].as_str().unwrap().to_string();
+    let batches = out.until("both batches", |s| s.len() >= 2).await.to_vec();
+    let id = batches[0].json()["batch_id"].as_str().unwrap().to_string();
+    let second = batches[1].json()["batch_id"].as_str().unwrap().to_string();
     let mut events = Collector::on(cluster.bootstrap(), &events_topic, 1);
     let seen = events
-        .until("opened and flushed", |s| s.len() >= 2)
+        .until("opened and flushed of both", |s| s.len() >= 4)
         .await
         .to_vec();
     lull.stop().await;
-    let opened = seen[0].json();
-    assert_eq!(opened["event"], "opened");
-    assert_eq!(
-        (opened["key"].as_str(), opened["batch_id"].as_str()),
-        (Some("ev"), Some(id.as_str()))
-    );
+    let find = |kind: &str, batch: &str| {
+        seen.iter()
+            .map(|m| m.json())
+            .find(|e| e["event"] == kind && e["batch_id"] == batch)
+            .unwrap_or_else(|| panic!("no {kind} event of {batch}: {seen:#?}"))
+    };
+    let opened = find("opened", &id);
+    assert_eq!(opened["key"].as_str(), Some("ev"));
     assert!(
         opened["close_at"].as_i64().unwrap() >= t0 + 300,
         "expected close: quiet after the first"
     );
-    let flushed = seen[1].json();
-    assert_eq!(flushed["event"], "flushed");
-    assert_eq!(flushed["batch_id"], id);
+    assert!(opened.get("follows").is_none(), "the first follows nothing");
+    let flushed = find("flushed", &id);
     assert_eq!(
         (flushed["reason"].as_str(), flushed["count"].as_u64()),
         (Some("quiet"), Some(2))
     );
-    assert_eq!(seen[0].key.as_deref(), Some(&b"ev"[..]), "keyed by user");
+    // The second window's `opened` already says what it follows: the bot's earliest cue to hold
+    // or cancel the answer to the first batch.
+    let reopened = find("opened", &second);
+    assert_eq!(
+        reopened["follows"].as_str(),
+        Some(id.as_str()),
+        "{reopened}"
+    );
+    assert_eq!(
+        batches[1].json()["follows"].as_str(),
+        Some(id.as_str()),
+        "the batch says the same"
+    );
+    assert!(
+        seen.iter().all(|m| m.key.as_deref() == Some(&b"ev"[..])),
+        "keyed by user"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,12 +131,18 @@ fn describe_event(v: &serde_json::Value) -> String {
     match v["event"].as_str() {
         Some("opened") => {
             let wait = v["close_at"].as_i64().unwrap_or(0) - v["at"].as_i64().unwrap_or(0);
+            let follows = v["follows"]
+                .as_str()
+                .map(|f| format!("  follows {f}"))
+                .unwrap_or_default();
             if wait >= 0 {
-                format!("event  {key}  opened  {id}  closes in {wait} ms unless more arrives")
+                format!(
+                    "event  {key}  opened  {id}{follows}  closes in {wait} ms unless more arrives"
+                )
             } else {
                 // Read from a backlog: the window was due before lull saw its first fragment.
                 format!(
-                    "event  {key}  opened  {id}  overdue by {} ms: closes at once",
+                    "event  {key}  opened  {id}{follows}  overdue by {} ms: closes at once",
                     -wait
                 )
             }
@@ -234,6 +240,12 @@ mod tests {
         );
         let overdue = serde_json::json!({"event":"opened","key":"u1","batch_id":"t/0/4",
             "at":30_000,"close_at":5_265});
+        let follows = serde_json::json!({"event":"opened","key":"u1","batch_id":"t/0/9",
+            "at":1_000,"close_at":1_800,"follows":"t/0/4"});
+        assert_eq!(
+            describe_event(&follows),
+            "event  u1  opened  t/0/9  follows t/0/4  closes in 800 ms unless more arrives"
+        );
         assert_eq!(
             describe_event(&overdue),
             "event  u1  opened  t/0/4  overdue by 24735 ms: closes at once"

@@ -110,6 +110,9 @@ pub struct Opened {
     pub first_offset: i64,
     /// When it is expected to go out, as things stand: close time + grace.
     pub flush_at: i64,
+    /// The key's previous batch, when this window follows it within the follow-up window: the
+    /// bot's earliest cue that the user is adding to what it may be answering.
+    pub follows: Option<Follows>,
 }
 
 impl Batch {

@@ -8,7 +8,8 @@
 //!   whose timestamp is past its key's close time flushes that window first.
 //! * Chat signals ([`WindowEngine::signal`]): `typing` sets `typing_until = ts + typing`,
 //!   `stopped` sets it to `ts`, `flush` flushes now (reason `signal`); with no open window they
-//!   change nothing. A `final` fragment flushes its window right after joining it; a bypass
+//!   change nothing. A fragment that joins a window ends the hold of the typing signals before it:
+//!   only a `typing` newer than the window's last fragment holds it open. A `final` fragment flushes its window right after joining it; a bypass
 //!   fragment flushes its key's window (`interrupted`) and then goes out alone (`bypass`).
 //! * `follows`: a batch names the key's previous batch when its first fragment is at most
 //!   `followup` after that batch's last one. Resolved when the window opens, from a bounded map
@@ -212,6 +213,11 @@ impl WindowEngine {
                 } else {
                     w.first_ts = w.first_ts.min(ts);
                     w.last_ts = w.last_ts.max(ts);
+                    // A fragment ends the hold of the typing signals before it: only a `typing`
+                    // newer than this fragment (typing_until > ts + typing) still holds the window.
+                    if w.typing_until <= ts.saturating_add(cfg.typing_ms) {
+                        w.typing_until = i64::MIN;
+                    }
                     w.bytes += size;
                     self.open_bytes += size;
                     // Grown one fragment at a time: a burst is a few fragments, and Vec's own
@@ -300,6 +306,7 @@ impl WindowEngine {
                 key: key.clone(),
                 first_offset: offset,
                 flush_at: due,
+                follows: w.follows.clone(),
             });
         }
         self.open_bytes += w.bytes;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::fragment::Fragment;
 use crate::model::state::{self, FlushedRecord, PartitionRecord};
-use crate::model::window::{Batch, Follows};
+use crate::model::window::{Batch, Follows, Opened};
 
 /// One header as it was on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,24 +151,24 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
     }
 }
 
-/// A window opened: `{"event":"opened","key","batch_id","at","close_at"}`, keyed by the user,
-/// covering `first_offset` (the window's) until acknowledged.
-pub fn encode_opened(
-    key: &str,
-    topic: &str,
-    partition: i32,
-    first_offset: i64,
-    at: i64,
-    close_at: i64,
-) -> Record {
-    let value = serde_json::json!({
+/// A window opened: `{"event":"opened","key","batch_id","at","close_at"}`, plus `"follows"` (the
+/// key's previous batch id) when the window follows it within the follow-up window; keyed by the
+/// user, covering the window's first offset until acknowledged.
+pub fn encode_opened(opened: &Opened, topic: &str, partition: i32, at: i64) -> Record {
+    let mut value = serde_json::json!({
         "event": "opened",
-        "key": key,
-        "batch_id": batch_id(topic, partition, first_offset),
+        "key": &*opened.key,
+        "batch_id": batch_id(topic, partition, opened.first_offset),
         "at": at,
-        "close_at": close_at,
+        "close_at": opened.flush_at,
     });
-    event_record(key, value, first_offset)
+    if let Some(follows) = &opened.follows {
+        value["follows"] = serde_json::Value::String(match follows {
+            Follows::Offset(o) => batch_id(topic, partition, *o),
+            Follows::Id(id) => id.to_string(),
+        });
+    }
+    event_record(&opened.key, value, opened.first_offset)
 }
 
 /// A batch acknowledged: `{"event":"flushed","key","batch_id","at","reason","count"}`.

@@ -27,14 +27,7 @@ impl Worker {
                 // A replay of a window whose opening was committed already.
                 continue;
             }
-            let record = wire::encode_opened(
-                &opened.key,
-                &self.topic,
-                self.partition,
-                opened.first_offset,
-                now_ms(),
-                opened.flush_at,
-            );
+            let record = wire::encode_opened(&opened, &self.topic, self.partition, now_ms());
             // Held until delivered, like the window's batch.
             p.progress.hold(record.first_offset);
             p.output.push(record, Kind::Event);

@@ -183,6 +183,28 @@ fn typing_holds_a_window_open_but_never_past_max_wait() {
 }
 
 #[test]
+fn a_fragment_ends_the_hold_of_the_typing_before_it() {
+    let mut e = WindowEngine::new(CHAT);
+    let mut out = Vec::new();
+    e.push(frag("a", 0, 0), NOW, &mut out);
+    e.signal("a", SignalKind::Typing, 10, NOW, &mut out);
+    assert_eq!(e.next_deadline(), Some(310 + 20 + 1), "typing holds to 310");
+    // The fragment that typing announced: the hold ends, the quiet period counts from it.
+    e.push(frag("a", 1, 50), NOW, &mut out);
+    assert_eq!(e.next_deadline(), Some(150 + 20 + 1));
+    // A typing newer than the last fragment holds the window again...
+    e.signal("a", SignalKind::Typing, 120, NOW, &mut out);
+    assert_eq!(e.next_deadline(), Some(420 + 20 + 1));
+    // ...and an out-of-order fragment older than that typing does not end its hold.
+    e.push(frag("a", 2, 100), NOW, &mut out);
+    assert_eq!(e.next_deadline(), Some(420 + 20 + 1));
+    e.advance(441, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].reason, FlushReason::Quiet);
+    assert_eq!(offsets(&out[0]), vec![0, 1, 2]);
+}
+
+#[test]
 fn stopped_ends_the_hold_and_flush_closes_now() {
     let mut e = WindowEngine::new(CHAT);
     let mut out = Vec::new();
