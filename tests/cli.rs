@@ -497,7 +497,8 @@ fn simulate_gives_up_on_an_unreachable_broker_like_verify() {
 }
 
 /// The README's "try it by hand": `dev-broker`, `run`, `tail` and `send` as processes. ana's two
-/// `typing` signals hold her burst open across a pause three times the quiet period: one batch.
+/// `typing` signals hold her burst open across a pause three times the quiet period: one batch
+/// (the README's "Try it by hand", with its timings and the default settings).
 /// bob makes the same pause without signals: two batches, the second `follows` the first.
 #[test]
 fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
@@ -516,8 +517,6 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
     let with_env = |c: &mut Command| {
         c.env("KAFKA_BROKERS", &bootstrap)
             .env("LULL_EVENTS_TOPIC", "chat.events")
-            .env("LULL_QUIET_MS", "3000")
-            .env("LULL_TYPING_MS", "5000")
             .env("LULL_HTTP_ADDR", "127.0.0.1:0")
             .env("LULL_KAFKA_SESSION_TIMEOUT_MS", "6000")
             .env("LULL_DRAIN_TIMEOUT_MS", "3000");
@@ -555,14 +554,16 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
             .unwrap(),
     );
     let mut stdin = send.0.stdin.take().unwrap();
-    // (seconds after the start, line): the rhythm of typing by hand is the scenario itself.
+    // (seconds after the start, line): the README's walk-through, with its default settings
+    // (quiet 2 s, typing 6 s) and its timings: `hi`, the first `typing` right after it, the
+    // second about 3 s later, the message about 3 s after that.
     let script = [
         (0.0, r#"{"user_id":"ana","text":"hi"}"#),
         (0.0, r#"{"user_id":"bob","text":"hi"}"#),
-        (0.3, r#"{"user_id":"ana","signal":"typing"}"#),
-        (4.0, r#"{"user_id":"ana","signal":"typing"}"#),
-        (7.0, r#"{"user_id":"ana","text":"my order never arrived"}"#),
-        (7.0, r#"{"user_id":"bob","text":"my order never arrived"}"#),
+        (0.5, r#"{"user_id":"ana","signal":"typing"}"#),
+        (3.5, r#"{"user_id":"ana","signal":"typing"}"#),
+        (6.5, r#"{"user_id":"ana","text":"my order never arrived"}"#),
+        (6.5, r#"{"user_id":"bob","text":"my order never arrived"}"#),
     ];
     let start = Instant::now();
     for (at, line) in script {
@@ -592,7 +593,7 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
     );
     let bob = of("bob");
     assert_eq!(bob.len(), 2, "{lines:#?}");
-    let first_id = bob[0].split_whitespace().nth(5).unwrap();
+    let first_id = bob[0].split_whitespace().nth(5).unwrap().to_string();
     assert!(
         bob[1].contains(&format!("follows {first_id}")),
         "{lines:#?}"
@@ -601,4 +602,11 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
         lines.iter().any(|l| l.starts_with("event  ana  opened")),
         "{lines:#?}"
     );
+    // bob's second window said it follows the first as soon as it opened.
+    let following = format!("follows {first_id}");
+    tail_lines.until("bob's second window opened, following the first", |lines| {
+        lines
+            .iter()
+            .any(|l| l.starts_with("event  bob  opened") && l.contains(&following))
+    });
 }
