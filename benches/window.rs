@@ -61,7 +61,7 @@ fn fragment(user: usize, offset: i64, ts: i64) -> Fragment {
     };
     let rules = Rules {
         max_fragment_bytes: 1 << 20,
-        bypass: None,
+        ..Rules::default()
     };
     match parse(msg, &rules) {
         Ok(Parsed::Fragment(f)) => f,

@@ -497,19 +497,24 @@ async fn two_workers_split_partitions_and_batch_each_burst_once() {
     .await;
     let producer = cluster.producer();
     let users: Vec<String> = (0..40).map(|u| format!("w{u}")).collect();
-    for seq in 0..3 {
-        for user in &users {
-            send(
-                &producer,
-                &cluster.input,
-                Some(user),
-                &fragment(user, seq),
-                None,
-                None,
-            )
-            .await;
-        }
-    }
+    // All 120 handed to the producer at once, in order (its queue keeps a partition's order), so
+    // each user's three fragments land within milliseconds of each other however loaded the
+    // machine is: awaited one by one, 40 acknowledgements between two fragments of one user
+    // could outlast the 300 ms quiet period and cut a burst in two.
+    let values: Vec<(&String, Vec<u8>)> = (0..3)
+        .flat_map(|seq| users.iter().map(move |u| (u, fragment(u, seq))))
+        .collect();
+    futures_util::future::join_all(values.iter().map(|(user, value)| {
+        send(
+            &producer,
+            &cluster.input,
+            Some(user.as_str()),
+            value,
+            None,
+            None,
+        )
+    }))
+    .await;
     let mut out = cluster.collector(&cluster.output);
     out.until("every burst", |s| event_counts(s).len() == 120)
         .await;

@@ -41,6 +41,19 @@ fn chat_config(cluster: &Cluster, group: &str) -> Config {
     c.typing = Duration::from_secs(3);
     c.followup = Duration::from_secs(5);
     c.bypass_pattern = Some(regex::Regex::new("^/").unwrap());
+    // Two channels with overrides: a slower quiet period, and a bypass pattern of its own.
+    c.channels = vec![
+        lull::config::channels::Channel {
+            name: "CMD".into(),
+            bypass_pattern: Some(regex::Regex::new("^!").unwrap()),
+            ..Default::default()
+        },
+        lull::config::channels::Channel {
+            name: "SLOW_LINE".into(),
+            quiet: Some(Duration::from_millis(1_500)),
+            ..Default::default()
+        },
+    ];
     c
 }
 
@@ -161,6 +174,39 @@ fn script() -> (Vec<Message>, usize) {
         ),
         // An unknown signal goes to the DLQ.
         ("dancer", signal("dancer", "dancing"), 0),
+        // Channels: the window keeps its first fragment's channel (quiet 1.5 s), so the pause
+        // that splits the pauser's burst does not split this one.
+        (
+            "slowpoke",
+            chat(
+                "slowpoke",
+                0,
+                "hi",
+                serde_json::json!({"channel": "slow-line"}),
+            ),
+            0,
+        ),
+        (
+            "slowpoke",
+            chat("slowpoke", 1, "more", serde_json::json!({})),
+            900,
+        ),
+        // A channel's own bypass pattern replaces the global one.
+        (
+            "banger",
+            chat(
+                "banger",
+                0,
+                "!status",
+                serde_json::json!({"channel": "cmd"}),
+            ),
+            0,
+        ),
+        (
+            "banger",
+            chat("banger", 1, "/help", serde_json::json!({"channel": "cmd"})),
+            50,
+        ),
     ];
     // The log in time order (one partition: partition time is the newest timestamp read).
     let mut msgs = msgs;
@@ -202,6 +248,22 @@ fn check(seen: &[OutMsg]) {
         ("bypass", s(&["/help"]))
     );
     assert!(of(seen, "ghost").is_empty());
+    let slowpoke = of(seen, "slowpoke");
+    assert_eq!(
+        slowpoke.len(),
+        1,
+        "its channel's quiet period: {slowpoke:?}"
+    );
+    assert_eq!(slowpoke[0].1, s(&["hi", "more"]));
+    let banger = of(seen, "banger");
+    assert_eq!(
+        banger
+            .iter()
+            .map(|b| (b.0.as_str(), b.1.clone()))
+            .collect::<Vec<_>>(),
+        vec![("bypass", s(&["!status"])), ("quiet", s(&["/help"]))],
+        "the channel's pattern, not the global one"
+    );
     let returner = of(seen, "returner");
     assert_eq!(returner.len(), 2);
     assert_eq!(returner[0].2, None);

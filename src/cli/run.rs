@@ -65,7 +65,10 @@ impl clap::Args for RunArgs {
         .after_help(
             "Every setting is also read from its environment variable (and a .env file); a flag \
 wins. LULL_KAFKA_<PROPERTY>=value passes any librdkafka property (LULL_KAFKA_SECURITY_PROTOCOL=SSL \
--> security.protocol) to the clients it applies to. See the README's Configuration section.",
+-> security.protocol) to the clients it applies to. LULL_CHANNEL_<NAME>_<SETTING>=value overrides \
+QUIET_MS, MAX_WAIT_MS, TYPING_MS, MAX_FRAGMENTS or BYPASS_PATTERN for fragments whose \"channel\" \
+is <NAME> (upper-cased, - as _; e.g. LULL_CHANNEL_WHATSAPP_QUIET_MS=3500); a window keeps its \
+first fragment's channel. See the README's Configuration section.",
         )
     }
 

@@ -63,7 +63,8 @@ pub fn unknown_variables(env: &impl Env) -> Vec<(String, Option<&'static str>)> 
         let known = settings::SETTINGS.iter().any(|s| s.name == name)
             || TOOLING_NAMES.contains(&name.as_str())
             || TOOLING_PREFIXES.iter().any(|p| name.starts_with(p))
-            || name.starts_with(KAFKA_PREFIX);
+            || name.starts_with(KAFKA_PREFIX)
+            || name.starts_with(super::channels::PREFIX);
         if !known {
             out.push((name.clone(), nearest_setting(&name)));
         }

@@ -5,6 +5,7 @@
 //! the variable, the value and what was expected, and start-up stops. Secrets (Kafka passwords,
 //! the Redis URL's password) are wrapped so that `Debug` and the start-up dump mask them.
 
+pub mod channels;
 mod env;
 mod reader;
 pub mod settings;
@@ -176,6 +177,8 @@ pub struct Config {
     pub followup: Duration,
     /// Fragments whose `text` matches go out alone (`LULL_BYPASS_PATTERN`).
     pub bypass_pattern: Option<regex::Regex>,
+    /// Per-channel overrides (`LULL_CHANNEL_<NAME>_<SETTING>`), sorted by name.
+    pub channels: Vec<channels::Channel>,
     /// Where lifecycle events go; `None` = off (`LULL_EVENTS_TOPIC`).
     pub events_topic: Option<String>,
     /// Transactions or not (`LULL_DELIVERY`).
@@ -375,7 +378,31 @@ impl Config {
         crate::model::fragment::Rules {
             max_fragment_bytes: self.max_fragment_bytes,
             bypass: self.bypass_pattern.clone(),
+            channels: self
+                .channels
+                .iter()
+                .map(|c| crate::model::fragment::ChannelRule {
+                    name: c.name.clone(),
+                    bypass: c.bypass_pattern.clone(),
+                })
+                .collect(),
         }
+    }
+
+    /// The engine's settings of each channel with overrides, in [`Config::channels`]' order
+    /// (what [`crate::model::window::WindowEngine::with_channels`] takes).
+    pub fn channel_windows(&self) -> Vec<crate::model::window::WindowConfig> {
+        let global = self.window();
+        self.channels
+            .iter()
+            .map(|c| crate::model::window::WindowConfig {
+                quiet_ms: c.quiet.unwrap_or(self.quiet).as_millis() as i64,
+                max_wait_ms: c.max_wait.unwrap_or(self.max_wait).as_millis() as i64,
+                typing_ms: c.typing.unwrap_or(self.typing).as_millis() as i64,
+                max_fragments: c.max_fragments.unwrap_or(self.max_fragments),
+                ..global
+            })
+            .collect()
     }
 }
 

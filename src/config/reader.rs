@@ -100,6 +100,25 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
+    /// A regular expression (unset or empty: none).
+    pub(super) fn pattern(&mut self, name: &str) -> Option<regex::Regex> {
+        let v = self.raw(name).filter(|v| !v.is_empty())?;
+        match regex::RegexBuilder::new(&v).size_limit(1 << 20).build() {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let why = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                self.problem(name, &v, &format!("a regular expression ({why})"));
+                None
+            }
+        }
+    }
+
     /// One of `options`; the default is the option the table names.
     pub(super) fn choice<T: Copy>(&mut self, name: &str, options: &[(&str, T)]) -> T {
         let default = settings::default_of(name);
@@ -164,28 +183,8 @@ impl Config {
         );
         let typing = r.millis("LULL_TYPING_MS", (0, HOUR_MS));
         let followup = r.millis("LULL_FOLLOWUP_MS", (0, DAY_MS));
-        let bypass_pattern = match r.raw("LULL_BYPASS_PATTERN") {
-            None => None,
-            Some(v) if v.is_empty() => None,
-            Some(v) => match regex::RegexBuilder::new(&v).size_limit(1 << 20).build() {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    let why = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    r.problem(
-                        "LULL_BYPASS_PATTERN",
-                        &v,
-                        &format!("a regular expression ({why})"),
-                    );
-                    None
-                }
-            },
-        };
+        let bypass_pattern = r.pattern("LULL_BYPASS_PATTERN");
+        let channels = super::channels::read(&mut r, quiet, max_wait);
         let events_topic = match r.raw("LULL_EVENTS_TOPIC") {
             None => None,
             Some(v) if v.is_empty() => None,
@@ -392,6 +391,7 @@ impl Config {
             typing,
             followup,
             bypass_pattern,
+            channels,
             events_topic,
             delivery,
             transaction,

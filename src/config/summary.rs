@@ -5,12 +5,14 @@ use super::*;
 
 impl Config {
     /// The effective settings as `name = value` pairs, secrets masked, for the start-up log:
-    /// every setting of [`settings::SETTINGS`], in its order, then the `LULL_KAFKA_*` properties.
+    /// every setting of [`settings::SETTINGS`], in its order, then each channel's overrides, then
+    /// the `LULL_KAFKA_*` properties.
     pub fn summary(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = settings::SETTINGS
             .iter()
             .map(|s| (s.name.to_string(), self.shown(s.name)))
             .collect();
+        out.extend(self.channels.iter().flat_map(|c| c.summary()));
         for (property, value) in &self.kafka {
             let shown = match value {
                 KafkaProperty::Plain(v) => v.clone(),

@@ -277,3 +277,58 @@ fn the_settings_table_drives_reading_and_the_summary() {
         assert!(!s.meaning.is_empty());
     }
 }
+
+#[test]
+fn channels_override_their_settings_and_bad_ones_are_each_one_line() {
+    let c = Config::from_env(&env(&[
+        ("LULL_CHANNEL_WHATSAPP_QUIET_MS", "3500"),
+        ("LULL_CHANNEL_WHATSAPP_MAX_WAIT_MS", "20000"),
+        ("LULL_CHANNEL_WEB_CHAT_BYPASS_PATTERN", "^!"),
+        ("LULL_CHANNEL_VOICE_TYPING_MS", "0"),
+    ]))
+    .expect("valid");
+    let names: Vec<&str> = c.channels.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["VOICE", "WEB_CHAT", "WHATSAPP"]);
+    let windows = c.channel_windows();
+    assert_eq!(
+        (windows[2].quiet_ms, windows[2].max_wait_ms),
+        (3500, 20_000)
+    );
+    assert_eq!(
+        windows[2].typing_ms, 6000,
+        "not overridden: the global setting"
+    );
+    assert_eq!(windows[0].typing_ms, 0);
+    let rules = c.rules();
+    assert_eq!(
+        rules.channels[1].bypass.as_ref().map(|r| r.as_str()),
+        Some("^!")
+    );
+    assert!(c
+        .summary()
+        .contains(&("LULL_CHANNEL_WHATSAPP_QUIET_MS".into(), "3500".into())));
+    assert!(unknown_variables(&env(&[("LULL_CHANNEL_WHATSAPP_QUIET_MS", "3500")])).is_empty());
+
+    let err = Config::from_env(&env(&[
+        ("LULL_CHANNEL_WHATSAPP_QUIET_MS", "soon"),
+        ("LULL_CHANNEL_SMS_COLOUR", "red"),
+        ("LULL_CHANNEL_WEB_BYPASS_PATTERN", "(["),
+        ("LULL_CHANNEL_VOICE_QUIET_MS", "30000"),
+    ]))
+    .expect_err("four problems");
+    let mut vars: Vec<&str> = err.0.iter().map(|p| p.variable.as_str()).collect();
+    vars.sort_unstable();
+    assert_eq!(
+        vars,
+        vec![
+            "LULL_CHANNEL_SMS_COLOUR",
+            "LULL_CHANNEL_VOICE_MAX_WAIT_MS",
+            "LULL_CHANNEL_WEB_BYPASS_PATTERN",
+            "LULL_CHANNEL_WHATSAPP_QUIET_MS",
+        ],
+        "{err}"
+    );
+    for problem in &err.0 {
+        assert!(!problem.to_string().contains('\n'), "one line: {problem}");
+    }
+}

@@ -4,8 +4,9 @@
 //! A fragment's value is kept byte-for-byte (it is copied into the batch unchanged); the JSON is
 //! parsed once here only to check it is an object and to pick out the few fields lull reads:
 //! `user_id` (the key when the message has none), `event_id`, `text`, `correlation_id`, `final`
-//! (`true`: the client says the thought is complete) and `signal` (a string: the message is a
-//! chat signal — `typing`, `stopped` or `flush` — never part of a batch).
+//! (`true`: the client says the thought is complete), `channel` (which per-channel settings its
+//! window uses) and `signal` (a string: the message is a chat signal — `typing`, `stopped` or
+//! `flush` — never part of a batch).
 
 use std::borrow::Cow;
 
@@ -35,8 +36,12 @@ pub struct Fragment {
     event_id: Span,
     /// `"final": true`: its window goes out right after it.
     pub is_final: bool,
-    /// Its `text` matches `LULL_BYPASS_PATTERN`: it goes out alone, after its key's open window.
+    /// Its `text` matches `LULL_BYPASS_PATTERN` (or its channel's): it goes out alone, after its
+    /// key's open window.
     pub bypass: bool,
+    /// Its `channel` among the configured ones ([`Rules::channels`], counted from 1); 0 = none,
+    /// or one without overrides: the global settings.
+    pub channel: u8,
 }
 
 /// A string field's place in a fragment's `data`.
@@ -116,6 +121,7 @@ impl Fragment {
             event_id,
             is_final: false,
             bypass: false,
+            channel: 0,
         }
     }
 
@@ -167,6 +173,7 @@ impl PartialEq for Fragment {
             && self.event_id() == other.event_id()
             && self.is_final == other.is_final
             && self.bypass == other.bypass
+            && self.channel == other.channel
     }
 }
 
@@ -184,6 +191,7 @@ impl std::fmt::Debug for Fragment {
             .field("event_id", &self.event_id())
             .field("is_final", &self.is_final)
             .field("bypass", &self.bypass)
+            .field("channel", &self.channel)
             .finish()
     }
 }
@@ -240,6 +248,23 @@ pub struct Rules {
     pub max_fragment_bytes: usize,
     /// `LULL_BYPASS_PATTERN`: fragments whose `text` matches go out alone.
     pub bypass: Option<regex::Regex>,
+    /// The channels with overrides, in order (a fragment's [`Fragment::channel`] is its place
+    /// here plus one): each `<NAME>` as the variables spell it, and its own bypass pattern.
+    pub channels: Vec<ChannelRule>,
+}
+
+/// One channel with overrides, as parsing needs it.
+#[derive(Debug, Clone)]
+pub struct ChannelRule {
+    /// `<NAME>` of `LULL_CHANNEL_<NAME>_*`: the channel upper-cased, `-` as `_`.
+    pub name: String,
+    /// `LULL_CHANNEL_<NAME>_BYPASS_PATTERN`, when set: it replaces the global pattern.
+    pub bypass: Option<regex::Regex>,
+}
+
+/// The `<NAME>` a fragment's `channel` value selects: upper-cased, `-` as `_`.
+pub fn channel_name(channel: &str) -> String {
+    channel.to_ascii_uppercase().replace('-', "_")
 }
 
 /// Why a message cannot be a fragment; every variant sends it to the dead-letter topic.
@@ -297,6 +322,7 @@ struct Probe<'a> {
     correlation_id: Option<&'a RawValue>,
     is_final: Option<&'a RawValue>,
     signal: Option<&'a RawValue>,
+    channel: Option<&'a RawValue>,
 }
 
 /// The name of an object member, sorted into the few lull reads (borrowed or escaped alike).
@@ -307,6 +333,7 @@ enum Field {
     CorrelationId,
     Final,
     Signal,
+    Channel,
     Other,
 }
 
@@ -326,6 +353,7 @@ impl<'de> Deserialize<'de> for Field {
                     "correlation_id" => Field::CorrelationId,
                     "final" => Field::Final,
                     "signal" => Field::Signal,
+                    "channel" => Field::Channel,
                     _ => Field::Other,
                 })
             }
@@ -355,6 +383,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
                         Field::CorrelationId => &mut probe.correlation_id,
                         Field::Final => &mut probe.is_final,
                         Field::Signal => &mut probe.signal,
+                        Field::Channel => &mut probe.channel,
                         Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             continue;
@@ -465,7 +494,16 @@ pub fn parse(msg: RawMessage<'_>, rules: &Rules) -> Result<Parsed, Invalid> {
         },
     );
     fragment.is_final = probe.is_final.is_some_and(|v| v.get() == "true");
-    fragment.bypass = match (&rules.bypass, &text) {
+    let channel = as_str(probe.channel).and_then(|c| {
+        let name = channel_name(&c);
+        rules.channels.iter().position(|r| r.name == name)
+    });
+    let bypass = match channel {
+        Some(i) => rules.channels[i].bypass.as_ref().or(rules.bypass.as_ref()),
+        None => rules.bypass.as_ref(),
+    };
+    fragment.channel = channel.map_or(0, |i| u8::try_from(i + 1).unwrap_or(0));
+    fragment.bypass = match (bypass, &text) {
         (Some(pattern), Some(text)) => pattern.is_match(text),
         _ => false,
     };

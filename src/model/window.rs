@@ -90,10 +90,25 @@ impl OpenWindow {
     fn first_offset(&self) -> i64 {
         self.fragments[0].offset
     }
+
+    /// The channel of its first fragment, whose settings it keeps.
+    fn channel(&self) -> u8 {
+        self.fragments[0].channel
+    }
 }
 
-/// Close time of a window: the earlier of the quiet and the max-wait bound, and which it was.
-fn close_of(cfg: &WindowConfig, w: &OpenWindow) -> (i64, FlushReason) {
+/// The settings of `channel` (0: the global ones, always there).
+fn settings(channels: &[WindowConfig], channel: u8) -> WindowConfig {
+    match channels.get(usize::from(channel)).or(channels.first()) {
+        Some(cfg) => *cfg,
+        None => unreachable!("an engine always has its global settings"),
+    }
+}
+
+/// Close time of a window: the earlier of the quiet and the max-wait bound of its channel, and
+/// which it was.
+fn close_of(channels: &[WindowConfig], w: &OpenWindow) -> (i64, FlushReason) {
+    let cfg = settings(channels, w.channel());
     let quiet = w.last_ts.saturating_add(cfg.quiet_ms).max(w.typing_until);
     let cap = w.first_ts.saturating_add(cfg.max_wait_ms);
     if cap < quiet {
@@ -111,6 +126,9 @@ type WindowMap = HashMap<Arc<str>, OpenWindow, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub struct WindowEngine {
     cfg: WindowConfig,
+    /// The settings per channel: the global ones first, then each channel with overrides (a
+    /// fragment's `channel` indexes it). A window keeps its first fragment's.
+    channels: Vec<WindowConfig>,
     windows: WindowMap,
     /// `(due, first_offset, key)` of every open window (and stale entries, dropped when they come
     /// up): the one timer structure of the partition.
@@ -137,6 +155,7 @@ impl WindowEngine {
     pub fn new(cfg: WindowConfig) -> Self {
         Self {
             cfg,
+            channels: vec![cfg],
             windows: WindowMap::default(),
             deadlines: Deadlines::default(),
             open_order: VecDeque::new(),
@@ -150,13 +169,31 @@ impl WindowEngine {
         }
     }
 
+    /// Adds the settings of the channels with overrides, in the order fragments number them
+    /// (from 1). Only the timing and count settings may differ per channel: batching, the byte
+    /// caps, the grace and the follow-up window are the global ones.
+    pub fn with_channels(mut self, channels: impl IntoIterator<Item = WindowConfig>) -> Self {
+        let global = self.cfg;
+        self.channels
+            .extend(channels.into_iter().map(|c| WindowConfig {
+                batching: global.batching,
+                max_batch_bytes: global.max_batch_bytes,
+                grace_ms: global.grace_ms,
+                followup_ms: global.followup_ms,
+                ..c
+            }));
+        self
+    }
+
     /// The settings this engine runs with.
     pub fn config(&self) -> &WindowConfig {
         &self.cfg
     }
 
     fn due_of(&self, w: &OpenWindow) -> i64 {
-        close_of(&self.cfg, w).0.saturating_add(self.cfg.grace_ms)
+        close_of(&self.channels, w)
+            .0
+            .saturating_add(self.cfg.grace_ms)
     }
 
     /// Adds one fragment (fragments of a partition must come in offset order); batches that
@@ -182,7 +219,7 @@ impl WindowEngine {
                 Some((stored, w)) => {
                     // A window whose close time passed went out for its own reason already, as
                     // far as the log is concerned; only a still-open one is interrupted.
-                    let (close, reason) = close_of(&self.cfg, &w);
+                    let (close, reason) = close_of(&self.channels, &w);
                     let reason = if ts > close {
                         reason
                     } else {
@@ -205,7 +242,8 @@ impl WindowEngine {
         // the window must go out first.
         let cut = match self.windows.get_mut(&*key) {
             Some(w) => {
-                let (close, reason) = close_of(&cfg, w);
+                let (close, reason) = close_of(&self.channels, w);
+                let wcfg = settings(&self.channels, w.channel());
                 if ts > close {
                     Some(reason)
                 } else if w.bytes + size > cfg.max_batch_bytes {
@@ -215,7 +253,7 @@ impl WindowEngine {
                     w.last_ts = w.last_ts.max(ts);
                     // A fragment ends the hold of the typing signals before it: only a `typing`
                     // newer than this fragment (typing_until > ts + typing) still holds the window.
-                    if w.typing_until <= ts.saturating_add(cfg.typing_ms) {
+                    if w.typing_until <= ts.saturating_add(wcfg.typing_ms) {
                         w.typing_until = i64::MIN;
                     }
                     w.bytes += size;
@@ -224,14 +262,14 @@ impl WindowEngine {
                     // growth (1 → 4 → 8) would hold a 2-fragment window at twice its size.
                     w.fragments.reserve_exact(1);
                     w.fragments.push(f);
-                    let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
+                    let due = close_of(&self.channels, w).0.saturating_add(cfg.grace_ms);
                     // A later due time is picked up lazily; an earlier one (an out-of-order
                     // straggler moved first_ts back) is rescheduled now, never flushed late.
                     let earlier = (due < w.scheduled).then(|| {
                         w.scheduled = due;
                         w.first_offset()
                     });
-                    let full = if w.fragments.len() >= cfg.max_fragments {
+                    let full = if w.fragments.len() >= wcfg.max_fragments {
                         Some(FlushReason::MaxFragments)
                     } else if w.bytes >= cfg.max_batch_bytes {
                         Some(FlushReason::MaxBytes)
@@ -272,10 +310,11 @@ impl WindowEngine {
                 Arc::from(key)
             }
         };
+        let max_fragments = settings(&self.channels, f.channel).max_fragments;
         self.open(key.clone(), f);
         // Caps: a window that is full with its first fragment flushes at once.
-        if cfg.max_fragments <= 1 || size >= cfg.max_batch_bytes {
-            let reason = if cfg.max_fragments <= 1 {
+        if max_fragments <= 1 || size >= cfg.max_batch_bytes {
+            let reason = if max_fragments <= 1 {
                 FlushReason::MaxFragments
             } else {
                 FlushReason::MaxBytes
@@ -331,7 +370,7 @@ impl WindowEngine {
     ) {
         self.open_bytes -= w.bytes;
         self.drop_closed_front();
-        let (close, _) = close_of(&self.cfg, &w);
+        let (close, _) = close_of(&self.channels, &w);
         self.emit(
             Batch {
                 key,
@@ -463,7 +502,7 @@ impl WindowEngine {
             let Some(w) = self.windows.get(&key) else {
                 break;
             };
-            let (_, reason) = close_of(&self.cfg, w);
+            let (_, reason) = close_of(&self.channels, w);
             self.flush_key(&key, reason, out);
         }
     }
@@ -483,11 +522,11 @@ impl WindowEngine {
             let (scheduled, first, key) = self.deadlines.peek()?;
             let (scheduled, first) = (*scheduled, *first);
             let grace = self.cfg.grace_ms;
-            let cfg = self.cfg;
+            let channels = &self.channels;
             let current = match self.windows.get_mut(key.as_ref()) {
                 // The entry of a flushed window, or one superseded by an earlier reschedule.
                 Some(w) if w.first_offset() == first && w.scheduled == scheduled => {
-                    let due = close_of(&cfg, w).0.saturating_add(grace);
+                    let due = close_of(channels, w).0.saturating_add(grace);
                     w.scheduled = due;
                     Some(due)
                 }

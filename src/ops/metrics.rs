@@ -24,6 +24,8 @@ pub struct Metrics {
     pub fragments_clamped: IntCounter,
     /// Batches produced and acknowledged, by reason.
     pub batches_flushed: IntCounterVec,
+    /// Batches delivered, by the channel whose settings they kept.
+    pub channel_batches: IntCounterVec,
     /// Fragments per batch.
     pub batch_fragments: Histogram,
     /// Fragment bytes per batch.
@@ -174,6 +176,13 @@ impl Metrics {
                 "lull_batches_flushed_total",
                 "Batches delivered to the output topic, by reason.",
                 &["reason"],
+            ),
+            channel_batches: counter_vec(
+                &registry,
+                "lull_channel_batches_total",
+                "Batches delivered, by the channel whose settings they kept (LULL_CHANNEL_<NAME>_*: \
+                 its NAME; any other channel, or none: other).",
+                &["channel"],
             ),
             batch_fragments: histogram(
                 &registry,

@@ -74,6 +74,7 @@ impl Worker {
                 reason: batch.reason.as_str(),
                 fragments: batch.fragments.len(),
                 bytes: batch.bytes(),
+                channel: batch.fragments[0].channel,
             };
             p.output.push(record, kind);
             if let Some(state) = p.eos.as_mut() {
@@ -110,8 +111,15 @@ impl Worker {
                 reason,
                 fragments,
                 bytes,
+                channel,
             } => {
                 m.batches_flushed.with_label_values(&[reason]).inc();
+                // Bounded: the configured channels, all others as `other`.
+                let name = usize::from(*channel)
+                    .checked_sub(1)
+                    .and_then(|i| self.config.channels.get(i))
+                    .map_or("other", |c| c.name.as_str());
+                m.channel_batches.with_label_values(&[name]).inc();
                 m.batch_fragments.observe(*fragments as f64);
                 m.batch_bytes.observe(*bytes as f64);
                 if p.gate.is_redis() {

@@ -287,7 +287,8 @@ impl Worker {
         producer: Option<&Arc<crate::io::transactional::TxnProducer>>,
         identity: Option<String>,
     ) -> Result<Option<Parts>, Stop> {
-        let mut engine = WindowEngine::new(self.config.window());
+        let mut engine =
+            WindowEngine::new(self.config.window()).with_channels(self.config.channel_windows());
         if self.config.events_topic.is_some() {
             engine.track_opened();
         }

@@ -58,6 +58,8 @@ pub enum Kind {
         fragments: usize,
         /// Their bytes.
         bytes: usize,
+        /// The channel whose settings it kept (0: the global ones).
+        channel: u8,
     },
     /// A dead letter.
     DeadLetter,

@@ -6,6 +6,7 @@ fn fragment(m: RawMessage<'_>, max: usize) -> Result<Fragment, Invalid> {
     let rules = Rules {
         max_fragment_bytes: max,
         bypass: None,
+        channels: Vec::new(),
     };
     match parse(m, &rules)? {
         Parsed::Fragment(f) => Ok(f),
@@ -153,6 +154,7 @@ fn a_string_signal_field_makes_a_signal_and_an_unknown_one_a_dead_letter() {
     let rules = Rules {
         max_fragment_bytes: 1024,
         bypass: None,
+        channels: Vec::new(),
     };
     let s = parse(msg(None, br#"{"user_id":"u","signal":"typing"}"#), &rules).unwrap();
     assert_eq!(
@@ -195,6 +197,7 @@ fn final_and_the_bypass_pattern_mark_the_fragment() {
     let rules = Rules {
         max_fragment_bytes: 1024,
         bypass: Some(regex::Regex::new("^/").unwrap()),
+        channels: Vec::new(),
     };
     let get = |v: &[u8]| match parse(msg(Some(b"k"), v), &rules).unwrap() {
         Parsed::Fragment(f) => f,
@@ -221,4 +224,34 @@ fn missing_value_is_not_json() {
         ts: 0,
     };
     assert!(matches!(fragment(m, 10), Err(Invalid::NotJson(_))));
+}
+
+#[test]
+fn a_channel_selects_its_overrides_and_its_own_bypass_pattern() {
+    let rules = Rules {
+        max_fragment_bytes: 1024,
+        bypass: Some(regex::Regex::new("^/").unwrap()),
+        channels: vec![
+            ChannelRule {
+                name: "WHATSAPP".into(),
+                bypass: None,
+            },
+            ChannelRule {
+                name: "WEB_CHAT".into(),
+                bypass: Some(regex::Regex::new("^!").unwrap()),
+            },
+        ],
+    };
+    let get = |v: &[u8]| match parse(msg(Some(b"k"), v), &rules).unwrap() {
+        Parsed::Fragment(f) => (f.channel, f.bypass),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(get(br#"{"text":"/help","channel":"whatsapp"}"#), (1, true));
+    // Upper-cased, `-` as `_`; this channel's own pattern replaces the global one.
+    assert_eq!(get(br#"{"text":"/help","channel":"web-chat"}"#), (2, false));
+    assert_eq!(get(br#"{"text":"!help","channel":"web-chat"}"#), (2, true));
+    // No channel, a channel without overrides, or not a string: the global settings.
+    assert_eq!(get(br#"{"text":"/help"}"#), (0, true));
+    assert_eq!(get(br#"{"text":"hi","channel":"sms"}"#), (0, false));
+    assert_eq!(get(br#"{"text":"hi","channel":7}"#), (0, false));
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::model::fragment::SignalKind;
 
 use super::{
-    close_of, Batch, FlushReason, Follows, SignalOutcome, WindowEngine, FUTURE_TOLERANCE_MS,
+    close_of, settings, Batch, FlushReason, Follows, SignalOutcome, WindowEngine,
+    FUTURE_TOLERANCE_MS,
 };
 
 impl WindowEngine {
@@ -57,19 +58,20 @@ impl WindowEngine {
         let outcome = match self.windows.get_mut(key) {
             None => SignalOutcome::Ignored,
             Some(w) => {
-                let (close, reason) = close_of(&cfg, w);
+                let (close, reason) = close_of(&self.channels, w);
+                let typing_ms = settings(&self.channels, w.channel()).typing_ms;
                 if ts > close {
                     self.flush_key(key, reason, out);
                     SignalOutcome::Expired
                 } else {
                     match kind {
                         SignalKind::Typing => {
-                            w.typing_until = w.typing_until.max(ts.saturating_add(cfg.typing_ms));
+                            w.typing_until = w.typing_until.max(ts.saturating_add(typing_ms));
                         }
                         SignalKind::Stopped => w.typing_until = ts,
                         SignalKind::Flush => {}
                     }
-                    let due = close_of(&cfg, w).0.saturating_add(cfg.grace_ms);
+                    let due = close_of(&self.channels, w).0.saturating_add(cfg.grace_ms);
                     // Later: picked up lazily; earlier (`stopped`): rescheduled now.
                     let earlier = (due < w.scheduled).then(|| {
                         w.scheduled = due;

@@ -25,19 +25,48 @@ fn cfg_strategy() -> impl Strategy<Value = WindowConfig> {
     )
 }
 
+/// `cfg` and two channels with overrides: a slower one (twice the quiet period and max wait, one
+/// more fragment, no typing hold) and a quicker one (half the quiet period).
+fn channels(cfg: WindowConfig) -> [WindowConfig; 3] {
+    [
+        cfg,
+        WindowConfig {
+            quiet_ms: cfg.quiet_ms * 2,
+            max_wait_ms: cfg.max_wait_ms * 2,
+            max_fragments: cfg.max_fragments + 1,
+            typing_ms: 0,
+            ..cfg
+        },
+        WindowConfig {
+            quiet_ms: (cfg.quiet_ms / 2).max(1),
+            ..cfg
+        },
+    ]
+}
+
+/// An engine with `cfg` and the two channels of [`channels`].
+fn engine(cfg: WindowConfig) -> WindowEngine {
+    let [_, slow, quick] = channels(cfg);
+    WindowEngine::new(cfg).with_channels([slow, quick])
+}
+
+/// The log as fragments; each in one of three channels (0: the global settings), so a key's
+/// fragments change channel now and then and a window must keep its first fragment's settings.
 fn build(log: &[(u8, i64, usize)]) -> Vec<Fragment> {
     let mut ts = 1_000;
     log.iter()
         .enumerate()
         .map(|(i, &(k, gap, size))| {
             ts += gap;
-            Fragment::new(
+            let mut f = Fragment::new(
                 format!("k{k}"),
                 100 + i as i64,
                 ts,
                 &vec![b' '; size],
                 Fields::default(),
-            )
+            );
+            f.channel = ((usize::from(k) + i / 7) % 3) as u8;
+            f
         })
         .collect()
 }
@@ -46,7 +75,7 @@ const FAR: i64 = i64::MAX / 4;
 
 /// Feeds the log reading everything after the fact (catch-up), then drains.
 fn catch_up(cfg: WindowConfig, frags: &[Fragment]) -> Vec<Batch> {
-    let mut e = WindowEngine::new(cfg);
+    let mut e = engine(cfg);
     let mut out = Vec::new();
     for f in frags {
         e.push(f.clone(), FAR, &mut out);
@@ -58,7 +87,7 @@ fn catch_up(cfg: WindowConfig, frags: &[Fragment]) -> Vec<Batch> {
 /// Feeds the log live: between fragments the wall clock advances to some point before the
 /// next fragment's timestamp (`fractions` pick where), as if the partition were caught up.
 fn live(cfg: WindowConfig, frags: &[Fragment], fractions: &[u8]) -> Vec<Batch> {
-    let mut e = WindowEngine::new(cfg);
+    let mut e = engine(cfg);
     let mut out = Vec::new();
     for (i, f) in frags.iter().enumerate() {
         e.push(f.clone(), FAR, &mut out);
@@ -118,7 +147,10 @@ proptest! {
     fn boundaries_follow_the_semantics(cfg in cfg_strategy(), log in log_strategy()) {
         let frags = build(&log);
         let batches = catch_up(cfg, &frags);
+        // Each batch within the settings of its first fragment's channel.
+        let of = |b: &Batch| channels(cfg)[usize::from(b.fragments[0].channel)];
         for b in &batches {
+            let cfg = of(b);
             let ts: Vec<i64> = b.fragments.iter().map(|f| f.ts).collect();
             prop_assert!(ts.windows(2).all(|w| w[1] - w[0] <= cfg.quiet_ms),
                 "no gap inside a batch exceeds quiet");
@@ -134,6 +166,7 @@ proptest! {
         for list in per_key.values() {
             for pair in list.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
+                let cfg = of(a);
                 prop_assert!(a.last_offset() < b.first_offset(), "batches of a key in order");
                 let next = &b.fragments[0];
                 let fits_time = next.ts <= a.close_time;
@@ -163,7 +196,7 @@ proptest! {
         fractions in prop::collection::vec(any::<u8>(), 1..20),
     ) {
         let frags = build(&log);
-        let mut e = WindowEngine::new(cfg);
+        let mut e = engine(cfg);
         let mut out = Vec::new();
         let mut emitted: BTreeSet<i64> = BTreeSet::new();
         for (i, f) in frags.iter().enumerate() {
@@ -251,7 +284,7 @@ fn feed(e: &mut WindowEngine, ev: &Event, out: &mut Vec<Batch>) {
 
 /// The chat log read after the fact, or live (the wall clock advancing between events).
 fn run_chat(cfg: WindowConfig, events: &[Event], fractions: Option<&[u8]>) -> Vec<Batch> {
-    let mut e = WindowEngine::new(cfg);
+    let mut e = engine(cfg);
     let mut out = Vec::new();
     for (i, ev) in events.iter().enumerate() {
         feed(&mut e, ev, &mut out);

@@ -60,14 +60,12 @@ fn a_fragment_past_the_close_time_flushes_first() {
 
 #[test]
 fn max_wait_caps_a_user_who_never_pauses() {
-    let mut e = WindowEngine::new(CFG);
-    let mut out = Vec::new();
-    let cfg = WindowConfig {
+    let mut e = WindowEngine::new(WindowConfig {
         max_fragments: 1000,
         max_batch_bytes: 100_000,
         ..CFG
-    };
-    e.cfg = cfg;
+    });
+    let mut out = Vec::new();
     for i in 0..30 {
         e.push(frag("a", i, i * 50), NOW, &mut out);
     }
@@ -306,4 +304,32 @@ fn old_previous_batches_are_forgotten() {
     // The log moves on past follow-up + grace: they are gone.
     e.push(frag("z", 100, 1_000), NOW, &mut out);
     assert_eq!(e.previous.len(), 0);
+}
+
+#[test]
+fn a_window_keeps_the_settings_of_its_first_fragments_channel() {
+    // Channel 1 waits 300 ms of quiet, and caps at 3 fragments; the global settings wait 100
+    // and cap at 5.
+    let mut e = WindowEngine::new(CFG).with_channels([WindowConfig {
+        quiet_ms: 300,
+        max_fragments: 3,
+        ..CFG
+    }]);
+    let mut out = Vec::new();
+    let mut whatsapp = frag("a", 0, 0);
+    whatsapp.channel = 1;
+    e.push(whatsapp, NOW, &mut out);
+    e.push(frag("b", 1, 0), NOW, &mut out);
+    // b goes out after 100 ms of quiet; a's window is still open at 250...
+    e.push(frag("a", 2, 250), NOW, &mut out);
+    e.advance(250, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(&*out[0].key, "b");
+    // ...where global-channel fragments joined it, and its own cap (3) sent it out at once.
+    e.push(frag("a", 3, 260), NOW, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (offsets(&out[1]), out[1].reason),
+        (vec![0, 2, 3], FlushReason::MaxFragments)
+    );
 }
