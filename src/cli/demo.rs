@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use lull::config::Config;
 use lull::devkit::batches::{reader, Tally};
-use lull::devkit::load::{Plan, PlanArgs, Writer};
+use lull::devkit::load::{
+    channel_max_wait_ms, channel_quiet_ms, Plan, PlanArgs, Writer, PLAN_CHANNEL,
+};
 use lull::devkit::mock::MockBroker;
 use lull::ops::clock::now_ms;
 
@@ -55,6 +57,11 @@ pub struct DemoArgs {
     /// Share of fragments that are bot commands (`/status`), which bypass batching.
     #[arg(long, default_value_t = 0.01)]
     pub command_share: f64,
+    /// Share of users who write from the `whatsapp` channel, whose quiet period is twice the
+    /// global one (`LULL_CHANNEL_WHATSAPP_QUIET_MS`, set by the demo) and who pause for longer
+    /// than the global quiet period inside their bursts (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
+    pub channel_share: f64,
 }
 
 /// Why the demo could not run (as opposed to its check failing).
@@ -194,10 +201,25 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     if config.bypass_pattern.is_none() {
         config.bypass_pattern = regex::Regex::new("^/").ok();
     }
+    // The channel the plan's channel users write from, with its own quiet period.
+    let channel_name = lull::model::fragment::channel_name(PLAN_CHANNEL);
+    let quiet_ms = config.quiet.as_millis() as u64;
+    if args.channel_share > 0.0 && !config.channels.iter().any(|c| c.name == channel_name) {
+        config.channels.push(lull::config::channels::Channel {
+            name: channel_name.clone(),
+            quiet: Some(Duration::from_millis(channel_quiet_ms(quiet_ms))),
+            max_wait: Some(Duration::from_millis(
+                channel_max_wait_ms(quiet_ms).max(config.max_wait.as_millis() as u64),
+            )),
+            ..Default::default()
+        });
+        config.channels.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     let plan = Plan::new(PlanArgs {
         typing_share: args.typing_share,
         final_share: args.final_share,
         command_share: args.command_share,
+        channel_share: args.channel_share,
         ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, args.seed)
     });
     let signals = plan.events.len() - plan.fragments();
@@ -260,7 +282,13 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         &format!("{}-check", config.group_id),
     )?;
     let mut tally = Tally::new(config.quiet, config.max_wait, config.grace)
-        .without_lateness_of(plan.slow_users.clone());
+        .without_lateness_of(plan.slow_users.clone())
+        .with_other_channel(
+            plan.channel_users
+                .iter()
+                .map(|&u| lull::devkit::load::user_name(u))
+                .collect(),
+        );
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
         total,
@@ -384,6 +412,19 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         report.batches_out + plan.held_splits,
         report.batches_out
     );
+    if !plan.channel_held.is_empty() {
+        let kept = plan
+            .channel_held
+            .iter()
+            .filter(|(first, last)| tally.same_batch(first, last))
+            .count();
+        println!(
+            "  kept whole by channel   {kept} of {} {PLAN_CHANNEL} bursts with pauses over the global \
+             quiet period, under LULL_CHANNEL_{}_QUIET_MS",
+            plan.channel_held.len(),
+            channel_name
+        );
+    }
     println!(
         "  fragments per batch     {:.2}",
         report.fragments_in as f64 / report.batches_out.max(1) as f64
@@ -403,6 +444,12 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         println!(
             "  last fragment -> batch  p50 {} ms, p99 {} ms",
             report.end_to_end_ms.0, report.end_to_end_ms.1
+        );
+        let typists = tally.held_end_to_end_ms();
+        println!(
+            "  ... for typists         p50 {} ms, p99 {} ms (users who send typing signals; a \
+             fragment ends the hold of the typing before it)",
+            typists.0, typists.1
         );
     }
     if config.redis_url.is_some() {

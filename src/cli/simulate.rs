@@ -41,6 +41,12 @@ pub struct SimulateArgs {
     /// Share of fragments that are bot commands (`/status`; set LULL_BYPASS_PATTERN=^/ on lull).
     #[arg(long, default_value_t = 0.0)]
     pub command_share: f64,
+    /// Share of users who write with `"channel":"whatsapp"` and pause for 1.2 to 1.8 quiet
+    /// periods inside a burst: their bursts stay whole when lull runs with
+    /// LULL_CHANNEL_WHATSAPP_QUIET_MS at twice LULL_QUIET_MS (and
+    /// LULL_CHANNEL_WHATSAPP_MAX_WAIT_MS at ten times it).
+    #[arg(long, default_value_t = 0.0)]
+    pub channel_share: f64,
 }
 
 /// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
@@ -51,6 +57,7 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
         typing_share: args.typing_share,
         final_share: args.final_share,
         command_share: args.command_share,
+        channel_share: args.channel_share,
         ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
     // Like `verify`: an unreachable broker is an error within seconds, not a hang.

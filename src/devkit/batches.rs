@@ -70,9 +70,14 @@ pub struct Tally {
     pub samples: Vec<BatchView>,
     lateness: Histogram<u64>,
     end_to_end: Histogram<u64>,
+    /// Last fragment to batch, of the keys in `held_keys` only: how long typists wait.
+    held_end_to_end: Histogram<u64>,
     /// Keys whose windows typing signals may hold open: their close time is not in the batch,
     /// so they are left out of the lateness figure.
     held_keys: std::collections::HashSet<String>,
+    /// Keys whose windows keep another channel's settings: left out of the lateness figure too
+    /// (it computes close times with the global settings).
+    other_channel_keys: std::collections::HashSet<String>,
 }
 
 impl Tally {
@@ -93,13 +98,22 @@ impl Tally {
             samples: Vec::new(),
             lateness: histogram(),
             end_to_end: histogram(),
+            held_end_to_end: histogram(),
             held_keys: Default::default(),
+            other_channel_keys: Default::default(),
         }
     }
 
     /// Leaves `keys` out of the lateness figure (their chat clients send typing signals).
     pub fn without_lateness_of(mut self, keys: std::collections::HashSet<String>) -> Self {
         self.held_keys = keys;
+        self
+    }
+
+    /// Leaves `keys` out of the lateness figure (they write from a channel with settings of its
+    /// own).
+    pub fn with_other_channel(mut self, keys: std::collections::HashSet<String>) -> Self {
+        self.other_channel_keys = keys;
         self
     }
 
@@ -130,12 +144,19 @@ impl Tally {
         }
         // Lull's own delay: from the moment the window was due (close time + grace) to the
         // flush. Only windows that closed by time have such a moment.
-        if (b.reason == "quiet" || b.reason == "max_wait") && !self.held_keys.contains(&b.key) {
+        if (b.reason == "quiet" || b.reason == "max_wait")
+            && !self.held_keys.contains(&b.key)
+            && !self.other_channel_keys.contains(&b.key)
+        {
             let close = (b.last_ts + self.quiet_ms).min(b.first_ts + self.max_wait_ms);
             let late = (at - close - self.grace_ms).max(0);
             let _ = self.lateness.record(late as u64);
         }
-        let _ = self.end_to_end.record((at - b.last_ts).max(0) as u64);
+        let waited = (at - b.last_ts).max(0) as u64;
+        let _ = self.end_to_end.record(waited);
+        if self.held_keys.contains(&b.key) {
+            let _ = self.held_end_to_end.record(waited);
+        }
         *self.reasons.entry(b.reason.clone()).or_default() += 1;
         self.batches += 1;
         if b.fragments.len() >= 3 && self.samples.len() < 16 {
@@ -166,6 +187,11 @@ impl Tally {
     /// Last fragment to flush, ms.
     pub fn end_to_end_ms(&self) -> Quantiles {
         quantiles(&self.end_to_end)
+    }
+
+    /// Last fragment to batch of the keys left out of the lateness figure (the typists), ms.
+    pub fn held_end_to_end_ms(&self) -> Quantiles {
+        quantiles(&self.held_end_to_end)
     }
 }
 

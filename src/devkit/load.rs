@@ -6,8 +6,10 @@
 //! batch. Some users (`typing_share`) type slowly — gaps of 1.2 to 2 quiet periods inside a burst —
 //! and their chat client says so with a `typing` signal after each fragment: those bursts stay
 //! whole only thanks to the signals. Some bursts end with a `"final": true` fragment
-//! (`final_share`), some fragments are bot commands (`/status`, `command_share`). Plans are
-//! seeded, so a run can be repeated.
+//! (`final_share`), some fragments are bot commands (`/status`, `command_share`). Some users
+//! (`channel_share`) write from the [`PLAN_CHANNEL`] channel, whose quiet period is twice the
+//! global one ([`channel_quiet_ms`]): their gaps (1.2 to 1.8 global quiet periods) stay whole only
+//! with that channel's settings. Plans are seeded, so a run can be repeated.
 
 use crate::config::Config;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -36,8 +38,26 @@ pub struct PlanArgs {
     pub final_share: f64,
     /// Share of fragments that are bot commands (`/status`).
     pub command_share: f64,
+    /// Share of users who write from [`PLAN_CHANNEL`] (0 to 1).
+    pub channel_share: f64,
     /// Random seed.
     pub seed: u64,
+}
+
+/// The channel a plan's channel users write from (`"channel": "whatsapp"`).
+pub const PLAN_CHANNEL: &str = "whatsapp";
+
+/// The quiet period the [`PLAN_CHANNEL`] users' typing is planned around, for a global quiet
+/// period of `quiet_ms`: twice it. lull must run with `LULL_CHANNEL_WHATSAPP_QUIET_MS` at this (and
+/// a max wait that lets a burst of five fit: [`channel_max_wait_ms`]).
+pub fn channel_quiet_ms(quiet_ms: u64) -> u64 {
+    quiet_ms.max(1) * 2
+}
+
+/// The max wait the [`PLAN_CHANNEL`] users' bursts fit in: five fragments 1.8 quiet periods
+/// apart, with room to spare.
+pub fn channel_max_wait_ms(quiet_ms: u64) -> u64 {
+    quiet_ms.max(1) * 10
 }
 
 impl PlanArgs {
@@ -52,6 +72,7 @@ impl PlanArgs {
             typing_share: 0.0,
             final_share: 0.0,
             command_share: 0.0,
+            channel_share: 0.0,
             seed,
         }
     }
@@ -101,6 +122,11 @@ pub struct Plan {
     pub held_splits: usize,
     /// Users who type slowly and send `typing` signals.
     pub slow_users: std::collections::HashSet<String>,
+    /// Bursts of [`PLAN_CHANNEL`] users that the global quiet period would split but their
+    /// channel's holds: their first and last fragments' event ids (without the run prefix).
+    pub channel_held: Vec<(String, String)>,
+    /// Users who write from [`PLAN_CHANNEL`].
+    pub channel_users: std::collections::HashSet<usize>,
     text_bytes: Option<usize>,
 }
 
@@ -135,11 +161,20 @@ impl Plan {
         let mut held = Vec::new();
         let mut held_splits = 0;
         let mut slow_users = std::collections::HashSet::new();
+        let mut channel_held = Vec::new();
+        let mut channel_users = std::collections::HashSet::new();
         for user in 0..users {
             let share = args.fragments / users + usize::from(user < args.fragments % users);
             let slow = rng.gen_bool(args.typing_share.clamp(0.0, 1.0));
             if slow {
                 slow_users.insert(user_name(user));
+            }
+            // Drawn only when asked for, so plans without channels stay as they were.
+            let channel = !slow
+                && args.channel_share > 0.0
+                && rng.gen_bool(args.channel_share.clamp(0.0, 1.0));
+            if channel {
+                channel_users.insert(user);
             }
             let mut t = rng.gen_range(0..2_000u64);
             let mut seq = 0;
@@ -162,6 +197,10 @@ impl Plan {
                             });
                             t += rng.gen_range(quiet * 6 / 5..=quiet * 2);
                             long_gap = true;
+                        } else if channel {
+                            // Over the global quiet period, under the channel's.
+                            t += rng.gen_range(quiet * 6 / 5..=quiet * 9 / 5);
+                            long_gap = true;
                         } else {
                             t += rng.gen_range(20..=(quiet * 2 / 5).max(21));
                         }
@@ -183,11 +222,21 @@ impl Plan {
                     seq += 1;
                 }
                 if long_gap {
-                    held_splits += size - 1;
                     let name = user_name(user);
-                    held.push((format!("{name}-{first}"), format!("{name}-{}", seq - 1)));
+                    let ids = (format!("{name}-{first}"), format!("{name}-{}", seq - 1));
+                    if channel {
+                        channel_held.push(ids);
+                    } else {
+                        held_splits += size - 1;
+                        held.push(ids);
+                    }
                 }
-                t += rng.gen_range(quiet * 2..=quiet * 4);
+                let pause = if channel {
+                    channel_quiet_ms(quiet)
+                } else {
+                    quiet
+                };
+                t += rng.gen_range(pause * 2..=pause * 4);
             }
         }
         events.sort_by_key(|e| (e.at_ms, e.user, e.seq, e.what == What::Typing));
@@ -197,6 +246,8 @@ impl Plan {
             held,
             held_splits,
             slow_users,
+            channel_held,
+            channel_users,
             text_bytes: args.text_bytes,
         }
     }
@@ -235,6 +286,9 @@ impl Plan {
         });
         if e.what == What::Final {
             value["final"] = serde_json::Value::Bool(true);
+        }
+        if self.channel_users.contains(&e.user) {
+            value["channel"] = serde_json::Value::String(PLAN_CHANNEL.to_string());
         }
         (user, value.to_string())
     }
