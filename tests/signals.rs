@@ -27,6 +27,23 @@ fn chat(user: &str, seq: usize, text: &str, extra: serde_json::Value) -> Vec<u8>
     v.to_string().into_bytes()
 }
 
+/// An `edit` (with `text`) or `delete` (without) of `target`.
+fn amend(user: &str, target: &str, text: Option<&str>) -> Vec<u8> {
+    let id = format!(
+        "{user}-{}-of-{target}",
+        if text.is_some() { "edit" } else { "delete" }
+    );
+    let mut v = serde_json::json!({"user_id": user, "target": target, "event_id": id});
+    match text {
+        Some(t) => {
+            v["signal"] = "edit".into();
+            v["text"] = t.into();
+        }
+        None => v["signal"] = "delete".into(),
+    }
+    v.to_string().into_bytes()
+}
+
 fn signal(user: &str, kind: &str) -> Vec<u8> {
     serde_json::json!({"user_id": user, "signal": kind})
         .to_string()
@@ -191,6 +208,35 @@ fn script() -> (Vec<Message>, usize) {
             chat("slowpoke", 1, "more", serde_json::json!({})),
             900,
         ),
+        // Edits and deletes of open fragments change them in place.
+        (
+            "editor",
+            chat("editor", 0, "helo", serde_json::json!({})),
+            0,
+        ),
+        (
+            "editor",
+            chat("editor", 1, "oops", serde_json::json!({})),
+            50,
+        ),
+        ("editor", amend("editor", "editor-0", Some("hello")), 80),
+        ("editor", amend("editor", "editor-1", None), 90),
+        (
+            "editor",
+            chat("editor", 2, "world", serde_json::json!({})),
+            100,
+        ),
+        // An edit of a fragment already out: a batch of one that names the batch it amends.
+        (
+            "amender",
+            chat("amender", 0, "frist", serde_json::json!({})),
+            0,
+        ),
+        (
+            "amender",
+            amend("amender", "amender-0", Some("first")),
+            1_500,
+        ),
         // A channel's own bypass pattern replaces the global one.
         (
             "banger",
@@ -211,10 +257,12 @@ fn script() -> (Vec<Message>, usize) {
     // The log in time order (one partition: partition time is the newest timestamp read).
     let mut msgs = msgs;
     msgs.sort_by_key(|(_, _, dt)| *dt);
+    // Every fragment's event id comes out once; so does the amender's edit, as a batch of one.
     let fragments = msgs
         .iter()
         .filter(|(_, v, _)| !String::from_utf8_lossy(v).contains("\"signal\""))
-        .count();
+        .count()
+        + 1;
     (msgs, fragments)
 }
 
@@ -248,6 +296,33 @@ fn check(seen: &[OutMsg]) {
         ("bypass", s(&["/help"]))
     );
     assert!(of(seen, "ghost").is_empty());
+    let editor: Vec<&serde_json::Value> = seen
+        .iter()
+        .map(OutMsg::json)
+        .filter(|b| b["key"] == "editor")
+        .collect();
+    assert_eq!(editor.len(), 1, "{editor:?}");
+    assert_eq!(
+        editor[0]["text"], "hello\nworld",
+        "the edit used, the deleted left out"
+    );
+    assert_eq!(editor[0]["fragments"][0]["edited"], "hello");
+    assert_eq!(
+        editor[0]["fragments"][0]["text"], "helo",
+        "the original kept beside it"
+    );
+    assert_eq!(editor[0]["fragments"][1]["deleted"], true);
+    let amender: Vec<&serde_json::Value> = seen
+        .iter()
+        .map(OutMsg::json)
+        .filter(|b| b["key"] == "amender")
+        .collect();
+    assert_eq!(amender.len(), 2, "{amender:?}");
+    assert_eq!(
+        (amender[1]["reason"].as_str(), amender[1]["text"].as_str()),
+        (Some("edit"), Some("first"))
+    );
+    assert_eq!(amender[1]["amends"], amender[0]["batch_id"]);
     let slowpoke = of(seen, "slowpoke");
     assert_eq!(
         slowpoke.len(),
@@ -275,12 +350,15 @@ fn check(seen: &[OutMsg]) {
         returner[1].2, first_id,
         "the second burst follows the first"
     );
+    // Signals are never part of a batch, except an edit or delete that goes out alone.
     let no_signal_in_a_batch = seen.iter().all(|b| {
-        b.json()["fragments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f.get("signal").is_none())
+        b.json()["reason"] == "edit"
+            || b.json()["reason"] == "delete"
+            || b.json()["fragments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f.get("signal").is_none())
     });
     assert!(no_signal_in_a_batch);
 }
@@ -301,6 +379,9 @@ async fn live_and_lagged(cluster: Cluster) {
     out.settle(Duration::from_millis(500)).await;
     lull.stop().await;
     check(&out.seen);
+    // `lull verify` agrees: edited fragments are the input plus their change, an edit alone is
+    // its signal, a channel's window is checked with the channel's settings.
+    verify_clean(&cfg).await;
     let mut dlq = cluster.collector(&cluster.dlq);
     let dead = dlq.until("the unknown signal", |s| !s.is_empty()).await[0].clone();
     assert!(dead.headers["x-error-message"].contains("unknown signal"));

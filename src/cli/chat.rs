@@ -114,10 +114,23 @@ fn describe_batch(v: &serde_json::Value) -> String {
         .as_str()
         .map(|f| format!("  follows {f}"))
         .unwrap_or_default();
+    let amends = v["amends"]
+        .as_str()
+        .map(|a| format!("  amends {a}"))
+        .unwrap_or_default();
+    // Fragments an edit or delete changed while the window was open.
+    let fragments = v["fragments"].as_array();
+    let changed = |member: &str| {
+        fragments.map_or(0, |f| f.iter().filter(|x| x.get(member).is_some()).count())
+    };
+    let changes = match (changed("edited"), changed("deleted")) {
+        (0, 0) => String::new(),
+        (e, d) => format!("  ({e} edited, {d} deleted)"),
+    };
     let count = v["count"].as_u64().unwrap_or(0);
     let plural = if count == 1 { "" } else { "s" };
     format!(
-        "batch  {}  {count} fragment{plural}  {}  {}{follows}{text}",
+        "batch  {}  {count} fragment{plural}  {}  {}{follows}{amends}{changes}{text}",
         v["key"].as_str().unwrap_or("?"),
         v["reason"].as_str().unwrap_or("?"),
         v["batch_id"].as_str().unwrap_or("?"),
@@ -249,6 +262,23 @@ mod tests {
         assert_eq!(
             describe_event(&overdue),
             "event  u1  opened  t/0/4  overdue by 24735 ms: closes at once"
+        );
+    }
+
+    #[test]
+    fn edits_deletes_and_amends_show_in_the_line() {
+        let v = serde_json::json!({"key":"u1","count":2,"reason":"quiet","batch_id":"t/0/4",
+            "fragments":[{"text":"helo","edited":"hello"},{"text":"x","deleted":true}],
+            "text":"hello"});
+        assert_eq!(
+            describe_batch(&v),
+            "batch  u1  2 fragments  quiet  t/0/4  (1 edited, 1 deleted)  \"hello\""
+        );
+        let v = serde_json::json!({"key":"u1","count":1,"reason":"edit","batch_id":"t/0/9",
+            "amends":"t/0/4","fragments":[{"signal":"edit"}],"text":"hi"});
+        assert_eq!(
+            describe_batch(&v),
+            "batch  u1  1 fragment  edit  t/0/9  amends t/0/4  \"hi\""
         );
     }
 

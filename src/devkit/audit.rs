@@ -106,6 +106,14 @@ struct Input {
     signal: bool,
     /// A `typing` signal.
     typing: bool,
+    /// An `edit`/`delete` signal: in no batch when its target was open, else a batch of one.
+    amend: bool,
+}
+
+/// A fragment's `channel`, if it has one.
+#[derive(Deserialize)]
+struct ChannelView {
+    channel: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -300,8 +308,10 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                 false,
             ),
             Ok(fragment::Parsed::Signal(s)) => (Some(s.key.clone()), None, false, true),
+            Ok(fragment::Parsed::Amend(a)) => (Some(a.message.key.to_string()), None, false, true),
             Err(_) => (None, None, false, false),
         };
+        let amend = matches!(&parsed, Ok(fragment::Parsed::Amend(_)));
         inputs.entry(m.partition()).or_default().push(Input {
             offset: m.offset(),
             key,
@@ -311,6 +321,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
             valid,
             signal,
             typing,
+            amend,
         });
     }
     for list in inputs.values_mut() {
@@ -343,7 +354,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
     // Valid input of each (partition, key), in offset order: a batch's candidates are a range.
     let mut by_key: HashMap<(i32, &str), Vec<&Input>> = HashMap::new();
     for (&p, list) in &inputs {
-        for i in list.iter().filter(|i| i.valid) {
+        for i in list.iter().filter(|i| i.valid || i.amend) {
             if let Some(k) = i.key.as_deref() {
                 by_key.entry((p, k)).or_default().push(i);
             }
@@ -387,7 +398,8 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         let mut times = Vec::new();
         let mut bytes = 0;
         for frag in &b.fragments {
-            let want = frag.get().as_bytes();
+            let original = unchanged(frag.get());
+            let want = original.as_bytes();
             bytes += want.len();
             let found = candidates[next.min(candidates.len())..]
                 .iter()
@@ -418,6 +430,26 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
             latency.push(b.flushed_at - last);
             // A gap longer than the quiet period is right where a typing signal held the window.
             let typing_of = typing.get(&(b.source.partition, b.key.as_str()));
+            // A window keeps its first fragment's channel settings.
+            let channel = b
+                .fragments
+                .first()
+                .and_then(|f| serde_json::from_str::<ChannelView>(f.get()).ok())
+                .and_then(|v| v.channel)
+                .map(|c| crate::model::fragment::channel_name(&c))
+                .and_then(|name| config.channels.iter().find(|c| c.name == name));
+            let quiet = channel
+                .and_then(|c| c.quiet)
+                .map_or(quiet, |d| d.as_millis() as i64);
+            let max_wait = channel
+                .and_then(|c| c.max_wait)
+                .map_or(max_wait, |d| d.as_millis() as i64);
+            let max_fragments = channel
+                .and_then(|c| c.max_fragments)
+                .unwrap_or(config.max_fragments);
+            let typing_ms = channel
+                .and_then(|c| c.typing)
+                .map_or(typing_ms, |d| d.as_millis() as i64);
             let held_until = |from: i64, to: i64| {
                 typing_of
                     .into_iter()
@@ -432,7 +464,7 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
                     .windows(2)
                     .all(|w| w[1] - w[0] <= quiet || w[1] <= held_until(w[0], w[1]));
             let span_ok = last - first <= max_wait;
-            let caps_ok = b.fragments.len() <= config.max_fragments
+            let caps_ok = b.fragments.len() <= max_fragments
                 && (bytes <= config.max_batch_bytes || b.fragments.len() == 1);
             let passthrough_ok = b.reason != "passthrough" || b.fragments.len() == 1;
             if !(gap_ok && span_ok && caps_ok && passthrough_ok) {
@@ -517,6 +549,29 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         latency.last().copied().unwrap_or(0),
     );
     Ok(report)
+}
+
+/// A batch's fragment entry as it was typed: without the `"edited"` or `"deleted"` member lull
+/// adds to a fragment an `edit`/`delete` changed in place (the entry's last member).
+fn unchanged(entry: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = entry.trim_end();
+    if let Some(body) = trimmed.strip_suffix(",\"deleted\":true}") {
+        return format!("{body}}}").into();
+    }
+    if let Some(body) = trimmed.strip_suffix("{\"deleted\":true}") {
+        return format!("{body}{{}}").into();
+    }
+    if let Some(at) = trimmed.rfind("\"edited\":") {
+        let rest = &trimmed[at + "\"edited\":".len()..];
+        if let Some(text) = rest.strip_suffix('}') {
+            if serde_json::from_str::<String>(text).is_ok() {
+                let before = &trimmed[..at];
+                let body = before.strip_suffix(',').unwrap_or(before);
+                return format!("{body}}}").into();
+            }
+        }
+    }
+    entry.into()
 }
 
 /// Parses `--from`/`--to`: Unix milliseconds or an RFC 3339 time.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::model::fragment::Fragment;
+use crate::model::fragment::{Change, Fragment};
 
 /// Why a batch was flushed; the `reason` field of the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +30,10 @@ pub enum FlushReason {
     /// Flushed early because the process was stopping (reserved; lull leaves open windows to the
     /// next owner instead).
     Shutdown,
+    /// An `edit` whose target was no longer open, alone.
+    Edit,
+    /// A `delete` whose target was no longer open, alone.
+    Delete,
 }
 
 impl FlushReason {
@@ -46,6 +50,8 @@ impl FlushReason {
             FlushReason::Bypass => "bypass",
             FlushReason::Interrupted => "interrupted",
             FlushReason::Shutdown => "shutdown",
+            FlushReason::Edit => "edit",
+            FlushReason::Delete => "delete",
         }
     }
 }
@@ -67,6 +73,12 @@ pub struct Batch {
     pub fragments: Vec<Fragment>,
     /// The key's previous batch, when this one started within the follow-up window after it.
     pub follows: Option<Follows>,
+    /// An `edit`/`delete` batch of one: the key's last batch, which carried its target (when
+    /// lull still knows it).
+    pub amends: Option<Follows>,
+    /// Fragments changed in place by `edit`/`delete` signals while the window was open: (index
+    /// in `fragments`, the change).
+    pub changes: Vec<(usize, Change)>,
 }
 
 /// The batch a batch follows.
@@ -88,6 +100,8 @@ pub enum SignalOutcome {
     Ignored,
     /// It came after its key's window had closed: that window went out, nothing else changed.
     Expired,
+    /// An `edit`/`delete` whose target was not open: it went out as a batch of one.
+    Alone,
 }
 
 impl SignalOutcome {
@@ -97,6 +111,7 @@ impl SignalOutcome {
             SignalOutcome::Applied => "applied",
             SignalOutcome::Ignored => "ignored",
             SignalOutcome::Expired => "expired",
+            SignalOutcome::Alone => "alone",
         }
     }
 }

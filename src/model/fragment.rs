@@ -232,6 +232,38 @@ pub struct Signal {
     pub ts: i64,
 }
 
+/// What an `edit` or `delete` signal does to its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The target's text becomes this.
+    Edited(Box<str>),
+    /// The target is left out of the batch's text.
+    Deleted,
+}
+
+impl Change {
+    /// The signal's name, which is also the reason of a batch of one made of it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Change::Edited(_) => "edit",
+            Change::Deleted => "delete",
+        }
+    }
+}
+
+/// An `edit` or `delete` signal: a change to the fragment whose `event_id` is `target`. The
+/// message itself is kept as a fragment (its own key, offset, time and bytes): when the target
+/// is no longer in an open window, it goes out as a batch of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amend {
+    /// The signal message, as a fragment.
+    pub message: Fragment,
+    /// The `event_id` of the fragment it changes.
+    pub target: Box<str>,
+    /// What it changes.
+    pub change: Change,
+}
+
 /// A valid input message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
@@ -239,6 +271,8 @@ pub enum Parsed {
     Fragment(Fragment),
     /// A chat signal.
     Signal(Signal),
+    /// An `edit` or `delete` of an earlier fragment.
+    Amend(Amend),
 }
 
 /// What parsing needs from the configuration.
@@ -283,8 +317,11 @@ pub enum Invalid {
     #[error("message key is not valid UTF-8")]
     KeyNotUtf8,
     /// A `signal` field names no signal lull knows.
-    #[error("unknown signal {0:?} (expected typing, stopped or flush)")]
+    #[error("unknown signal {0:?} (expected typing, stopped, flush, edit or delete)")]
     UnknownSignal(String),
+    /// An `edit` without a string `target` and `text`, or a `delete` without a string `target`.
+    #[error("{0} signal without {1}")]
+    BadAmend(&'static str, &'static str),
     /// The value is larger than `LULL_MAX_FRAGMENT_BYTES`.
     #[error("value is {size} bytes, over LULL_MAX_FRAGMENT_BYTES ({limit})")]
     TooLarge {
@@ -305,6 +342,7 @@ impl Invalid {
             Invalid::KeyNotUtf8 => "key_not_utf8",
             Invalid::TooLarge { .. } => "too_large",
             Invalid::UnknownSignal(_) => "unknown_signal",
+            Invalid::BadAmend(..) => "bad_amend",
         }
     }
 }
@@ -323,6 +361,7 @@ struct Probe<'a> {
     is_final: Option<&'a RawValue>,
     signal: Option<&'a RawValue>,
     channel: Option<&'a RawValue>,
+    target: Option<&'a RawValue>,
 }
 
 /// The name of an object member, sorted into the few lull reads (borrowed or escaped alike).
@@ -334,6 +373,7 @@ enum Field {
     Final,
     Signal,
     Channel,
+    Target,
     Other,
 }
 
@@ -354,6 +394,7 @@ impl<'de> Deserialize<'de> for Field {
                     "final" => Field::Final,
                     "signal" => Field::Signal,
                     "channel" => Field::Channel,
+                    "target" => Field::Target,
                     _ => Field::Other,
                 })
             }
@@ -384,6 +425,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
                         Field::Final => &mut probe.is_final,
                         Field::Signal => &mut probe.signal,
                         Field::Channel => &mut probe.channel,
+                        Field::Target => &mut probe.target,
                         Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             continue;
@@ -460,19 +502,39 @@ pub fn parse(msg: RawMessage<'_>, rules: &Rules) -> Result<Parsed, Invalid> {
             .filter(|k| !k.is_empty())
             .ok_or(Invalid::NoKey)?,
     };
+    let mut amend: Option<(Box<str>, Change)> = None;
     if let Some(signal) = as_string(probe.signal) {
         let kind = match signal.as_str() {
             "typing" => SignalKind::Typing,
             "stopped" => SignalKind::Stopped,
             "flush" => SignalKind::Flush,
+            "edit" | "delete" => {
+                let target = as_string(probe.target).filter(|t| !t.is_empty());
+                let name = if signal == "edit" { "edit" } else { "delete" };
+                let Some(target) = target else {
+                    return Err(Invalid::BadAmend(name, "a string target (an event_id)"));
+                };
+                let change = if name == "edit" {
+                    match as_string(probe.text) {
+                        Some(text) => Change::Edited(text.into()),
+                        None => return Err(Invalid::BadAmend(name, "a string text")),
+                    }
+                } else {
+                    Change::Deleted
+                };
+                amend = Some((target.into(), change));
+                SignalKind::Flush
+            }
             _ => return Err(Invalid::UnknownSignal(signal)),
         };
-        return Ok(Parsed::Signal(Signal {
-            key,
-            kind,
-            offset: msg.offset,
-            ts: msg.ts,
-        }));
+        if amend.is_none() {
+            return Ok(Parsed::Signal(Signal {
+                key,
+                kind,
+                offset: msg.offset,
+                ts: msg.ts,
+            }));
+        }
     }
     let event_id = msg
         .event_id_header
@@ -503,6 +565,13 @@ pub fn parse(msg: RawMessage<'_>, rules: &Rules) -> Result<Parsed, Invalid> {
         None => rules.bypass.as_ref(),
     };
     fragment.channel = channel.map_or(0, |i| u8::try_from(i + 1).unwrap_or(0));
+    if let Some((target, change)) = amend {
+        return Ok(Parsed::Amend(Amend {
+            message: fragment,
+            target,
+            change,
+        }));
+    }
     fragment.bypass = match (bypass, &text) {
         (Some(pattern), Some(text)) => pattern.is_match(text),
         _ => false,

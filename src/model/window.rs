@@ -41,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::model::deadlines::Deadlines;
-use crate::model::fragment::Fragment;
+use crate::model::fragment::{Change, Fragment};
 
 pub use crate::model::batch::{
     Batch, EngineStats, FlushReason, Follows, Opened, SignalOutcome, WindowSummary,
@@ -143,6 +143,9 @@ pub struct WindowEngine {
     /// The highest timestamp read (fragments and signals): the log's own clock, which forgets
     /// previous batches the same way in every replay.
     log_time: i64,
+    /// Changes made in place by `edit`/`delete` signals, by the changed fragment's offset, until
+    /// its window goes out (empty, and never looked into, when nobody edits).
+    amended: HashMap<i64, Change, foldhash::fast::RandomState>,
     /// Windows opened since the last [`WindowEngine::take_opened`], when tracked.
     opened: Option<Vec<Opened>>,
     partition_time: i64,
@@ -162,6 +165,7 @@ impl WindowEngine {
             previous: HashMap::default(),
             previous_order: VecDeque::new(),
             log_time: i64::MIN,
+            amended: HashMap::default(),
             opened: None,
             partition_time: i64::MIN,
             open_bytes: 0,
@@ -371,6 +375,7 @@ impl WindowEngine {
         self.open_bytes -= w.bytes;
         self.drop_closed_front();
         let (close, _) = close_of(&self.channels, &w);
+        let changes = self.changes_of(&w.fragments);
         self.emit(
             Batch {
                 key,
@@ -378,8 +383,10 @@ impl WindowEngine {
                 first_ts: w.first_ts,
                 last_ts: w.last_ts,
                 close_time: close,
+                changes,
                 fragments: w.fragments,
                 follows: w.follows,
+                amends: None,
             },
             out,
         );
@@ -398,6 +405,8 @@ impl WindowEngine {
                 close_time: ts,
                 fragments: vec![f],
                 follows,
+                amends: None,
+                changes: Vec::new(),
             },
             out,
         );
@@ -478,18 +487,6 @@ impl WindowEngine {
         self.advance(ts, out);
     }
 
-    /// The open window of `key`, if there is one.
-    pub fn summary(&self, key: &str) -> Option<WindowSummary> {
-        let w = self.windows.get(key)?;
-        Some(WindowSummary {
-            first_ts: w.first_ts,
-            last_ts: w.last_ts,
-            count: w.fragments.len(),
-            first_offset: w.first_offset(),
-            flush_at: self.due_of(w),
-        })
-    }
-
     /// Moves partition time forward to `time_ms` (never back) and flushes every window whose
     /// `close time + grace` it has passed. Call it with the wall clock only while the partition
     /// is caught up.
@@ -546,58 +543,10 @@ impl WindowEngine {
             }
         }
     }
-
-    /// Lowest offset held in an open window: nothing at or above it may be committed.
-    pub fn low_watermark(&self) -> Option<i64> {
-        self.open_order.front().map(|(offset, _)| *offset)
-    }
-
-    /// Number of open windows.
-    pub fn open_windows(&self) -> usize {
-        self.windows.len()
-    }
-
-    /// Fragment bytes held in open windows.
-    pub fn open_bytes(&self) -> usize {
-        self.open_bytes
-    }
-
-    /// First timestamp of the window holding the lowest offset — the oldest open window, for the
-    /// age metric (one lookup, not a scan).
-    pub fn oldest_open_ts(&self) -> Option<i64> {
-        let (_, key) = self.open_order.front()?;
-        self.windows.get(key).map(|w| w.first_ts)
-    }
-
-    /// The log's own clock: the highest timestamp read (fragments and signals), by which
-    /// previous batches are forgotten; `None` before anything was read.
-    pub fn log_time(&self) -> Option<i64> {
-        (self.log_time != i64::MIN).then_some(self.log_time)
-    }
-
-    /// How far back a replay from the commit point can need a key's previous batch: the log's
-    /// clock, or the first timestamp of the oldest open window when that is earlier (a replay
-    /// starts at the lowest open window and reaches the log time only as it reads on). A flushed
-    /// record whose batch is older than this by more than the `follows` horizon can go.
-    pub fn replay_time(&self) -> Option<i64> {
-        match (self.log_time(), self.oldest_open_ts()) {
-            (Some(log), Some(open)) => Some(log.min(open)),
-            (log, open) => log.or(open),
-        }
-    }
-
-    /// The highest timestamp seen, or wall-clock time handed to `advance`.
-    pub fn partition_time(&self) -> Option<i64> {
-        (self.partition_time != i64::MIN).then_some(self.partition_time)
-    }
-
-    /// Counters since the last call; resets them.
-    pub fn take_stats(&mut self) -> EngineStats {
-        std::mem::take(&mut self.stats)
-    }
 }
 
 mod chat;
+mod reports;
 #[cfg(test)]
 mod tests;
 

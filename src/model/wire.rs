@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::model::fragment::Fragment;
+use crate::model::fragment::{Change, Fragment};
 use crate::model::state::{self, FlushedRecord, PartitionRecord};
 use crate::model::window::{Batch, Follows, Opened};
 
@@ -79,6 +79,29 @@ fn push_num(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(n.to_string().as_bytes());
 }
 
+/// A fragment's original JSON object with the change's member added: `"edited":"<new text>"` or
+/// `"deleted":true` (every original member kept as it was).
+fn push_changed(buf: &mut Vec<u8>, value: &[u8], change: &Change) {
+    let trimmed = value.trim_ascii_end();
+    let Some(body) = trimmed.strip_suffix(b"}") else {
+        // Every fragment is a JSON object; this is never reached.
+        buf.extend_from_slice(value);
+        return;
+    };
+    buf.extend_from_slice(body);
+    if body.trim_ascii_end() != b"{" {
+        buf.push(b',');
+    }
+    match change {
+        Change::Edited(text) => {
+            buf.extend_from_slice(b"\"edited\":");
+            push_json_str(buf, text);
+        }
+        Change::Deleted => buf.extend_from_slice(b"\"deleted\":true"),
+    }
+    buf.push(b'}');
+}
+
 /// Encodes a batch as the output message (README, "Output").
 pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64) -> Record {
     let id = batch_id(topic, partition, batch.first_offset());
@@ -93,11 +116,15 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
     buf.extend_from_slice(b",\"reason\":\"");
     buf.extend_from_slice(batch.reason.as_str().as_bytes());
     buf.push(b'"');
-    if let Some(follows) = &batch.follows {
-        buf.extend_from_slice(b",\"follows\":");
-        match follows {
-            Follows::Offset(o) => push_json_str(&mut buf, &batch_id(topic, partition, *o)),
-            Follows::Id(id) => push_json_str(&mut buf, id),
+    for (name, link) in [("follows", &batch.follows), ("amends", &batch.amends)] {
+        if let Some(link) = link {
+            buf.extend_from_slice(b",\"");
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b"\":");
+            match link {
+                Follows::Offset(o) => push_json_str(&mut buf, &batch_id(topic, partition, *o)),
+                Follows::Id(id) => push_json_str(&mut buf, id),
+            }
         }
     }
     buf.extend_from_slice(b",\"first_ts\":");
@@ -115,20 +142,36 @@ pub fn encode_batch(batch: &Batch, topic: &str, partition: i32, flushed_at: i64)
     buf.extend_from_slice(b",\"last_offset\":");
     push_num(&mut buf, batch.last_offset());
     buf.extend_from_slice(b"},\"fragments\":[");
+    let change_of = |i: usize| {
+        batch
+            .changes
+            .iter()
+            .find(|(at, _)| *at == i)
+            .map(|(_, c)| c)
+    };
     for (i, f) in batch.fragments.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
-        buf.extend_from_slice(f.value());
+        match change_of(i) {
+            None => buf.extend_from_slice(f.value()),
+            Some(change) => push_changed(&mut buf, f.value(), change),
+        }
     }
     buf.push(b']');
-    // Only when every fragment has one (each read once: a field is checked as UTF-8 when read).
-    if let Some(text) = batch
+    // Only when every fragment left has one (each read once: a field is checked as UTF-8 when
+    // read): an edited fragment's text is its edit, a deleted one is left out.
+    let texts = batch
         .fragments
         .iter()
-        .map(Fragment::text)
-        .collect::<Option<Vec<&str>>>()
-    {
+        .enumerate()
+        .filter_map(|(i, f)| match change_of(i) {
+            Some(Change::Deleted) => None,
+            Some(Change::Edited(text)) => Some(Some(&**text)),
+            None => Some(f.text()),
+        })
+        .collect::<Option<Vec<&str>>>();
+    if let Some(text) = texts.filter(|t| !t.is_empty() || batch.changes.is_empty()) {
         buf.extend_from_slice(b",\"text\":");
         push_json_str(&mut buf, &text.join("\n"));
     }
@@ -319,6 +362,8 @@ mod tests {
             last_ts: 1764000001800,
             close_time: 1764000003800,
             follows: None,
+            amends: None,
+            changes: Vec::new(),
             fragments: vec![
                 frag(1042, 1764000000000, r#"{"text":"hi", "n":1}"#, Some("hi")),
                 frag(
@@ -374,6 +419,8 @@ mod tests {
             last_ts: 1,
             close_time: 1,
             follows: Some(crate::model::window::Follows::Offset(0)),
+            amends: None,
+            changes: Vec::new(),
             fragments: vec![
                 frag(1, 1, r#"{"text":"a"}"#, Some("a")),
                 frag(2, 1, "{}", None),
@@ -440,5 +487,54 @@ mod tests {
         assert_eq!(h["x-original-offset"], "77");
         assert_eq!(h["x-failed-at"], "2025-11-24T16:00:00.123Z");
         assert_eq!(rec.first_offset, 77);
+    }
+
+    #[test]
+    fn changed_fragments_keep_their_value_and_gain_edited_or_deleted() {
+        let batch = Batch {
+            key: Arc::from("u1"),
+            reason: FlushReason::Quiet,
+            first_ts: 1,
+            last_ts: 3,
+            close_time: 3,
+            follows: None,
+            amends: None,
+            changes: vec![(0, Change::Edited("hello".into())), (1, Change::Deleted)],
+            fragments: vec![
+                frag(1, 1, r#"{"text":"helo","event_id":"e1"} "#, Some("helo")),
+                frag(2, 2, r#"{"text":"oops"}"#, Some("oops")),
+                frag(3, 3, r#"{"text":"there"}"#, Some("there")),
+            ],
+        };
+        let rec = encode_batch(&batch, "t", 0, 9);
+        let v: serde_json::Value = serde_json::from_slice(rec.payload.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            v["fragments"],
+            serde_json::json!([
+                {"text":"helo","event_id":"e1","edited":"hello"},
+                {"text":"oops","deleted":true},
+                {"text":"there"}
+            ])
+        );
+        assert_eq!(v["text"], "hello\nthere");
+
+        let alone = Batch {
+            reason: FlushReason::Edit,
+            amends: Some(crate::model::window::Follows::Offset(0)),
+            changes: Vec::new(),
+            fragments: vec![frag(
+                5,
+                5,
+                r#"{"signal":"edit","target":"e1","text":"hi"}"#,
+                Some("hi"),
+            )],
+            ..batch
+        };
+        let rec = encode_batch(&alone, "t", 0, 9);
+        let v: serde_json::Value = serde_json::from_slice(rec.payload.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (v["reason"].as_str(), v["amends"].as_str()),
+            (Some("edit"), Some("t/0/0"))
+        );
     }
 }

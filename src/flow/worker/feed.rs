@@ -69,6 +69,29 @@ impl Worker {
                         p.ledger.touched(&signal.key);
                     }
                 }
+                Item::Amend(amend) => {
+                    p.caught_up = false;
+                    let (offset, ts) = (amend.message.offset, amend.message.ts);
+                    let name = amend.change.as_str();
+                    p.read(offset);
+                    let key = amend.message.key.clone();
+                    if p.eos
+                        .as_ref()
+                        .is_some_and(|s| s.settled(offset) || s.keys.skips(&key, offset))
+                    {
+                        // A replay: its batch of one was committed already.
+                        p.engine.skip(ts, now, &mut p.emitted);
+                        continue;
+                    }
+                    let outcome = p.engine.amend(amend, now, &mut p.emitted);
+                    metrics()
+                        .signals
+                        .with_label_values(&[name, outcome.as_str()])
+                        .inc();
+                    if p.gate.is_redis() {
+                        p.ledger.touched(&key);
+                    }
+                }
                 Item::DeadLetter(record) => {
                     p.caught_up = false;
                     p.read(record.first_offset);

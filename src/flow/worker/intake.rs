@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::{Config, TimestampSource};
 use crate::io::headers;
-use crate::model::fragment::{self, Fragment, Parsed, RawMessage, Rules, Signal};
+use crate::model::fragment::{self, Amend, Fragment, Parsed, RawMessage, Rules, Signal};
 use crate::model::wire::{self, Record, Rejected};
 use crate::ops::metrics::metrics;
 
@@ -45,6 +45,8 @@ pub enum Item {
     Fragment(Fragment),
     /// A chat signal.
     Signal(Signal),
+    /// An `edit` or `delete` of an earlier fragment.
+    Amend(Amend),
     /// Invalid input, encoded for the dead-letter topic.
     DeadLetter(Record),
     /// The partition's end: everything there is was read.
@@ -181,6 +183,7 @@ impl Intake {
                 Item::Fragment(f)
             }
             Ok(Parsed::Signal(s)) => Item::Signal(s),
+            Ok(Parsed::Amend(a)) => Item::Amend(a),
             Err(invalid) => {
                 metrics()
                     .fragments_invalid

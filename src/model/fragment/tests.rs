@@ -11,6 +11,7 @@ fn fragment(m: RawMessage<'_>, max: usize) -> Result<Fragment, Invalid> {
     match parse(m, &rules)? {
         Parsed::Fragment(f) => Ok(f),
         Parsed::Signal(s) => panic!("a signal, not a fragment: {s:?}"),
+        Parsed::Amend(a) => panic!("an amend, not a fragment: {a:?}"),
     }
 }
 
@@ -254,4 +255,37 @@ fn a_channel_selects_its_overrides_and_its_own_bypass_pattern() {
     assert_eq!(get(br#"{"text":"/help"}"#), (0, true));
     assert_eq!(get(br#"{"text":"hi","channel":"sms"}"#), (0, false));
     assert_eq!(get(br#"{"text":"hi","channel":7}"#), (0, false));
+}
+
+#[test]
+fn edit_and_delete_signals_name_their_target_or_go_to_the_dlq() {
+    let rules = Rules {
+        max_fragment_bytes: 1024,
+        ..Rules::default()
+    };
+    let edit = br#"{"user_id":"u","signal":"edit","target":"e-1","text":"fixed"}"#;
+    match parse(msg(None, edit), &rules).unwrap() {
+        Parsed::Amend(a) => {
+            assert_eq!((&*a.message.key, &*a.target), ("u", "e-1"));
+            assert_eq!(a.change, Change::Edited("fixed".into()));
+            assert_eq!(a.message.value(), &edit[..], "the message kept whole");
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(
+        msg(None, br#"{"user_id":"u","signal":"delete","target":"e-1"}"#),
+        &rules,
+    ) {
+        Ok(Parsed::Amend(a)) => assert_eq!(a.change, Change::Deleted),
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        &br#"{"user_id":"u","signal":"edit","text":"no target"}"#[..],
+        br#"{"user_id":"u","signal":"edit","target":"e-1"}"#,
+        br#"{"user_id":"u","signal":"delete"}"#,
+        br#"{"user_id":"u","signal":"delete","target":7}"#,
+    ] {
+        let err = parse(msg(None, bad), &rules).unwrap_err();
+        assert_eq!(err.label(), "bad_amend", "{err}");
+    }
 }

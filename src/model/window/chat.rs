@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::fragment::SignalKind;
+use crate::model::fragment::{Amend, Change, Fragment, SignalKind};
 
 use super::{
     close_of, settings, Batch, FlushReason, Follows, SignalOutcome, WindowEngine,
@@ -90,5 +90,94 @@ impl WindowEngine {
         };
         self.advance(ts, out);
         outcome
+    }
+
+    /// Applies an `edit` or `delete` of `key`: a target in the key's open window is changed in
+    /// place (its batch shows the change); otherwise the key's open window goes out first (reason
+    /// `interrupted`, in order, as before a bypass fragment: the skip records of a replay then stay
+    /// exact) and the signal goes out as a batch of one (reason `edit`/`delete`) naming in
+    /// `amends` the key's last batch, which carried the target when lull still knows it.
+    pub fn amend(&mut self, a: Amend, now_ms: i64, out: &mut Vec<Batch>) -> SignalOutcome {
+        let Amend {
+            mut message,
+            target,
+            change,
+        } = a;
+        if message.ts > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+            self.stats.clamped += 1;
+            message.ts = now_ms;
+        }
+        let ts = message.ts;
+        self.saw(ts);
+        let key = std::mem::take(&mut message.key);
+        // A window whose close time passed goes out first, for its own reason, as any message
+        // would make it (read live, it went out by the clock already).
+        if let Some(w) = self.windows.get(&*key) {
+            let (close, reason) = close_of(&self.channels, w);
+            if ts > close {
+                self.flush_key(&key, reason, out);
+            }
+        }
+        let open = self.cfg.batching
+            && self
+                .windows
+                .get(&*key)
+                .is_some_and(|w| w.fragments.iter().any(|f| f.event_id() == Some(&*target)));
+        if open {
+            if let Some(f) = self
+                .windows
+                .get(&*key)
+                .and_then(|w| w.fragments.iter().find(|f| f.event_id() == Some(&*target)))
+            {
+                self.amended.insert(f.offset, change);
+            }
+            self.advance(ts, out);
+            return SignalOutcome::Applied;
+        }
+        // The key's last batch, as long as the engine keeps it (the follow-up window and the
+        // grace, by log time: the same whether the log is read live or after the fact).
+        let horizon = self.cfg.followup_ms.saturating_add(self.cfg.grace_ms);
+        let amends = self
+            .previous
+            .get(&*key)
+            .filter(|(_, last_ts)| last_ts.saturating_add(horizon) >= self.log_time)
+            .map(|(follows, _)| follows.clone());
+        let key: Arc<str> = match self.windows.remove_entry(&*key) {
+            Some((stored, w)) => {
+                self.flush_window(stored.clone(), w, FlushReason::Interrupted, out);
+                stored
+            }
+            None => Arc::from(key),
+        };
+        let reason = match change {
+            Change::Edited(_) => FlushReason::Edit,
+            Change::Deleted => FlushReason::Delete,
+        };
+        // Not the key's latest batch for `follows`: it adds nothing to a burst.
+        out.push(Batch {
+            key,
+            reason,
+            first_ts: ts,
+            last_ts: ts,
+            close_time: ts,
+            fragments: vec![message],
+            follows: None,
+            amends,
+            changes: Vec::new(),
+        });
+        self.advance(ts, out);
+        SignalOutcome::Alone
+    }
+
+    /// The in-place changes of a window's `fragments`, taken out of the engine as it goes out.
+    pub(super) fn changes_of(&mut self, fragments: &[Fragment]) -> Vec<(usize, Change)> {
+        if self.amended.is_empty() {
+            return Vec::new();
+        }
+        fragments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| self.amended.remove(&f.offset).map(|c| (i, c)))
+            .collect()
     }
 }

@@ -1,7 +1,7 @@
 //! Property tests of `window`.
 
 use super::*;
-use crate::model::fragment::{Fields, SignalKind};
+use crate::model::fragment::{Amend, Change, Fields, SignalKind};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -363,5 +363,129 @@ proptest! {
                     && b.first_ts - p.last_ts <= cfg.followup_ms));
             }
         }
+    }
+}
+
+/// One message of a generated chat log with edits and deletes.
+#[derive(Debug, Clone)]
+enum Msg {
+    Frag(Fragment),
+    Amend(Amend),
+}
+
+/// A log where about one message in five edits or deletes an earlier fragment of any key (open
+/// or long gone).
+fn chat_log(log: &[(u8, i64, usize)], picks: &[u8]) -> Vec<Msg> {
+    let mut ts = 1_000;
+    let mut ids: Vec<(String, String)> = Vec::new();
+    log.iter()
+        .enumerate()
+        .map(|(i, &(k, gap, size))| {
+            ts += gap;
+            let key = format!("k{k}");
+            let pick = picks[i % picks.len()];
+            let offset = 100 + i as i64;
+            let value = vec![b' '; size];
+            if pick < 50 && !ids.is_empty() {
+                let (target_key, target) = ids[usize::from(pick) % ids.len()].clone();
+                let change = if pick % 2 == 0 {
+                    Change::Edited(format!("edit {i}").into())
+                } else {
+                    Change::Deleted
+                };
+                return Msg::Amend(Amend {
+                    message: Fragment::new(target_key, offset, ts, &value, Fields::default()),
+                    target: target.into(),
+                    change,
+                });
+            }
+            let id = format!("e{offset}");
+            ids.push((key.clone(), id.clone()));
+            Msg::Frag(Fragment::new(
+                key,
+                offset,
+                ts,
+                &value,
+                Fields {
+                    event_id: Some(&id),
+                    ..Fields::default()
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Feeds `msgs`, advancing the wall clock between them as `fractions` say (none: catch-up).
+fn feed_chat(cfg: WindowConfig, msgs: &[Msg], fractions: &[u8]) -> Vec<Batch> {
+    let mut e = engine(cfg);
+    let mut out = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let ts = match m {
+            Msg::Frag(f) => {
+                e.push(f.clone(), FAR, &mut out);
+                f.ts
+            }
+            Msg::Amend(a) => {
+                e.amend(a.clone(), FAR, &mut out);
+                a.message.ts
+            }
+        };
+        let next = msgs.get(i + 1).map(|m| match m {
+            Msg::Frag(f) => f.ts,
+            Msg::Amend(a) => a.message.ts,
+        });
+        if let (Some(next), false) = (next, fractions.is_empty()) {
+            if next > ts {
+                let frac = i64::from(fractions[i % fractions.len()]);
+                e.advance(ts + (next - ts - 1) * frac / 255, &mut out);
+            }
+        }
+    }
+    e.advance(FAR, &mut out);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Edits and deletes stay functions of the log: read live at any speed or after the fact,
+    /// the same batches, with the same changes and the same `amends`; every fragment in exactly
+    /// one batch.
+    #[test]
+    fn edits_and_deletes_give_the_same_batches_however_the_log_is_read(
+        cfg in cfg_strategy(),
+        log in log_strategy(),
+        picks in prop::collection::vec(any::<u8>(), 1..40),
+        fractions in prop::collection::vec(any::<u8>(), 1..20),
+    ) {
+        let msgs = chat_log(&log, &picks);
+        let shape = |batches: &[Batch]| {
+            let mut v: Vec<_> = batches
+                .iter()
+                .map(|b| {
+                    let offs: Vec<i64> = b.fragments.iter().map(|f| f.offset).collect();
+                    (offs, b.key.clone(), b.reason, b.changes.clone(), b.amends.clone())
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let lagged = feed_chat(cfg, &msgs, &[]);
+        let live = feed_chat(cfg, &msgs, &fractions);
+        prop_assert_eq!(shape(&lagged), shape(&live));
+        let mut seen: Vec<i64> = lagged
+            .iter()
+            .filter(|b| !matches!(b.reason, FlushReason::Edit | FlushReason::Delete))
+            .flat_map(|b| b.fragments.iter().map(|f| f.offset))
+            .collect();
+        seen.sort_unstable();
+        let expected: Vec<i64> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Frag(f) => Some(f.offset),
+                Msg::Amend(_) => None,
+            })
+            .collect();
+        prop_assert_eq!(seen, expected);
     }
 }

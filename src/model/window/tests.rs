@@ -1,7 +1,7 @@
 //! Tests of `window`.
 
 use super::*;
-use crate::model::fragment::{Fields, SignalKind};
+use crate::model::fragment::{Amend, Change, Fields, SignalKind};
 
 const CFG: WindowConfig = WindowConfig {
     batching: true,
@@ -332,4 +332,93 @@ fn a_window_keeps_the_settings_of_its_first_fragments_channel() {
         (offsets(&out[1]), out[1].reason),
         (vec![0, 2, 3], FlushReason::MaxFragments)
     );
+}
+
+/// A fragment of `key` at `offset`/`ts` with event id `e{offset}`.
+fn with_id(key: &str, offset: i64, ts: i64) -> Fragment {
+    let value = format!("{{\"o\":{offset}}}");
+    let id = format!("e{offset}");
+    Fragment::new(
+        key,
+        offset,
+        ts,
+        value.as_bytes(),
+        Fields {
+            event_id: Some(&id),
+            ..Fields::default()
+        },
+    )
+}
+
+fn amend(key: &str, offset: i64, ts: i64, target: &str, change: Change) -> Amend {
+    Amend {
+        message: frag(key, offset, ts),
+        target: target.into(),
+        change,
+    }
+}
+
+#[test]
+fn an_edit_or_delete_of_an_open_fragment_changes_it_in_place() {
+    let mut e = WindowEngine::new(CFG);
+    let mut out = Vec::new();
+    e.push(with_id("a", 0, 0), NOW, &mut out);
+    e.push(with_id("a", 1, 10), NOW, &mut out);
+    let edit = amend("a", 2, 20, "e0", Change::Edited("fixed".into()));
+    assert_eq!(e.amend(edit, NOW, &mut out), SignalOutcome::Applied);
+    let delete = amend("a", 3, 30, "e1", Change::Deleted);
+    assert_eq!(e.amend(delete, NOW, &mut out), SignalOutcome::Applied);
+    e.advance(1_000, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        offsets(&out[0]),
+        vec![0, 1],
+        "signals are never part of a batch"
+    );
+    assert_eq!(
+        out[0].changes,
+        vec![(0, Change::Edited("fixed".into())), (1, Change::Deleted)]
+    );
+    assert_eq!(
+        out[0].close_time, 110,
+        "an edit does not move the window's time"
+    );
+}
+
+#[test]
+fn an_edit_of_a_fragment_no_longer_open_goes_out_alone_naming_the_batch_it_amends() {
+    let mut e = WindowEngine::new(WindowConfig {
+        followup_ms: 10_000,
+        ..CFG
+    });
+    let mut out = Vec::new();
+    e.push(with_id("a", 0, 0), NOW, &mut out);
+    e.advance(500, &mut out);
+    assert_eq!(out.len(), 1, "the first burst went out");
+    // A new burst is open when the edit of the first one comes: it goes out first, interrupted.
+    e.push(with_id("a", 1, 600), NOW, &mut out);
+    let edit = amend("a", 2, 650, "e0", Change::Edited("fixed".into()));
+    assert_eq!(e.amend(edit, NOW, &mut out), SignalOutcome::Alone);
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        (offsets(&out[1]), out[1].reason),
+        (vec![1], FlushReason::Interrupted)
+    );
+    assert_eq!(
+        (offsets(&out[2]), out[2].reason),
+        (vec![2], FlushReason::Edit)
+    );
+    assert_eq!(
+        out[2].amends,
+        Some(Follows::Offset(0)),
+        "the key's last batch before the edit: the one that carried its target"
+    );
+    // It is not the key's latest batch for `follows`.
+    e.push(with_id("a", 3, 700), NOW, &mut out);
+    e.advance(2_000, &mut out);
+    assert_eq!(out[3].follows, Some(Follows::Offset(1)));
+    // Unknown targets alike: nothing is lost.
+    let unknown = amend("b", 4, 800, "nope", Change::Deleted);
+    assert_eq!(e.amend(unknown, NOW, &mut out), SignalOutcome::Alone);
+    assert_eq!(out.last().map(|b| b.reason), Some(FlushReason::Delete));
 }
