@@ -586,3 +586,54 @@ async fn follows_survives_a_crash_between_two_bursts_with_redis() {
     assert_eq!(f.last().unwrap().1, vec!["second burst".to_string()]);
     assert_eq!(f.last().unwrap().2.as_deref(), Some(first_id.as_str()));
 }
+
+/// exactly_once, real Kafka: lull stops while the target of an edit is in an open window (its
+/// offset uncommitted), the edit arrives meanwhile, and the next run rebuilds the window from the
+/// log and applies the edit in place, as a run that never stopped would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_after_a_restart_still_changes_its_open_target() {
+    let cluster = Cluster::start(1).await;
+    let mut cfg = chat_config(&cluster, "edit-restart");
+    // The window stays open across the restart.
+    cfg.quiet = Duration::from_secs(30);
+    cfg.max_wait = Duration::from_secs(60);
+    let first = Running::start(cfg.clone());
+    first.assigned(1).await;
+    let t0 = base_time();
+    write(
+        &cluster,
+        t0,
+        &[(
+            "restarter",
+            chat("restarter", 0, "helo", serde_json::json!({})),
+            0,
+        )],
+    )
+    .await;
+    wait_for("the target read", || first.health.messages_read() >= 1).await;
+    first.stop().await;
+    write(
+        &cluster,
+        t0,
+        &[
+            (
+                "restarter",
+                amend("restarter", "restarter-0", Some("hello")),
+                100,
+            ),
+            ("restarter", signal("restarter", "flush"), 200),
+        ],
+    )
+    .await;
+    let second = Running::start(cfg);
+    let mut out = cluster.collector(&cluster.output);
+    let batch = out.until("the batch", |s| !s.is_empty()).await[0]
+        .json()
+        .clone();
+    out.settle(Duration::from_millis(500)).await;
+    second.stop().await;
+    assert_eq!(out.seen.len(), 1, "one batch: {:?}", out.seen);
+    assert_eq!(batch["reason"], "signal");
+    assert_eq!(batch["fragments"][0]["edited"], "hello");
+    assert_eq!(batch["text"], "hello");
+}
