@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::reader::Reader;
-use super::{Env, DAY_MS, HOUR_MS};
+use super::{Env, MAX_FRAGMENTS_RANGE, MAX_WAIT_RANGE, QUIET_RANGE, TYPING_RANGE};
 
 /// The prefix of every per-channel variable.
 pub const PREFIX: &str = "LULL_CHANNEL_";
@@ -102,24 +102,12 @@ pub(super) fn read<E: Env>(
             ..Channel::default()
         });
         match setting {
-            "QUIET_MS" => {
-                channel.quiet = r
-                    .number_opt(&variable, (1, DAY_MS), "milliseconds")
-                    .map(Duration::from_millis)
-            }
-            "MAX_WAIT_MS" => {
-                channel.max_wait = r
-                    .number_opt(&variable, (1, DAY_MS), "milliseconds")
-                    .map(Duration::from_millis)
-            }
-            "TYPING_MS" => {
-                channel.typing = r
-                    .number_opt(&variable, (0, HOUR_MS), "milliseconds")
-                    .map(Duration::from_millis)
-            }
+            "QUIET_MS" => channel.quiet = r.millis_opt(&variable, QUIET_RANGE),
+            "MAX_WAIT_MS" => channel.max_wait = r.millis_opt(&variable, MAX_WAIT_RANGE),
+            "TYPING_MS" => channel.typing = r.millis_opt(&variable, TYPING_RANGE),
             "MAX_FRAGMENTS" => {
                 channel.max_fragments = r
-                    .number_opt(&variable, (1, 1_000_000), "a fragment count")
+                    .number_opt(&variable, MAX_FRAGMENTS_RANGE, "a fragment count")
                     .map(|n| n as usize)
             }
             _ => channel.bypass_pattern = r.pattern(&variable),

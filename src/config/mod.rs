@@ -239,6 +239,13 @@ impl fmt::Display for ConfigProblem {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError(pub Vec<ConfigProblem>);
 
+/// The bounds of the settings a channel may override (`LULL_QUIET_MS`, `LULL_MAX_WAIT_MS`,
+/// `LULL_TYPING_MS`, `LULL_MAX_FRAGMENTS`), shared by the global reader and `channels`.
+const QUIET_RANGE: (u64, u64) = (1, DAY_MS);
+const MAX_WAIT_RANGE: (u64, u64) = (1, DAY_MS);
+const TYPING_RANGE: (u64, u64) = (0, HOUR_MS);
+const MAX_FRAGMENTS_RANGE: (u64, u64) = (1, 1_000_000);
+
 /// Prefix of librdkafka pass-through variables.
 const KAFKA_PREFIX: &str = "LULL_KAFKA_";
 

@@ -85,6 +85,13 @@ impl<E: Env> Reader<'_, E> {
         Duration::from_millis(self.number(name, range, "milliseconds"))
     }
 
+    /// [`Reader::millis`] for a setting with no default of its own: `None` if unset (or
+    /// invalid, which is reported).
+    pub(super) fn millis_opt(&mut self, name: &str, range: Range) -> Option<Duration> {
+        self.number_opt(name, range, "milliseconds")
+            .map(Duration::from_millis)
+    }
+
     pub(super) fn boolean(&mut self, name: &str) -> bool {
         let default = settings::default_of(name) == "true";
         let Some(v) = self.raw(name) else {
@@ -167,10 +174,13 @@ impl Config {
                 ("false", Batching::Off),
             ],
         );
-        let quiet = r.millis("LULL_QUIET_MS", (1, DAY_MS));
-        let max_wait = r.millis("LULL_MAX_WAIT_MS", (1, DAY_MS));
-        let max_fragments =
-            r.number("LULL_MAX_FRAGMENTS", (1, 1_000_000), "a fragment count") as usize;
+        let quiet = r.millis("LULL_QUIET_MS", QUIET_RANGE);
+        let max_wait = r.millis("LULL_MAX_WAIT_MS", MAX_WAIT_RANGE);
+        let max_fragments = r.number(
+            "LULL_MAX_FRAGMENTS",
+            MAX_FRAGMENTS_RANGE,
+            "a fragment count",
+        ) as usize;
         let max_batch_bytes = r.number("LULL_MAX_BATCH_BYTES", (1, GIB), "bytes") as usize;
         let max_fragment_bytes = r.number("LULL_MAX_FRAGMENT_BYTES", (1, GIB), "bytes") as usize;
         let grace = r.millis("LULL_GRACE_MS", (0, HOUR_MS));
@@ -181,7 +191,7 @@ impl Config {
                 ("arrival", TimestampSource::Arrival),
             ],
         );
-        let typing = r.millis("LULL_TYPING_MS", (0, HOUR_MS));
+        let typing = r.millis("LULL_TYPING_MS", TYPING_RANGE);
         let followup = r.millis("LULL_FOLLOWUP_MS", (0, DAY_MS));
         let bypass_pattern = r.pattern("LULL_BYPASS_PATTERN");
         let channels = super::channels::read(&mut r, quiet, max_wait);

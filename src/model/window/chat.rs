@@ -118,19 +118,14 @@ impl WindowEngine {
                 self.flush_key(&key, reason, out);
             }
         }
-        let open = self.cfg.batching
-            && self
-                .windows
-                .get(&*key)
-                .is_some_and(|w| w.fragments.iter().any(|f| f.event_id() == Some(&*target)));
-        if open {
-            if let Some(f) = self
-                .windows
-                .get(&*key)
-                .and_then(|w| w.fragments.iter().find(|f| f.event_id() == Some(&*target)))
-            {
-                self.amended.insert(f.offset, change);
-            }
+        let open_target = self
+            .windows
+            .get(&*key)
+            .filter(|_| self.cfg.batching)
+            .and_then(|w| w.fragments.iter().find(|f| f.event_id() == Some(&*target)))
+            .map(|f| f.offset);
+        if let Some(offset) = open_target {
+            self.amended.insert(offset, change);
             self.advance(ts, out);
             return SignalOutcome::Applied;
         }
