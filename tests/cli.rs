@@ -610,3 +610,64 @@ fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
             .any(|l| l.starts_with("event  bob  opened") && l.contains(&following))
     });
 }
+
+/// The README's first command, small: `lull demo` on the mock cluster checks its own output and
+/// prints the typing, channel and edit figures; every planned edit and delete shows (in place
+/// while its window was open, alone with `amends` after).
+#[test]
+fn the_demo_passes_its_own_check_and_prints_the_chat_figures() {
+    let out = lull()
+        .args([
+            "demo",
+            "--users",
+            "30",
+            "--fragments",
+            "300",
+            "--quiet-ms",
+            "300",
+            "--edit-share",
+            "0.1",
+            "--delete-share",
+            "0.05",
+            "--channel-share",
+            "0.2",
+            // No commands: a command after an edit's target would make `amends` name the key's
+            // later batch, not the one that carried the target.
+            "--command-share",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("changes lost 0: PASS"), "{stdout}");
+    let line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line: {stdout}"))
+            .to_string()
+    };
+    let numbers = |l: &str| -> Vec<usize> {
+        l.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    // "N of M sent while the window was open ...; A of B sent after ... (C naming ...)".
+    let edits = numbers(&line("edits and deletes"));
+    assert_eq!(edits.len(), 5, "{edits:?}");
+    assert!(
+        edits[1] > 0 && edits[3] > 0,
+        "changes planned both ways: {edits:?}"
+    );
+    assert_eq!(edits[0], edits[1], "every in-window change made in place");
+    assert_eq!(edits[2], edits[3], "every late change sent alone");
+    assert_eq!(
+        edits[4], edits[3],
+        "each names the batch that carried its target"
+    );
+    let channel = numbers(&line("kept whole by channel"));
+    assert_eq!(channel[0], channel[1], "{channel:?}");
+    assert!(line("kept whole by typing").contains(" of "));
+}

@@ -363,10 +363,16 @@ fn check(seen: &[OutMsg]) {
     assert!(no_signal_in_a_batch);
 }
 
-async fn live_and_lagged(cluster: Cluster) {
+/// Runs the script live, then from the lagged log in a fresh group; with `redis`, both runs
+/// keep their facts there (each its own prefix), as a deployment with Redis would.
+async fn live_and_lagged(cluster: Cluster, redis: Option<&RedisServer>) {
     let (msgs, fragments) = script();
+    let with_redis = |cfg: Config, name: &str| match redis {
+        Some(r) => r.configure(cfg, &unique_prefix(name)),
+        None => cfg,
+    };
     // Live: lull runs first; the log is written as it happens.
-    let cfg = chat_config(&cluster, "signals-live");
+    let cfg = with_redis(chat_config(&cluster, "signals-live"), "signals-live");
     let lull = Running::start(cfg.clone());
     lull.assigned(1).await;
     let t0 = base_time();
@@ -387,7 +393,7 @@ async fn live_and_lagged(cluster: Cluster) {
     assert!(dead.headers["x-error-message"].contains("unknown signal"));
 
     // Lagged: a fresh group reads the same log after the fact, into the replay topic.
-    let mut cfg = chat_config(&cluster, "signals-lagged");
+    let mut cfg = with_redis(chat_config(&cluster, "signals-lagged"), "signals-lagged");
     cfg.output_topic = cluster.replay.clone();
     let lagged = Running::start(cfg.clone());
     let mut replay = cluster.collector(&cluster.replay);
@@ -417,12 +423,20 @@ async fn live_and_lagged(cluster: Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chat_rule_live_and_from_a_lagged_log_on_real_kafka() {
-    live_and_lagged(Cluster::start(1).await).await;
+    live_and_lagged(Cluster::start(1).await, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chat_rule_live_and_from_a_lagged_log_on_the_mock() {
-    live_and_lagged(Cluster::mock(1)).await;
+    live_and_lagged(Cluster::mock(1), None).await;
+}
+
+/// The same rules with Redis: its duplicate protection and `follows` records must not change
+/// a batch (signals have no event id; an edit alone is a batch of a signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_chat_rule_live_and_from_a_lagged_log_on_real_kafka_with_redis() {
+    let redis = RedisServer::shared();
+    live_and_lagged(Cluster::start(1).await, Some(&redis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

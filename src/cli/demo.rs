@@ -62,6 +62,13 @@ pub struct DemoArgs {
     /// than the global quiet period inside their bursts (0 to 1).
     #[arg(long, default_value_t = 0.1)]
     pub channel_share: f64,
+    /// Share of fragments the user corrects with an `edit` signal: half soon after (changed in
+    /// place), half after the batch went out (sent alone, naming the batch in `amends`).
+    #[arg(long, default_value_t = 0.02)]
+    pub edit_share: f64,
+    /// Share of fragments the user takes back with a `delete` signal (timed like the edits).
+    #[arg(long, default_value_t = 0.01)]
+    pub delete_share: f64,
 }
 
 /// Why the demo could not run (as opposed to its check failing).
@@ -96,6 +103,8 @@ pub struct DemoReport {
     pub duplicated: usize,
     /// Fragments seen out of their user's order.
     pub out_of_order: usize,
+    /// Edits and deletes sent that no batch shows (neither in place nor alone).
+    pub changes_lost: usize,
     /// Flush lateness p50 and p99 in milliseconds.
     pub lateness_ms: (i64, i64),
     /// Last fragment to flush, p50 and p99 in milliseconds.
@@ -105,7 +114,11 @@ pub struct DemoReport {
 impl DemoReport {
     /// Whether the end-to-end check passed.
     pub fn passed(&self) -> bool {
-        self.fragments_in > 0 && self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+        self.fragments_in > 0
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.changes_lost == 0
     }
 }
 
@@ -220,12 +233,15 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         final_share: args.final_share,
         command_share: args.command_share,
         channel_share: args.channel_share,
+        edit_share: args.edit_share,
+        delete_share: args.delete_share,
         ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, args.seed)
     });
-    let signals = plan.events.len() - plan.fragments();
+    let changes = plan.changes_in_window.len() + plan.changes_after.len();
+    let signals = plan.events.len() - plan.fragments() - changes;
     println!(
         "  {} users typing {} fragments in {} bursts ({signals} typing signals from slow typists, \
-         commands matching {}); quiet {} ms, max wait {} ms, grace {} ms",
+         {changes} edits and deletes, commands matching {}); quiet {} ms, max wait {} ms, grace {} ms",
         args.users,
         plan.fragments(),
         plan.bursts,
@@ -327,7 +343,8 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
                 if let Some(payload) = m.payload() {
                     tally.add(payload);
                 }
-                if tally.distinct() >= total && settle_until.is_none() {
+                let changes_seen = tally.changed_in_place.len() + tally.amended_alone.len();
+                if tally.distinct() >= total && changes_seen >= changes && settle_until.is_none() {
                     all_batched_at = Some(std::time::Instant::now());
                     // Everything arrived: wait a little longer for any duplicate to show up.
                     settle_until = Some(Instant::now() + Duration::from_secs(1));
@@ -361,6 +378,37 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     drop(broker);
 
     let (lateness, e2e) = (tally.lateness_ms(), tally.end_to_end_ms());
+    let in_place = plan
+        .changes_in_window
+        .iter()
+        .filter(|c| tally.changed_in_place.get(&c.target) == Some(&c.edit))
+        .count();
+    let alone = plan
+        .changes_after
+        .iter()
+        .filter(|c| tally.amended_alone.contains_key(&c.target))
+        .count();
+    // Alone, naming the very batch that carried the target.
+    let named = plan
+        .changes_after
+        .iter()
+        .filter(|c| {
+            let carried = tally.batch_id_of(&c.target);
+            tally.amended_alone.get(&c.target).is_some_and(|seen| {
+                seen.iter()
+                    .all(|a| carried.is_some() && a.amends.as_deref() == carried)
+            })
+        })
+        .count();
+    let changes_lost = plan
+        .changes_in_window
+        .iter()
+        .chain(&plan.changes_after)
+        .filter(|c| {
+            !tally.changed_in_place.contains_key(&c.target)
+                && !tally.amended_alone.contains_key(&c.target)
+        })
+        .count();
     let report = DemoReport {
         fragments_in: total,
         batches_out: tally.batches,
@@ -368,6 +416,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         lost: total.saturating_sub(tally.distinct()),
         duplicated: tally.duplicated(),
         out_of_order: tally.out_of_order,
+        changes_lost,
         lateness_ms: (lateness.0 as i64, lateness.1 as i64),
         end_to_end_ms: (e2e.0 as i64, e2e.1 as i64),
     };
@@ -425,6 +474,15 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
             channel_name
         );
     }
+    if changes > 0 {
+        println!(
+            "  edits and deletes       {in_place} of {} sent while the window was open changed \
+             in place; {alone} of {} sent after the batch went out alone, {named} naming that \
+             batch in amends (the rest: the key's last batch, a command after the target)",
+            plan.changes_in_window.len(),
+            plan.changes_after.len()
+        );
+    }
     println!(
         "  fragments per batch     {:.2}",
         report.fragments_in as f64 / report.batches_out.max(1) as f64
@@ -461,10 +519,11 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         );
     }
     println!(
-        "  check                   lost {}, duplicated {}, out of order {}: {}",
+        "  check                   lost {}, duplicated {}, out of order {}, changes lost {}: {}",
         report.lost,
         report.duplicated,
         report.out_of_order,
+        report.changes_lost,
         if report.passed() { "PASS" } else { "FAIL" }
     );
     Ok(report)

@@ -47,6 +47,13 @@ pub struct SimulateArgs {
     /// LULL_CHANNEL_WHATSAPP_MAX_WAIT_MS at ten times it).
     #[arg(long, default_value_t = 0.0)]
     pub channel_share: f64,
+    /// Share of fragments the user corrects with an `edit` signal: half soon after the fragment
+    /// (lull changes it in place), half after its batch went out (sent alone, with `amends`).
+    #[arg(long, default_value_t = 0.0)]
+    pub edit_share: f64,
+    /// Share of fragments the user takes back with a `delete` signal (timed like the edits).
+    #[arg(long, default_value_t = 0.0)]
+    pub delete_share: f64,
 }
 
 /// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
@@ -58,6 +65,8 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
         final_share: args.final_share,
         command_share: args.command_share,
         channel_share: args.channel_share,
+        edit_share: args.edit_share,
+        delete_share: args.delete_share,
         ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
     // Like `verify`: an unreachable broker is an error within seconds, not a hang.

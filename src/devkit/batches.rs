@@ -1,6 +1,6 @@
 //! Reading lull's output back, for the demo and the benchmark: a reader of the output topic and a
 //! [`Tally`] of what it saw — fragments lost, doubled or out of their user's order, batches per
-//! reason, flush lateness and end-to-end latency.
+//! reason, flush lateness and end-to-end latency, and the edits and deletes it saw made.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -14,6 +14,12 @@ use serde::Deserialize;
 /// A batch as the tools read it (the fields they use).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BatchView {
+    /// Its id (the tools' own test batches may leave it out).
+    #[serde(default)]
+    pub batch_id: Option<String>,
+    /// The batch an `edit`/`delete` batch amends, when lull still knew it.
+    #[serde(default)]
+    pub amends: Option<String>,
     /// The user.
     pub key: String,
     /// Why it went out.
@@ -30,14 +36,34 @@ pub struct BatchView {
     pub text: Option<String>,
 }
 
-/// A fragment of a batch, as the load generator wrote it.
+/// A fragment of a batch, as the load generator wrote it (or the signal of an `edit`/`delete`
+/// batch).
 #[derive(Debug, Clone, Deserialize)]
 pub struct FragmentView {
-    /// Unique per fragment typed.
-    pub event_id: String,
+    /// Unique per fragment typed (signals have none).
+    #[serde(default)]
+    pub event_id: Option<String>,
     /// Place in its user's sequence, when the writer numbered it.
     #[serde(default)]
     pub seq: Option<usize>,
+    /// The new text, when an `edit` changed this fragment in place.
+    #[serde(default)]
+    pub edited: Option<String>,
+    /// Whether a `delete` took this fragment back in place.
+    #[serde(default)]
+    pub deleted: bool,
+    /// What an `edit`/`delete` signal changes.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// An `edit` or `delete` that went out alone (its target's window had gone out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmendSeen {
+    /// `edit` or `delete`.
+    pub reason: String,
+    /// The batch it names in `amends`, if any.
+    pub amends: Option<String>,
 }
 
 /// A consumer of `topic` from its beginning, in a group of its own, as a downstream consumer
@@ -62,6 +88,12 @@ pub struct Tally {
     last_seq: HashMap<String, usize>,
     /// Fragments that came after a later one of the same user.
     pub out_of_order: usize,
+    /// The batch id each event id was (first) seen in.
+    batch_id_of: HashMap<String, String>,
+    /// Fragments changed in place, by event id: `true` for an edit, `false` for a delete.
+    pub changed_in_place: HashMap<String, bool>,
+    /// `edit`/`delete` batches, by target event id (more than one: a repeat).
+    pub amended_alone: HashMap<String, Vec<AmendSeen>>,
     /// Batches per reason.
     pub reasons: BTreeMap<String, usize>,
     /// Batches read.
@@ -93,6 +125,9 @@ impl Tally {
             batch_of: HashMap::new(),
             last_seq: HashMap::new(),
             out_of_order: 0,
+            batch_id_of: HashMap::new(),
+            changed_in_place: HashMap::new(),
+            amended_alone: HashMap::new(),
             reasons: BTreeMap::new(),
             batches: 0,
             samples: Vec::new(),
@@ -130,11 +165,36 @@ impl Tally {
             return;
         };
         let at = seen_at.unwrap_or(b.flushed_at);
+        let amend = b.reason == "edit" || b.reason == "delete";
         for f in &b.fragments {
-            *self.seen.entry(f.event_id.clone()).or_default() += 1;
+            if amend {
+                if let Some(target) = &f.target {
+                    self.amended_alone
+                        .entry(target.clone())
+                        .or_default()
+                        .push(AmendSeen {
+                            reason: b.reason.clone(),
+                            amends: b.amends.clone(),
+                        });
+                }
+                continue;
+            }
+            let Some(event_id) = &f.event_id else {
+                continue;
+            };
+            *self.seen.entry(event_id.clone()).or_default() += 1;
             self.batch_of
-                .entry(f.event_id.clone())
+                .entry(event_id.clone())
                 .or_insert(self.batches);
+            if let Some(id) = &b.batch_id {
+                self.batch_id_of
+                    .entry(event_id.clone())
+                    .or_insert_with(|| id.clone());
+            }
+            if f.edited.is_some() || f.deleted {
+                self.changed_in_place
+                    .insert(event_id.clone(), f.edited.is_some());
+            }
             let Some(seq) = f.seq else { continue };
             if let Some(prev) = self.last_seq.insert(b.key.clone(), seq) {
                 if seq <= prev {
@@ -174,9 +234,21 @@ impl Tally {
         self.seen.len()
     }
 
-    /// Extra copies: fragments seen in more than one batch count once per extra batch.
+    /// Extra copies: fragments seen in more than one batch count once per extra batch, and so
+    /// do `edit`/`delete` batches of one target seen more than once.
     pub fn duplicated(&self) -> usize {
-        self.seen.values().map(|n| n.saturating_sub(1)).sum()
+        let fragments: usize = self.seen.values().map(|n| n.saturating_sub(1)).sum();
+        let amends: usize = self
+            .amended_alone
+            .values()
+            .map(|v| v.len().saturating_sub(1))
+            .sum();
+        fragments + amends
+    }
+
+    /// The id of the batch that carried a fragment (by event id), if seen.
+    pub fn batch_id_of(&self, event_id: &str) -> Option<&str> {
+        self.batch_id_of.get(event_id).map(String::as_str)
     }
 
     /// Flush lateness (flush − close − grace), ms.
@@ -230,5 +302,42 @@ mod tests {
         assert_eq!(t.out_of_order, 2, "a-1 again after a-1, and b-2 after b-3");
         assert_eq!(t.lateness_ms().2, 5);
         assert_eq!(t.reasons["quiet"], 2);
+    }
+
+    #[test]
+    fn changes_in_place_and_alone_are_counted_and_a_repeated_one_is_a_duplicate() {
+        let ms = Duration::from_millis;
+        let mut t = Tally::new(ms(500), ms(15_000), ms(200));
+        let window = serde_json::json!({
+            "batch_id": "in:0:0", "key": "a", "reason": "quiet", "first_ts": 0, "last_ts": 10,
+            "flushed_at": 700, "fragments": [
+                {"event_id": "a-0", "seq": 0, "edited": "hello"},
+                {"event_id": "a-1", "seq": 1, "deleted": true},
+                {"event_id": "a-2", "seq": 2},
+            ],
+        });
+        let alone = serde_json::json!({
+            "batch_id": "in:0:5", "key": "a", "reason": "edit", "amends": "in:0:0",
+            "first_ts": 900, "last_ts": 900, "flushed_at": 900, "fragments": [
+                {"user_id": "a", "signal": "edit", "target": "a-2", "text": "x"},
+            ],
+        });
+        t.add(window.to_string().as_bytes());
+        t.add(alone.to_string().as_bytes());
+        assert_eq!(t.distinct(), 3, "the signal is not a fragment");
+        assert_eq!(t.changed_in_place.get("a-0"), Some(&true));
+        assert_eq!(t.changed_in_place.get("a-1"), Some(&false));
+        assert_eq!(t.changed_in_place.get("a-2"), None);
+        assert_eq!(t.batch_id_of("a-2"), Some("in:0:0"));
+        assert_eq!(
+            t.amended_alone["a-2"],
+            vec![AmendSeen {
+                reason: "edit".into(),
+                amends: Some("in:0:0".into())
+            }]
+        );
+        assert_eq!(t.duplicated(), 0);
+        t.add(alone.to_string().as_bytes());
+        assert_eq!(t.duplicated(), 1);
     }
 }

@@ -9,7 +9,11 @@
 //! (`final_share`), some fragments are bot commands (`/status`, `command_share`). Some users
 //! (`channel_share`) write from the [`PLAN_CHANNEL`] channel, whose quiet period is twice the
 //! global one ([`channel_quiet_ms`]): their gaps (1.2 to 1.8 global quiet periods) stay whole only
-//! with that channel's settings. Plans are seeded, so a run can be repeated.
+//! with that channel's settings. Some fragments are corrected after they are sent: an `edit`
+//! (`edit_share`) or a `delete` (`delete_share`) signal, half of them soon after the fragment (its
+//! window is still open: the change is made in place) and half after its batch went out (the
+//! change goes out alone, naming the batch in `amends`). Plans are seeded, so a run can be
+//! repeated.
 
 use crate::config::Config;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -40,6 +44,10 @@ pub struct PlanArgs {
     pub command_share: f64,
     /// Share of users who write from [`PLAN_CHANNEL`] (0 to 1).
     pub channel_share: f64,
+    /// Share of fragments the user corrects with an `edit` signal (0 to 1).
+    pub edit_share: f64,
+    /// Share of fragments the user takes back with a `delete` signal (0 to 1).
+    pub delete_share: f64,
     /// Random seed.
     pub seed: u64,
 }
@@ -73,6 +81,8 @@ impl PlanArgs {
             final_share: 0.0,
             command_share: 0.0,
             channel_share: 0.0,
+            edit_share: 0.0,
+            delete_share: 0.0,
             seed,
         }
     }
@@ -89,6 +99,27 @@ pub enum What {
     Command,
     /// A `typing` signal (not a fragment).
     Typing,
+    /// An `edit` signal of the fragment with the same user and `seq` (not a fragment).
+    Edit,
+    /// A `delete` signal of the fragment with the same user and `seq` (not a fragment).
+    Delete,
+}
+
+impl What {
+    /// Whether this is a signal rather than a fragment.
+    pub fn is_signal(self) -> bool {
+        matches!(self, What::Typing | What::Edit | What::Delete)
+    }
+}
+
+/// A planned edit or delete: the event id of its target (without the run prefix), and whether
+/// it is an edit (else a delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChange {
+    /// The target's event id, without the run prefix.
+    pub target: String,
+    /// `true` for an edit, `false` for a delete.
+    pub edit: bool,
 }
 
 /// One planned fragment: when it is typed (ms from the start), by whom, its place in that user's
@@ -127,6 +158,11 @@ pub struct Plan {
     pub channel_held: Vec<(String, String)>,
     /// Users who write from [`PLAN_CHANNEL`].
     pub channel_users: std::collections::HashSet<usize>,
+    /// Edits and deletes sent while their target's window is still open: lull changes the
+    /// target in place.
+    pub changes_in_window: Vec<PlannedChange>,
+    /// Edits and deletes sent after their target's batch went out: each goes out alone.
+    pub changes_after: Vec<PlannedChange>,
     text_bytes: Option<usize>,
 }
 
@@ -163,6 +199,9 @@ impl Plan {
         let mut slow_users = std::collections::HashSet::new();
         let mut channel_held = Vec::new();
         let mut channel_users = std::collections::HashSet::new();
+        let mut changes_in_window = Vec::new();
+        let mut changes_after = Vec::new();
+        let change_share = (args.edit_share + args.delete_share).clamp(0.0, 1.0);
         for user in 0..users {
             let share = args.fragments / users + usize::from(user < args.fragments % users);
             let slow = rng.gen_bool(args.typing_share.clamp(0.0, 1.0));
@@ -184,6 +223,8 @@ impl Plan {
                 bursts += 1;
                 let first = seq;
                 let mut long_gap = false;
+                // Changes sent after the burst's batch went out: (target seq, edit?).
+                let mut late = Vec::new();
                 for i in 0..size {
                     if i > 0 {
                         if slow {
@@ -219,6 +260,32 @@ impl Plan {
                         what,
                         phrase: rng.gen_range(0..PHRASES.len() as u8),
                     });
+                    // Drawn only when asked for, so plans without changes stay as they were.
+                    // A final fragment or a command has no open window to change.
+                    if change_share > 0.0 && what == What::Fragment && rng.gen_bool(change_share) {
+                        let edit = rng.gen_bool(args.edit_share / change_share);
+                        let change = PlannedChange {
+                            target: format!("{}-{seq}", user_name(user)),
+                            edit,
+                        };
+                        let what = if edit { What::Edit } else { What::Delete };
+                        if rng.gen_bool(0.5) {
+                            // Before the burst's next fragment (20 ms or more later) and
+                            // well inside the quiet period: the window is still open, and no
+                            // command or final fragment has sent it out yet.
+                            events.push(Planned {
+                                at_ms: t + rng.gen_range(1..=(quiet / 5).clamp(1, 19)),
+                                user,
+                                seq,
+                                what,
+                                phrase: rng.gen_range(0..PHRASES.len() as u8),
+                            });
+                            changes_in_window.push(change);
+                        } else {
+                            late.push((seq, what));
+                            changes_after.push(change);
+                        }
+                    }
                     seq += 1;
                 }
                 if long_gap {
@@ -236,10 +303,20 @@ impl Plan {
                 } else {
                     quiet
                 };
+                // Past the burst's close time, well before the next burst.
+                for (i, (target, what)) in late.into_iter().enumerate() {
+                    events.push(Planned {
+                        at_ms: t + pause * 3 / 2 + i as u64,
+                        user,
+                        seq: target,
+                        what,
+                        phrase: rng.gen_range(0..PHRASES.len() as u8),
+                    });
+                }
                 t += rng.gen_range(pause * 2..=pause * 4);
             }
         }
-        events.sort_by_key(|e| (e.at_ms, e.user, e.seq, e.what == What::Typing));
+        events.sort_by_key(|e| (e.at_ms, e.user, e.seq, e.what.is_signal()));
         Self {
             events,
             bursts,
@@ -248,16 +325,15 @@ impl Plan {
             slow_users,
             channel_held,
             channel_users,
+            changes_in_window,
+            changes_after,
             text_bytes: args.text_bytes,
         }
     }
 
     /// Planned fragments (signals are not).
     pub fn fragments(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|e| e.what != What::Typing)
-            .count()
+        self.events.iter().filter(|e| !e.what.is_signal()).count()
     }
 
     /// How long typing the whole session takes, ms.
@@ -269,14 +345,25 @@ impl Plan {
     /// typed into the same topic twice do not share event ids.
     pub fn message(&self, e: &Planned, run: &str) -> (String, String) {
         let user = user_name(e.user);
-        if e.what == What::Typing {
-            let value = serde_json::json!({"user_id": user, "signal": "typing"}).to_string();
-            return (user, value);
+        let phrase = PHRASES[usize::from(e.phrase) % PHRASES.len()];
+        let target = || format!("{run}{user}-{}", e.seq);
+        let signal = match e.what {
+            What::Typing => Some(serde_json::json!({"user_id": user, "signal": "typing"})),
+            What::Edit => Some(serde_json::json!({
+                "user_id": user, "signal": "edit", "target": target(), "text": phrase,
+            })),
+            What::Delete => Some(serde_json::json!({
+                "user_id": user, "signal": "delete", "target": target(),
+            })),
+            What::Fragment | What::Final | What::Command => None,
+        };
+        if let Some(value) = signal {
+            return (user, value.to_string());
         }
         let text = match (e.what, self.text_bytes) {
             (What::Command, _) => "/status".to_string(),
             (_, Some(n)) => "x".repeat(n),
-            (_, None) => PHRASES[usize::from(e.phrase) % PHRASES.len()].to_string(),
+            (_, None) => phrase.to_string(),
         };
         let mut value = serde_json::json!({
             "user_id": user,
@@ -427,5 +514,47 @@ mod tests {
             plan.message(&plan.events[7], "r-"),
             again.message(&again.events[7], "r-")
         );
+    }
+
+    #[test]
+    fn changes_follow_their_target_inside_its_window_or_after_its_close() {
+        let quiet = 500;
+        let plan = Plan::new(PlanArgs {
+            edit_share: 0.1,
+            delete_share: 0.05,
+            channel_share: 0.2,
+            ..PlanArgs::plain(30, 1_500, quiet, 9)
+        });
+        assert_eq!(plan.fragments(), 1_500, "signals are not fragments");
+        let planned = plan.changes_in_window.len() + plan.changes_after.len();
+        assert!(planned > 100, "{planned} changes planned");
+        let mut sent_at = std::collections::HashMap::new();
+        for e in &plan.events {
+            let (_, value) = plan.message(e, "");
+            let v: serde_json::Value = serde_json::from_str(&value).expect("json");
+            match e.what {
+                What::Edit | What::Delete => {
+                    let target = v["target"].as_str().expect("target");
+                    let at: u64 = sent_at[target];
+                    let soon = plan.changes_in_window.iter().any(|c| c.target == target);
+                    let gap = e.at_ms - at;
+                    if soon {
+                        assert!(
+                            gap <= quiet / 5,
+                            "{target}: an in-window change {gap} ms later"
+                        );
+                    } else {
+                        assert!(gap > quiet, "{target}: a late change only {gap} ms later");
+                    }
+                    assert_eq!(v["signal"] == "edit", e.what == What::Edit);
+                    assert_eq!(e.what == What::Edit, v.get("text").is_some());
+                }
+                What::Typing => {}
+                _ => {
+                    let id = v["event_id"].as_str().expect("event id").to_string();
+                    sent_at.insert(id, e.at_ms);
+                }
+            }
+        }
     }
 }
