@@ -357,7 +357,9 @@ async fn monitor_prints_a_timeline_of_commands_on_lull_keys() {
     let mut timeline = Lines::follow(child.stdout.take().unwrap());
     let mut conn = redis.conn().await;
     // Keys of the consumer group `lull` (LULL_GROUP_ID's default), which `lull monitor` follows.
-    let key = format!("{prefix}:lull:flushed:someone");
+    let key = lull::io::store::Keys::new(&prefix, "lull")
+        .partition("chat.fragments", 0)
+        .flushed("someone");
     let end = Instant::now() + DEADLINE;
     let line = loop {
         let _: () = redis::AsyncCommands::hset_multiple(

@@ -191,16 +191,21 @@ async fn kill_9_mid_burst_and_restart_emits_every_burst_exactly_once() {
     type_fragment(&producer, &cluster.input, 1, 0).await;
     type_fragment(&producer, &cluster.input, 1, 1).await;
     let mut conn = redis.conn().await;
-    let pending_keys: Vec<String> = (0..USERS)
-        .map(|u| format!("{prefix}:{group}:pending:{}", user(u)))
-        .collect();
+    let keys = lull::io::store::Keys::new(&prefix, &group);
     let deadline = Instant::now() + DEADLINE;
     loop {
+        // Each user's summary is in the partition that holds the user's window.
         let mut pipe = redis::pipe();
-        for k in &pending_keys {
-            pipe.hget(k, "count");
+        for u in 0..USERS {
+            for p in 0..PARTITIONS {
+                pipe.hget(keys.partition(&cluster.input, p).pending(&user(u)), "count");
+            }
         }
-        let counts: Vec<Option<u32>> = pipe.query_async(&mut conn).await.unwrap();
+        let found: Vec<Option<u32>> = pipe.query_async(&mut conn).await.unwrap();
+        let counts: Vec<Option<u32>> = found
+            .chunks(PARTITIONS as usize)
+            .map(|c| c.iter().flatten().copied().max())
+            .collect();
         if counts.iter().all(|c| *c == Some(2)) {
             break;
         }

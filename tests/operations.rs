@@ -111,8 +111,8 @@ async fn resetting_offsets_replays_without_duplicates_and_re_emits_after_deletin
 
     // Reset again after deleting the flushed records (and the event-id memory): emitted again,
     // with the same batch ids.
-    delete_keys(&redis, &format!("{prefix}:{group}:flushed:*"));
-    delete_keys(&redis, &format!("{prefix}:{group}:event:*"));
+    delete_keys(&redis, &format!("{prefix}:{group}:*:flushed:*"));
+    delete_keys(&redis, &format!("{prefix}:{group}:*:event:*"));
     reset_offsets(&cluster, &group, &before);
     let lull = Running::start(config);
     lull.assigned(2).await;

@@ -255,7 +255,9 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     lull.assigned(1).await;
     let producer = cluster.producer();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:{}:pending:typist", cfg.group_id);
+    let key = lull::io::store::Keys::new(&prefix, &cfg.group_id)
+        .partition(&cfg.input_topic, 0)
+        .pending("typist");
     // 20 fragments 200 ms apart: 4 s of typing, eight times the quiet period, one burst.
     for seq in 0..20 {
         send(
@@ -359,7 +361,12 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     // Shared state works again: the recovered worker re-claimed its partition and wrote.
     let mut c = redis.conn().await;
     let flushed: Option<String> = c
-        .hget(format!("{prefix}:{}:flushed:x0", cfg.group_id), "offset")
+        .hget(
+            lull::io::store::Keys::new(&prefix, &cfg.group_id)
+                .partition(&cfg.input_topic, 0)
+                .flushed("x0"),
+            "offset",
+        )
         .await
         .unwrap();
     assert!(

@@ -564,7 +564,9 @@ async fn follows_survives_a_crash_between_two_bursts_with_redis() {
         .to_string();
     // Recorded in Redis, then the process dies without a word.
     let mut conn = redis.conn().await;
-    let key = format!("{prefix}:{}:flushed:f", cfg.group_id);
+    let key = lull::io::store::Keys::new(&prefix, &cfg.group_id)
+        .partition(&cfg.input_topic, 0)
+        .flushed("f");
     let end = tokio::time::Instant::now() + DEADLINE;
     loop {
         let id: Option<String> = redis::AsyncCommands::hget(&mut conn, &key, "batch_id")

@@ -31,11 +31,21 @@ const T0: i64 = 1_764_000_000_000;
 /// A high watermark above every offset the tests use.
 const HIGH: i64 = 1_000_000;
 
-/// `flushed:{key}` as (topic id, partition, offset).
-async fn flushed(redis: &RedisServer, prefix: &str, key: &str) -> (String, String, String) {
+/// The keys of partition `partition` of topic `t`, in group `lull` under `prefix`.
+fn pk(prefix: &str, partition: i32) -> lull::io::store::PartitionKeys {
+    lull::io::store::Keys::new(prefix, "lull").partition("t", partition)
+}
+
+/// `flushed:{key}` of partition `partition` as (topic id, partition, offset).
+async fn flushed(
+    redis: &RedisServer,
+    prefix: &str,
+    partition: i32,
+    key: &str,
+) -> (String, String, String) {
     let mut c = redis.conn().await;
     let v: Vec<String> = redis::cmd("HMGET")
-        .arg(format!("{prefix}:lull:flushed:{key}"))
+        .arg(pk(prefix, partition).flushed(key))
         .arg("topic_id")
         .arg("partition")
         .arg("offset")
@@ -108,21 +118,21 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
     ));
     let mut c = redis.conn().await;
     assert_eq!(
-        flushed(&redis, &prefix, "u").await,
+        flushed(&redis, &prefix, 0, "u").await,
         (TID.into(), "0".into(), "10".into())
     );
     assert!(
         owner.read_pending("u").await.unwrap().is_some(),
         "pending not deleted by the zombie"
     );
-    let event: Option<String> = c.get(format!("{prefix}:lull:event:e")).await.unwrap();
+    let event: Option<String> = c.get(pk(&prefix, 0).event("e")).await.unwrap();
     assert_eq!(event, None, "the refused admit wrote nothing");
 
     // The rightful owner may resume after an outage; the generation still grows even if the
     // owner record is lost (Redis restarted without persistence).
     let resumed = owner.claim("t", 0, TID, true).await.unwrap();
     assert!(resumed.generation > new.generation);
-    let _: () = c.del(format!("{prefix}:lull:owner:t:0")).await.unwrap();
+    let _: () = c.del(pk(&prefix, 0).owner()).await.unwrap();
     let again = owner.claim("t", 0, TID, false).await.unwrap();
     assert!(again.generation > resumed.generation);
 }
@@ -144,13 +154,13 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         .await
         .unwrap();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:lull:flushed:u");
+    let key = pk(&prefix, 3).flushed("u");
     let _: () = c.pexpire(&key, 5_000).await.unwrap();
     s.record_flushed(&f, HIGH, &[batch("u", 8, 12)])
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, "u").await.2,
+        flushed(&redis, &prefix, 3, "u").await.2,
         "15",
         "never moves back"
     );
@@ -160,7 +170,7 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, "u").await,
+        flushed(&redis, &prefix, 3, "u").await,
         (TID.into(), "3".into(), "20".into())
     );
 }
@@ -215,7 +225,7 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
         .unwrap();
     assert_eq!(v.verdicts, vec![Verdict::New]);
     let mut c = redis.conn().await;
-    let ttl: i64 = c.pttl(format!("{prefix}:lull:event:e6")).await.unwrap();
+    let ttl: i64 = c.pttl(pk(&prefix, 0).event("e6")).await.unwrap();
     assert!(ttl > 3_000_000, "event TTL set: {ttl}");
 }
 
@@ -266,7 +276,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     // The new incarnation's flush replaces the record although its offset is lower.
     old.record_flushed(&f, 3, &[batch("u", 1)]).await.unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, "u").await,
+        flushed(&redis, &prefix, 0, "u").await,
         (new_tid.into(), "0".into(), "1".into())
     );
     assert_eq!(
@@ -288,7 +298,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         .verdicts;
     assert_eq!(v, vec![Verdict::NewPastStale(Stale::BeyondHighWatermark)]);
     old.record_flushed(&f, 4, &[batch("w", 3)]).await.unwrap();
-    assert_eq!(flushed(&redis, &prefix, "w").await.2, "3");
+    assert_eq!(flushed(&redis, &prefix, 0, "w").await.2, "3");
 
     // A cluster without topic ids replaced under the same name (a dev cluster): the record
     // would skip a fragment that is far newer than the record's own last fragment.
@@ -328,7 +338,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     };
     old.record_flushed(&f, HIGH, &[newer_batch]).await.unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, "z").await.2,
+        flushed(&redis, &prefix, 0, "z").await.2,
         "11",
         "the other log's record is replaced"
     );
@@ -336,7 +346,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     // A record from before topic ids ("partition:offset") is read as one of unknown topic id.
     let mut c = redis.conn().await;
     let _: () = c
-        .set(format!("{prefix}:lull:flushed:legacy"), "0:7")
+        .set(pk(&prefix, 0).flushed("legacy"), "0:7")
         .await
         .unwrap();
     let f = old.claim("t", 0, TID, false).await.unwrap();
@@ -354,7 +364,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, "legacy").await,
+        flushed(&redis, &prefix, 0, "legacy").await,
         (TID.into(), "0".into(), "9".into())
     );
 }
@@ -375,7 +385,7 @@ async fn pending_summaries_are_refreshed_and_only_their_own_flush_deletes_them()
     };
     s.publish_pending(&f, &[w(5, 1)]).await.unwrap();
     let mut c = redis.conn().await;
-    let key = format!("{prefix}:lull:pending:u");
+    let key = pk(&prefix, 1).pending("u");
     let _: () = c.pexpire(&key, 50).await.unwrap();
     s.publish_pending(&f, &[w(5, 2)]).await.unwrap();
     let view = s.read_pending("u").await.unwrap().expect("pending");
@@ -438,7 +448,7 @@ async fn monitor_sees_commands_of_other_clients_on_lull_keys() {
         .await
         .unwrap();
     // MONITOR starts asynchronously: keep writing until it shows up.
-    let key = format!("{prefix}:lull:pending:probe");
+    let key = pk(&prefix, 0).pending("probe");
     let seen = tokio::time::timeout(DEADLINE, async {
         loop {
             let _: () = c.set(&key, "1").await.unwrap();

@@ -294,6 +294,14 @@ fn is_secret_property(property: &str) -> bool {
 
 /// Masks the password of a `redis://user:password@host` URL for display.
 pub fn mask_url_password(url: &str) -> String {
+    // Several URLs (the seed nodes of a Redis Cluster): each masked.
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(mask_url_password)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };

@@ -235,14 +235,18 @@ impl Config {
         let redis_url = match r.raw("REDIS_URL") {
             None => None,
             Some(v) if v.is_empty() => None,
-            Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") => {
+            Some(v)
+                if v.split(',')
+                    .map(str::trim)
+                    .all(|u| u.starts_with("redis://") || u.starts_with("rediss://")) =>
+            {
                 Some(Secret::new(v))
             }
             Some(v) => {
                 r.problem(
                     "REDIS_URL",
                     &mask_url_password(&v),
-                    "a redis:// or rediss:// URL",
+                    "a redis:// or rediss:// URL (or several, comma-separated, for a Redis Cluster)",
                 );
                 None
             }

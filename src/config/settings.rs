@@ -54,7 +54,7 @@ pub const SETTINGS: &[Setting] = &[
     s("LULL_DELIVERY", "exactly_once", "exactly_once (Kafka transactions) or at_least_once (no transactions)"),
     s("LULL_TRANSACTION_MS", "100", "longest a transaction stays open before it commits (exactly_once)"),
     s("LULL_STATE_TOPIC", "", "compacted topic of per-key flushed records (exactly_once); default <input>.lull-state"),
-    secret("REDIS_URL", "", "redis:// or rediss:// URL of the shared state; unset = none"),
+    secret("REDIS_URL", "", "redis:// or rediss:// URL of the shared state (a Redis Cluster: one or more nodes, comma-separated); unset = none"),
     s("LULL_REDIS_PREFIX", "lull", "namespace of every Redis key"),
     s("LULL_DEBUG_REDIS_MONITOR", "false", "trace every Redis command on lull's keys (debug)"),
     s("LULL_EVENT_TTL_MS", "3600000", "how long an event_id is remembered for duplicate detection"),

@@ -161,11 +161,28 @@ fn every_secret_setting_is_masked_in_the_summary() {
 }
 
 #[test]
+fn cluster_seed_urls_are_each_checked_and_masked() {
+    let c = Config::from_env(&env(&[(
+        "REDIS_URL",
+        "redis://:pw1@a:7000, redis://:pw2@b:7001",
+    )]))
+    .unwrap();
+    assert!(c.redis_url.is_some());
+    assert_eq!(
+        mask_url_password("redis://:pw1@a:7000,redis://:pw2@b:7001"),
+        "redis://:***@a:7000,redis://:***@b:7001"
+    );
+    let e = Config::from_env(&env(&[("REDIS_URL", "redis://:pw@a:1,http://b:2")])).unwrap_err();
+    assert!(e.to_string().contains("redis://:***@a:1"), "{e}");
+}
+
+#[test]
 fn bad_redis_url_is_masked_in_the_error() {
     let e = Config::from_env(&env(&[("REDIS_URL", "http://u:pw@host")])).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "REDIS_URL=http://u:***@host: expected a redis:// or rediss:// URL"
+        "REDIS_URL=http://u:***@host: expected a redis:// or rediss:// URL (or several, \
+         comma-separated, for a Redis Cluster)"
     );
 }
 

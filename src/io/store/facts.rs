@@ -60,7 +60,8 @@ impl Stale {
 /// Proof of partition ownership, carried by every fenced write.
 #[derive(Debug, Clone)]
 pub struct Fence {
-    pub(super) owner_key: String,
+    /// The partition's keys (its owner key among them).
+    pub(super) keys: super::PartitionKeys,
     /// The generation taken by [`Store::claim`].
     pub generation: u64,
     /// The partition it covers.

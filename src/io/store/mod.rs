@@ -1,6 +1,10 @@
 //! Shared state in Redis: only the facts that must cross or outlive a process.
 //!
-//! * `owner:{topic}:{partition}` — who owns a partition, with a fencing generation
+//! Every key of a partition carries the partition's hash tag ([`keys`]), so each call stays in one
+//! slot of a Redis Cluster; `REDIS_URL` may name a single server or any nodes of a cluster
+//! (comma-separated), which is detected by itself ([`client`]).
+//!
+//! * `owner` — who owns a partition, with a fencing generation
 //!   ([`Store::claim`]); every write below carries it and a stale one is refused ([`StoreError::Stale`]).
 //! * `flushed:{key}` — the last offset of a key already emitted, with the partition and the Kafka
 //!   topic id it was read from, so a new owner replaying from the committed offset skips what was
@@ -22,20 +26,21 @@
 //! backoff, and checks an idle connection every [`CHECK_INTERVAL`]. Each recovery bumps
 //! [`Store::epoch`], telling partition workers to re-claim their partitions.
 
+pub mod client;
 mod connection;
 mod facts;
 mod keys;
 pub mod monitor;
 mod scripts;
 
+pub use client::Conn;
 pub use facts::*;
-pub use keys::Keys;
+pub use keys::{Keys, PartitionKeys};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -99,10 +104,14 @@ pub struct Reachability {
 /// The Redis connection, scripts and degraded-mode state of one process.
 pub struct Store {
     url_shown: String,
+    /// Every seed URL of `REDIS_URL` (several only for a cluster).
+    seeds: Vec<String>,
+    /// Connections to the first seed URL.
     pool: Pool,
-    /// One multiplexed connection, cloned for concurrent calls (checking out of the pool per call
-    /// would cost a PING each time); replaced through the pool after a failure.
-    conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// One multiplexed connection (to the server, or to the whole cluster), cloned for
+    /// concurrent calls (checking out of the pool per call would cost a PING each time); replaced
+    /// after a failure.
+    conn: std::sync::Mutex<Option<Conn>>,
     keys: Keys,
     instance: String,
     ttl: Ttls,
@@ -135,7 +144,12 @@ impl Store {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT));
-        let manager = Manager::new_with_config(url.expose(), connection)
+        let seeds: Vec<String> = client::seed_urls(url.expose())
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let first_seed = seeds.first().map(String::as_str).unwrap_or_default();
+        let manager = Manager::new_with_config(first_seed, connection)
             .map_err(|e| StoreError::Unavailable(format!("bad REDIS_URL: {e}")))?;
         let pool = Pool::builder(manager)
             .max_size(4)
@@ -151,6 +165,7 @@ impl Store {
         let grace = config.grace.as_millis() as u64;
         let store = Arc::new(Self {
             url_shown: mask_url_password(url.expose()),
+            seeds,
             pool,
             conn: std::sync::Mutex::new(None),
             keys: Keys::new(&config.redis_prefix, &config.group_id),
@@ -205,8 +220,9 @@ impl Store {
         self.reachability.borrow().epoch
     }
 
-    /// A connection: the shared multiplexed one, or a fresh one from the pool.
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    /// A connection: the shared multiplexed one, or a fresh one — to the first seed from the
+    /// pool, and, when that server says it runs in cluster mode, to the whole cluster.
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.lock_conn().as_ref() {
             return Ok(c.clone());
         }
@@ -215,7 +231,18 @@ impl Store {
             .get()
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut conn = deadpool_redis::Connection::take(pooled);
+        let mut single = deadpool_redis::Connection::take(pooled);
+        let clustered = client::is_cluster_node(&mut single)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        let mut conn = if clustered {
+            let seeds: Vec<&str> = self.seeds.iter().map(String::as_str).collect();
+            client::cluster(&seeds, CALL_TIMEOUT)
+                .await
+                .map_err(|e| redis_error(&e))?
+        } else {
+            Conn::Single(single)
+        };
         let name = format!(
             "lull:{}:{}",
             self.instance.replace(|c: char| c.is_whitespace(), "_"),
@@ -234,7 +261,7 @@ impl Store {
         Ok(conn)
     }
 
-    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -290,7 +317,7 @@ impl Store {
     }
 
     /// A connection for a call, failing fast while degraded; a failure to connect degrades.
-    async fn usable_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn usable_connection(&self) -> Result<Conn, StoreError> {
         if self.is_degraded() {
             return Err(StoreError::Unavailable("degraded".into()));
         }
@@ -318,10 +345,10 @@ impl Store {
         topic_id: &str,
         resume: bool,
     ) -> Result<Fence, StoreError> {
-        let owner_key = self.keys.owner(topic, partition);
+        let keys = self.keys.partition(topic, partition);
         let script = Script::Claim;
         let mut inv = script.get().prepare_invoke();
-        inv.key(&owner_key)
+        inv.key(keys.owner())
             .arg(&self.instance)
             .arg(self.ttl.owner)
             .arg(if resume { "resume" } else { "assign" })
@@ -330,8 +357,23 @@ impl Store {
         if generation == 0 {
             return Err(StoreError::Stale("another instance claimed it".into()));
         }
+        // Listed for lookups by user (`lull pending`), outside the script: another slot.
+        let mut conn = self.usable_connection().await?;
+        let registry = self.keys.partitions();
+        let listed: Result<(), RedisError> = redis::pipe()
+            .cmd("SADD")
+            .arg(&registry)
+            .arg(keys.member())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&registry)
+            .arg(self.ttl.owner)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        listed.map_err(|e| self.failed(&e))?;
         Ok(Fence {
-            owner_key,
+            keys,
             generation,
             partition,
             topic_id: topic_id.to_string(),
@@ -352,7 +394,7 @@ impl Store {
         }
         let script = Script::Admit;
         let mut inv = script.get().prepare_invoke();
-        inv.key(&fence.owner_key)
+        inv.key(fence.keys.owner())
             .arg(fence.generation)
             .arg(fence.partition)
             .arg(self.ttl.event)
@@ -361,9 +403,9 @@ impl Store {
             .arg(high)
             .arg(self.ts_tolerance);
         for f in fragments {
-            let flushed = self.keys.flushed(f.key);
+            let flushed = fence.keys.flushed(f.key);
             match f.event_id {
-                Some(id) => inv.key(&flushed).key(self.keys.event(id)),
+                Some(id) => inv.key(&flushed).key(fence.keys.event(id)),
                 None => inv.key(&flushed).key(&flushed),
             };
             inv.arg(f.offset)
@@ -485,14 +527,14 @@ impl Store {
         windows: &[PendingSummary],
     ) -> redis::ScriptInvocation<'static> {
         let mut inv = Script::Pending.get().prepare_invoke();
-        inv.key(&fence.owner_key)
+        inv.key(fence.keys.owner())
             .arg(fence.generation)
             .arg(&self.instance)
             .arg(fence.partition)
             .arg(self.ttl.pending)
             .arg(self.ttl.owner);
         for w in windows {
-            inv.key(self.keys.pending(&w.key))
+            inv.key(fence.keys.pending(&w.key))
                 .arg(w.first_ts)
                 .arg(w.last_ts)
                 .arg(w.count)
@@ -509,7 +551,7 @@ impl Store {
         batches: &[Flushed],
     ) -> redis::ScriptInvocation<'static> {
         let mut inv = Script::Flush.get().prepare_invoke();
-        inv.key(&fence.owner_key)
+        inv.key(fence.keys.owner())
             .arg(fence.generation)
             .arg(fence.partition)
             .arg(self.ttl.flushed)
@@ -518,8 +560,8 @@ impl Store {
             .arg(high)
             .arg(self.ts_tolerance);
         for b in batches {
-            inv.key(self.keys.flushed(&b.key))
-                .key(self.keys.pending(&b.key))
+            inv.key(fence.keys.flushed(&b.key))
+                .key(fence.keys.pending(&b.key))
                 .arg(b.last_offset)
                 .arg(b.first_offset)
                 .arg(b.last_ts)
@@ -528,40 +570,57 @@ impl Store {
         inv
     }
 
-    /// Reads a user's open-window summary, if any.
+    /// Reads a user's open-window summary, if any: looked up in every partition ever claimed
+    /// (a user's fragments normally all go to one; after a repartitioning the newest summary
+    /// wins).
     pub async fn read_pending(
         self: &Arc<Self>,
         key: &str,
     ) -> Result<Option<PendingView>, StoreError> {
         let mut conn = self.connection().await?;
-        let name = self.keys.pending(key);
-        let (fields, ttl): (std::collections::HashMap<String, String>, i64) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(&name)
-            .cmd("PTTL")
-            .arg(&name)
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.partitions())
             .query_async(&mut conn)
             .await
             .map_err(|e| redis_error(&e))?;
-        if fields.is_empty() {
-            return Ok(None);
+        let mut found: Option<PendingView> = None;
+        for member in members {
+            let Some((topic, partition)) = PartitionKeys::parse_member(&member) else {
+                continue;
+            };
+            let name = self.keys.partition(topic, partition).pending(key);
+            let (fields, ttl): (std::collections::HashMap<String, String>, i64) = redis::pipe()
+                .cmd("HGETALL")
+                .arg(&name)
+                .cmd("PTTL")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            if fields.is_empty() {
+                continue;
+            }
+            let num = |f: &str| {
+                fields
+                    .get(f)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(-1)
+            };
+            let view = PendingView {
+                key: key.to_string(),
+                partition: num("partition") as i32,
+                owner: fields.get("owner").cloned().unwrap_or_default(),
+                count: num("count").max(0) as u64,
+                first_ts: num("first_ts"),
+                last_ts: num("last_ts"),
+                flush_at: num("flush_at"),
+                first_offset: num("first_offset"),
+                ttl_ms: ttl,
+            };
+            if found.as_ref().is_none_or(|f| view.last_ts > f.last_ts) {
+                found = Some(view);
+            }
         }
-        let num = |f: &str| {
-            fields
-                .get(f)
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(-1)
-        };
-        Ok(Some(PendingView {
-            key: key.to_string(),
-            partition: num("partition") as i32,
-            owner: fields.get("owner").cloned().unwrap_or_default(),
-            count: num("count").max(0) as u64,
-            first_ts: num("first_ts"),
-            last_ts: num("last_ts"),
-            flush_at: num("flush_at"),
-            first_offset: num("first_offset"),
-            ttl_ms: ttl,
-        }))
+        Ok(found)
     }
 }

@@ -48,7 +48,12 @@ fn describe(command: &str, args: &[String], key: &str) -> String {
             .map(String::as_str)
             .unwrap_or("?")
     };
-    let kind = key.split(':').next().unwrap_or("");
+    // Past the partition's hash tag, `{<topic>/<partition>}:`, when the key has one.
+    let named = key
+        .strip_prefix('{')
+        .and_then(|k| k.split_once("}:"))
+        .map_or(key, |(_, rest)| rest);
+    let kind = named.split(':').next().unwrap_or("");
     // HMSET is the older spelling of HSET (some clients still send it).
     let command = if command == "HMSET" { "HSET" } else { command };
     match (command, kind) {
@@ -302,7 +307,7 @@ mod tests {
             script: Some("flush"),
             args: vec![
                 "HSET".into(),
-                "lull:flushed:user-1".into(),
+                "lull:{t/3}:flushed:user-1".into(),
                 "topic_id".into(),
                 "Vgz4yQp5QnqVv1GtYm9s2g".into(),
                 "partition".into(),

@@ -1,12 +1,10 @@
 //! The Lua scripts in `lua/`, compiled in and loaded once per connection, then called by SHA
 //! (`admit.lua` and `flush.lua` each behind `prelude.lua`, the stale-record rule they share)
 //! (`redis::Script` re-loads a script by itself if the server answers NOSCRIPT, e.g. after a
-//! restart or SCRIPT FLUSH). lull never puts scripts in pipelines, where that fallback would not
-//! apply.
+//! restart, SCRIPT FLUSH, or a cluster replica promoted after a failover). Where scripts go in a
+//! pipeline, where that fallback does not apply, the caller loads them and retries once.
 
 use std::sync::LazyLock;
-
-use redis::aio::MultiplexedConnection;
 
 static CLAIM: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../../lua/claim.lua")));
@@ -70,8 +68,8 @@ impl Script {
     }
 }
 
-/// Loads every script into the server behind `conn`.
-pub async fn load_all(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+/// Loads every script into the server behind `conn` (every node of a cluster).
+pub async fn load_all(conn: &mut super::Conn) -> redis::RedisResult<()> {
     for s in Script::ALL {
         s.get().prepare_invoke().load_async(conn).await?;
     }
