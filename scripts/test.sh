@@ -64,6 +64,7 @@ cleanup() {
         kill "$redis_pid" 2>/dev/null || true
         wait "$redis_pid" 2>/dev/null || true
     fi
+    [ -d "$work/redis-cluster" ] && scripts/redis-cluster.sh stop "$work/redis-cluster" 2>/dev/null || true
     rm -rf "$work"
     exit "$status"
 }
@@ -85,6 +86,11 @@ redis-cli -p "$redis_port" ping >/dev/null
 export LULL_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export LULL_TEST_REDIS_SERVER
 LULL_TEST_REDIS_SERVER=$(command -v redis-server)
+
+# A real Redis Cluster (3 primaries, 3 replicas), stopped by the PIDs it records.
+log "starting a private redis cluster"
+scripts/redis-cluster.sh start "$work/redis-cluster"
+export LULL_TEST_REDIS_CLUSTER="$work/redis-cluster"
 
 # Real Kafka starts in the background while the code builds; the tests wait for it below.
 scripts/kafka.sh fetch
