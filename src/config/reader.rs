@@ -246,7 +246,7 @@ impl Config {
                 r.problem(
                     "REDIS_URL",
                     &mask_url_password(&v),
-                    "a redis:// or rediss:// URL (or several, comma-separated, for a Redis Cluster)",
+                    "a redis:// or rediss:// URL",
                 );
                 None
             }
