@@ -393,10 +393,9 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         .changes_after
         .iter()
         .filter(|c| {
-            let carried = tally.batch_id_of(&c.target);
-            tally.amended_alone.get(&c.target).is_some_and(|seen| {
-                seen.iter()
-                    .all(|a| carried.is_some() && a.amends.as_deref() == carried)
+            let seen = tally.amended_alone.get(&c.target);
+            tally.batch_id_of(&c.target).is_some_and(|carried| {
+                seen.is_some_and(|seen| seen.iter().all(|a| a.amends.as_deref() == Some(carried)))
             })
         })
         .count();

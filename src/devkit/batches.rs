@@ -74,6 +74,14 @@ pub fn reader(config: &Config, topic: &str, group: &str) -> Result<StreamConsume
     Ok(consumer)
 }
 
+/// Where an event id was seen: how many times, and its first batch (by the order batches were
+/// read, and by id when the batch had one).
+struct Sighting {
+    copies: usize,
+    first_batch: usize,
+    first_batch_id: Option<std::sync::Arc<str>>,
+}
+
 /// Percentiles of a latency, ms: p50, p99, max.
 pub type Quantiles = (u64, u64, u64);
 
@@ -82,14 +90,11 @@ pub struct Tally {
     quiet_ms: i64,
     max_wait_ms: i64,
     grace_ms: i64,
-    seen: HashMap<String, usize>,
-    /// The (first) batch each event id was seen in, by the order batches were read.
-    batch_of: HashMap<String, usize>,
+    /// Every event id seen in a batch.
+    seen: HashMap<String, Sighting>,
     last_seq: HashMap<String, usize>,
     /// Fragments that came after a later one of the same user.
     pub out_of_order: usize,
-    /// The batch id each event id was (first) seen in.
-    batch_id_of: HashMap<String, String>,
     /// Fragments changed in place, by event id: `true` for an edit, `false` for a delete.
     pub changed_in_place: HashMap<String, bool>,
     /// `edit`/`delete` batches, by target event id (more than one: a repeat).
@@ -122,10 +127,8 @@ impl Tally {
             max_wait_ms: max_wait.as_millis() as i64,
             grace_ms: grace.as_millis() as i64,
             seen: HashMap::new(),
-            batch_of: HashMap::new(),
             last_seq: HashMap::new(),
             out_of_order: 0,
-            batch_id_of: HashMap::new(),
             changed_in_place: HashMap::new(),
             amended_alone: HashMap::new(),
             reasons: BTreeMap::new(),
@@ -166,6 +169,7 @@ impl Tally {
         };
         let at = seen_at.unwrap_or(b.flushed_at);
         let amend = b.reason == "edit" || b.reason == "delete";
+        let batch_id: Option<std::sync::Arc<str>> = b.batch_id.as_deref().map(Into::into);
         for f in &b.fragments {
             if amend {
                 if let Some(target) = &f.target {
@@ -182,15 +186,14 @@ impl Tally {
             let Some(event_id) = &f.event_id else {
                 continue;
             };
-            *self.seen.entry(event_id.clone()).or_default() += 1;
-            self.batch_of
+            self.seen
                 .entry(event_id.clone())
-                .or_insert(self.batches);
-            if let Some(id) = &b.batch_id {
-                self.batch_id_of
-                    .entry(event_id.clone())
-                    .or_insert_with(|| id.clone());
-            }
+                .or_insert_with(|| Sighting {
+                    copies: 0,
+                    first_batch: self.batches,
+                    first_batch_id: batch_id.clone(),
+                })
+                .copies += 1;
             if f.edited.is_some() || f.deleted {
                 self.changed_in_place
                     .insert(event_id.clone(), f.edited.is_some());
@@ -226,7 +229,7 @@ impl Tally {
 
     /// Whether two fragments (by event id) came out in the same batch.
     pub fn same_batch(&self, a: &str, b: &str) -> bool {
-        matches!((self.batch_of.get(a), self.batch_of.get(b)), (Some(x), Some(y)) if x == y)
+        matches!((self.seen.get(a), self.seen.get(b)), (Some(x), Some(y)) if x.first_batch == y.first_batch)
     }
 
     /// Distinct fragments seen in some batch.
@@ -237,7 +240,7 @@ impl Tally {
     /// Extra copies: fragments seen in more than one batch count once per extra batch, and so
     /// do `edit`/`delete` batches of one target seen more than once.
     pub fn duplicated(&self) -> usize {
-        let fragments: usize = self.seen.values().map(|n| n.saturating_sub(1)).sum();
+        let fragments: usize = self.seen.values().map(|s| s.copies - 1).sum();
         let amends: usize = self
             .amended_alone
             .values()
@@ -248,7 +251,7 @@ impl Tally {
 
     /// The id of the batch that carried a fragment (by event id), if seen.
     pub fn batch_id_of(&self, event_id: &str) -> Option<&str> {
-        self.batch_id_of.get(event_id).map(String::as_str)
+        self.seen.get(event_id)?.first_batch_id.as_deref()
     }
 
     /// Flush lateness (flush − close − grace), ms.

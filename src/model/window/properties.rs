@@ -104,22 +104,6 @@ fn live(cfg: WindowConfig, frags: &[Fragment], fractions: &[u8]) -> Vec<Batch> {
     out
 }
 
-fn by_id(batches: &[Batch]) -> BTreeMap<i64, (Arc<str>, FlushReason, Vec<i64>)> {
-    batches
-        .iter()
-        .map(|b| {
-            (
-                b.first_offset(),
-                (
-                    b.key.clone(),
-                    b.reason,
-                    b.fragments.iter().map(|f| f.offset).collect(),
-                ),
-            )
-        })
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -185,8 +169,8 @@ proptest! {
         fractions in prop::collection::vec(any::<u8>(), 1..20),
     ) {
         let frags = build(&log);
-        let a = by_id(&catch_up(cfg, &frags));
-        let b = by_id(&live(cfg, &frags, &fractions));
+        let a = shapes(&catch_up(cfg, &frags));
+        let b = shapes(&live(cfg, &frags, &fractions));
         prop_assert_eq!(a, b);
     }
 

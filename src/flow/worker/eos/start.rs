@@ -9,9 +9,19 @@ use super::*;
 struct Starting<'s> {
     status: &'s Status,
     on: bool,
+    /// Failed attempts so far.
+    attempt: u32,
 }
 
-impl Starting<'_> {
+impl<'s> Starting<'s> {
+    fn new(status: &'s Status) -> Self {
+        Self {
+            status,
+            on: false,
+            attempt: 0,
+        }
+    }
+
     fn waiting(&mut self) {
         if !self.on {
             self.status.phase(Phase::Waiting);
@@ -29,6 +39,30 @@ impl Drop for Starting<'_> {
 }
 
 impl Worker {
+    /// After a start step failed with `error`: readiness false, one line (`cannot {what} yet`),
+    /// then a backoff; `false` if the partition is taken away or the process stops meanwhile.
+    async fn retry_after(
+        &self,
+        starting: &mut Starting<'_>,
+        error: impl std::fmt::Display,
+        what: &str,
+    ) -> bool {
+        starting.attempt += 1;
+        starting.waiting();
+        let delay = RETRY.delay(starting.attempt);
+        warn!(
+            partition = self.partition,
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "cannot {what} yet"
+        );
+        tokio::select! {
+            _ = self.revoked.cancelled() => false,
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
     /// Creates the partition's transactional producer and registers its id (fencing any earlier
     /// owner), retrying while the brokers cannot say yet; `None` if the partition is taken away
     /// or the process stops meanwhile.
@@ -38,11 +72,7 @@ impl Worker {
         let producer = TxnProducer::create(&self.config, self.partition)
             .map_err(|e| Stop::Fatal(SinkError::Fatal(e.to_string())))?;
         let producer = Arc::new(producer);
-        let mut starting = Starting {
-            status: &self.status,
-            on: false,
-        };
-        let mut attempt = 0;
+        let mut starting = Starting::new(&self.status);
         loop {
             let p = producer.clone();
             let init = tokio::task::spawn_blocking(move || p.init(INIT_TIMEOUT));
@@ -65,19 +95,11 @@ impl Worker {
                 Ok(Err(e)) => return Err(Stop::Fatal(SinkError::Fatal(e.to_string()))),
                 Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
             };
-            attempt += 1;
-            starting.waiting();
-            let delay = RETRY.delay(attempt);
-            warn!(
-                partition = self.partition,
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "cannot start this partition's transactions yet"
-            );
-            tokio::select! {
-                _ = self.revoked.cancelled() => return Ok(None),
-                _ = self.shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(delay) => {}
+            if !self
+                .retry_after(&mut starting, error, "start this partition's transactions")
+                .await
+            {
+                return Ok(None);
             }
         }
     }
@@ -93,11 +115,7 @@ impl Worker {
         identity: Option<String>,
     ) -> Result<Option<EosState>, Stop> {
         let horizon = (self.config.followup + self.config.grace).as_millis() as i64;
-        let mut starting = Starting {
-            status: &self.status,
-            on: false,
-        };
-        let mut attempt = 0;
+        let mut starting = Starting::new(&self.status);
         loop {
             let (config, consumer, producer) =
                 (self.config.clone(), self.consumer.clone(), producer.clone());
@@ -164,19 +182,11 @@ impl Worker {
                 Ok(Err(e)) => e,
                 Err(join) => return Err(Stop::Fatal(SinkError::Fatal(join.to_string()))),
             };
-            attempt += 1;
-            starting.waiting();
-            let delay = RETRY.delay(attempt);
-            warn!(
-                partition = self.partition,
-                error = %error,
-                retry_in_ms = delay.as_millis() as u64,
-                "cannot read this partition's state yet"
-            );
-            tokio::select! {
-                _ = self.revoked.cancelled() => return Ok(None),
-                _ = self.shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(delay) => {}
+            if !self
+                .retry_after(&mut starting, error, "read this partition's state")
+                .await
+            {
+                return Ok(None);
             }
         }
     }
