@@ -4,9 +4,10 @@
 //!
 //! One test, in phases, because its last phase kills a primary of the shared cluster: the
 //! store's calls on partitions spread over every shard; two lull processes in one group batching
-//! with no Redis error at all (every MOVED/ASK followed by the client, no CROSSSLOT); then a
-//! primary killed mid-typing — its replica is promoted, lull recovers by itself, nothing is lost
-//! and nothing repeated (exactly_once).
+//! with no Redis error at all (every MOVED/ASK followed by the client, no CROSSSLOT); then the
+//! first seed of `REDIS_URL`, a primary, killed mid-typing — its replica is promoted, lull
+//! reconnects through the other seeds by itself, nothing is lost and nothing repeated
+//! (exactly_once).
 
 mod common;
 
@@ -23,16 +24,15 @@ use lull::ops::supervisor::Supervisor;
 struct RedisCluster {
     dir: PathBuf,
     private: bool,
+    /// `cluster.env`, read once.
+    env: std::collections::HashMap<String, String>,
 }
 
 impl RedisCluster {
     fn get() -> Self {
         if let Ok(dir) = std::env::var("LULL_TEST_REDIS_CLUSTER") {
             if !dir.is_empty() {
-                return Self {
-                    dir: dir.into(),
-                    private: false,
-                };
+                return Self::at(dir.into(), false);
             }
         }
         let dir = std::env::temp_dir().join(format!("lull-redis-cluster-{}", std::process::id()));
@@ -41,15 +41,24 @@ impl RedisCluster {
             .status()
             .expect("scripts/redis-cluster.sh runs");
         assert!(status.success(), "the private redis cluster did not start");
-        Self { dir, private: true }
+        Self::at(dir, true)
+    }
+
+    fn at(dir: PathBuf, private: bool) -> Self {
+        let text = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
+        let env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self { dir, private, env }
     }
 
     fn env(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join("cluster.env")).expect("cluster.env");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        self.env
+            .get(name)
             .unwrap_or_else(|| panic!("{name} in cluster.env"))
-            .to_string()
+            .clone()
     }
 
     fn url(&self) -> String {
@@ -100,13 +109,30 @@ impl RedisCluster {
         assert!(status.success());
     }
 
-    /// Starts node `node` again: it rejoins the cluster as a replica.
+    /// Starts node `node` again: it rejoins the cluster as a replica. Never panics (it runs in
+    /// a drop); whoever needs the node waits for the cluster to be ok.
     fn restart(&self, node: usize) {
-        let status = Command::new(script())
+        let _ = Command::new(script())
             .args(["restart", &self.dir.to_string_lossy(), &node.to_string()])
-            .status()
-            .expect("restart");
-        assert!(status.success());
+            .status();
+    }
+
+    /// Makes node `node` a primary (after an earlier run's failover it may be a replica): a
+    /// coordinated `CLUSTER FAILOVER` on it, then waits until it is one.
+    fn make_primary(&self, node: usize) {
+        let is_primary = || redis_cli(self.port(node), &["role"]).lines().next() == Some("master");
+        if is_primary() {
+            return;
+        }
+        redis_cli(self.port(node), &["cluster", "failover"]);
+        let end = std::time::Instant::now() + DEADLINE;
+        while !(is_primary() && self.ok(None)) {
+            assert!(
+                std::time::Instant::now() < end,
+                "node {node} never became a primary"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Whether every live node says the cluster is ok.
@@ -125,6 +151,19 @@ impl Drop for RedisCluster {
                 .status();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Starts a killed node again when dropped, even when the test failed: the shared cluster goes
+/// back to three primaries and three replicas.
+struct Rejoin<'a> {
+    rc: &'a RedisCluster,
+    node: usize,
+}
+
+impl Drop for Rejoin<'_> {
+    fn drop(&mut self) {
+        self.rc.restart(self.node);
     }
 }
 
@@ -243,20 +282,34 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
     assert_eq!(errors(), before, "no Redis error while two processes batch");
     assert_eq!(a.health.redis(), Some(true));
     assert_eq!(b.health.redis(), Some(true));
-    let partitions = keys_of(&rc, &Keys::new(&prefix, &cfg.group_id));
+    let partitions = claimed_partitions(&rc, &Keys::new(&prefix, &cfg.group_id));
     assert_eq!(partitions, PARTITIONS as usize, "every partition claimed");
 
-    // 3. The primary of partition 0's slot dies mid-typing; its replica takes over.
-    let victim = rc.primary_of(
-        &Keys::new(&prefix, &cfg.group_id)
-            .partition(&cluster.input, 0)
-            .owner(),
-    );
+    // 3. The first seed of REDIS_URL, a primary, dies mid-typing; its replica takes over. Every
+    //    reconnection must find the cluster through the other seeds.
+    let victim = 1;
+    rc.make_primary(victim);
+    let keys = Keys::new(&prefix, &cfg.group_id);
+    let on_victim: Vec<i32> = (0..PARTITIONS)
+        .filter(|&p| rc.primary_of(&keys.partition(&cluster.input, p).owner()) == victim)
+        .collect();
     send_bursts(&producer, &cluster.input, &users, 3..4).await;
     let before_failover = errors();
+    let rejoin = Rejoin {
+        rc: &rc,
+        node: victim,
+    };
     rc.kill(victim);
     send_bursts(&producer, &cluster.input, &users, 4..6).await;
     wait_for("the replica to be promoted", || rc.ok(Some(victim))).await;
+    let fresh = Store::connect(&cfg, &Supervisor::standalone())
+        .await
+        .expect("store");
+    assert!(
+        !fresh.is_degraded(),
+        "a new connection finds the cluster with its first seed down"
+    );
+    drop(fresh);
     out.until("round 1 through the failover", |s| {
         event_counts(s).len() == 180
     })
@@ -271,18 +324,25 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
     })
     .await;
     out.settle(Duration::from_millis(800)).await;
-    // The partition's state is written on the promoted replica.
-    let owner = Keys::new(&prefix, &cfg.group_id)
-        .partition(&cluster.input, 0)
-        .owner();
-    let generation = redis_cli(rc.port(1), &["-c", "hget", &owner, "generation"]);
-    assert!(
-        !generation.trim().is_empty(),
-        "partition 0 claimed again after the failover"
-    );
+    // The partitions whose state the dead primary held are claimed on its promoted replica
+    // (read through any live node; redis-cli follows the redirection once every node knows).
+    for &p in &on_victim {
+        let owner = keys.partition(&cluster.input, p).owner();
+        wait_for(
+            &format!("partition {p}'s claim on the promoted replica"),
+            || {
+                !redis_cli(rc.port(2), &["-c", "hget", &owner, "generation"])
+                    .trim()
+                    .is_empty()
+            },
+        )
+        .await;
+    }
     eprintln!(
-        "redis cluster failover: node {victim} killed, {} failed redis calls while its replica \
-         took over, {} fragments delivered once each",
+        "redis cluster failover: node {victim} (the first seed; {} of {PARTITIONS} partitions' \
+         state) killed, {} failed redis calls while its replica took over, {} fragments \
+         delivered once each",
+        on_victim.len(),
         errors() - before_failover,
         event_counts(&out.seen).len()
     );
@@ -293,12 +353,12 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
     );
     a.stop().await;
     b.stop().await;
-    rc.restart(victim);
+    drop(rejoin);
     wait_for("the old primary to rejoin", || rc.ok(None)).await;
 }
 
 /// How many partitions the group has listed as claimed.
-fn keys_of(rc: &RedisCluster, keys: &Keys) -> usize {
+fn claimed_partitions(rc: &RedisCluster, keys: &Keys) -> usize {
     redis_cli(rc.port(1), &["-c", "scard", &keys.partitions()])
         .trim()
         .parse()

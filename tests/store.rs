@@ -589,3 +589,27 @@ async fn a_password_in_the_url_authenticates_and_never_shows() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// An ACL user without INFO (which lull uses only to tell a cluster from a single server) still
+/// gets a working store, as before lull asked.
+#[tokio::test]
+async fn a_user_without_info_still_gets_a_working_store() {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut server = spawn_redis(
+        &[
+            "--port", &port_arg, "--user", "lull", "on", ">pw", "~*", "&*", "+@all", "-info",
+        ],
+        port,
+    );
+    let mut c = Config::defaults();
+    c.redis_prefix = unique_prefix("noinfo");
+    c.redis_url = Some(Secret::new(format!("redis://lull:pw@127.0.0.1:{port}/0")));
+    let s = Store::connect(&c, &Supervisor::standalone())
+        .await
+        .expect("store");
+    assert!(!s.is_degraded(), "INFO refused is not an outage");
+    assert!(s.claim("t", 0, TID, false).await.is_ok());
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::RedisError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -107,6 +107,9 @@ pub struct Store {
     url_shown: String,
     /// Every seed URL of `REDIS_URL` (several only for a cluster).
     seeds: Vec<String>,
+    /// Whether a seed said it runs in cluster mode: from then on every connection is a cluster
+    /// connection (whichever seeds are up).
+    clustered: std::sync::atomic::AtomicBool,
     /// Connections to the first seed URL.
     pool: Pool,
     /// One multiplexed connection (to the server, or to the whole cluster), cloned for
@@ -142,9 +145,7 @@ impl Store {
         let Some(url) = &config.redis_url else {
             return Err(StoreError::Unavailable("REDIS_URL is not set".into()));
         };
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT));
+        let connection = client::connection_config();
         let seeds: Vec<String> = client::seed_urls(url.expose())
             .into_iter()
             .map(str::to_string)
@@ -167,6 +168,7 @@ impl Store {
         let store = Arc::new(Self {
             url_shown: mask_url_password(url.expose()),
             seeds,
+            clustered: std::sync::atomic::AtomicBool::new(false),
             pool,
             conn: std::sync::Mutex::new(None),
             keys: Keys::new(&config.redis_prefix, &config.group_id),
@@ -221,29 +223,13 @@ impl Store {
         self.reachability.borrow().epoch
     }
 
-    /// A connection: the shared multiplexed one, or a fresh one — to the first seed from the
-    /// pool, and, when that server says it runs in cluster mode, to the whole cluster.
+    /// A connection: the shared multiplexed one, or a fresh one ([`Store::open`]), named and
+    /// with the scripts loaded.
     async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.lock_conn().as_ref() {
             return Ok(c.clone());
         }
-        let pooled = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut single = deadpool_redis::Connection::take(pooled);
-        let clustered = client::is_cluster_node(&mut single)
-            .await
-            .map_err(|e| redis_error(&e))?;
-        let mut conn = if clustered {
-            let seeds: Vec<&str> = self.seeds.iter().map(String::as_str).collect();
-            client::cluster(&seeds, CALL_TIMEOUT)
-                .await
-                .map_err(|e| redis_error(&e))?
-        } else {
-            Conn::Single(single)
-        };
+        let mut conn = self.open().await?;
         let name = format!(
             "lull:{}:{}",
             self.instance.replace(|c: char| c.is_whitespace(), "_"),
