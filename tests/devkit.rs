@@ -56,7 +56,7 @@ async fn redis_round_trips_count_the_sync_pipeline() {
         batch_id: "t/0/0".into(),
     };
     store
-        .sync(&fence, 100, &[window], &[batch])
+        .sync(&fence, 100, &[window], &["w".to_string()], &[batch])
         .await
         .expect("sync");
     assert_eq!(

@@ -3,7 +3,8 @@
 //! `scripts/test.sh` started, `LULL_TEST_REDIS_CLUSTER`, or a private one) and real Apache Kafka.
 //!
 //! One test, in phases, because its last phase kills a primary of the shared cluster: the
-//! store's calls on partitions spread over every shard; two lull processes in one group batching
+//! store's calls on partitions spread over every shard, and MONITOR following every primary; two
+//! lull processes in one group batching
 //! with no Redis error at all (every MOVED/ASK followed by the client, no CROSSSLOT); then the
 //! first seed of `REDIS_URL`, a primary, killed mid-typing — its replica is promoted, lull
 //! reconnects through the other seeds by itself, nothing is lost and nothing repeated
@@ -213,6 +214,7 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
                 offset: i as i64,
                 event_id: Some(event),
                 ts: 1_000,
+                needs_record: true,
             })
             .collect();
         let admission = store.admit(&fence, 100, &candidates).await.expect("admit");
@@ -233,7 +235,7 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
             batch_id: format!("t/{p}/0"),
         }];
         store
-            .sync(&fence, 100, &windows, &flushed)
+            .sync(&fence, 100, &windows, &[format!("gone-of-{p}")], &flushed)
             .await
             .expect("pending and flush in one pipeline, one slot");
         let again = store.admit(&fence, 100, &candidates[..1]).await.unwrap();
@@ -254,6 +256,34 @@ async fn a_redis_cluster_holds_every_partitions_state_and_survives_a_primary_fai
         before,
         "no call failed: no CROSSSLOT, MOVED followed"
     );
+
+    // `lull monitor` (and LULL_DEBUG_REDIS_MONITOR) follow every primary: commands on keys of
+    // all three shards show. MONITOR starts asynchronously: claims go on until they show.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (url, namespace) = (rc.url(), keys.namespace().to_string());
+    let follower = tokio::spawn(async move {
+        lull::io::store::monitor::follow(&url, &namespace, |e| {
+            let _ = tx.send(e);
+        })
+        .await
+    });
+    let mut seen_on = std::collections::HashSet::new();
+    tokio::time::timeout(DEADLINE, async {
+        while seen_on.len() < 3 {
+            for p in 0..8 {
+                store.claim("t", p, "tid", false).await.expect("claim");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(e) = rx.try_recv() {
+                for key in e.keys(keys.namespace()) {
+                    seen_on.insert(rc.primary_of(key));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("monitor saw keys of shards {seen_on:?} only"));
+    follower.abort();
     drop(store);
     drop(supervisor);
 

@@ -541,13 +541,16 @@ async fn pass_through_drops_signals_ignores_final_and_bypass_and_keeps_follows()
     assert_eq!(p[1].2, first_id, "follows still applies");
 }
 
-/// With Redis, `follows` survives a crash between two bursts; without, it may not.
+/// at_least_once: with Redis, `follows` survives a crash between two bursts (the key's flushed
+/// record names its last batch); without, it may not. (exactly_once: the state topic's records
+/// carry it, with or without Redis.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_survives_a_crash_between_two_bursts_with_redis() {
     let cluster = Cluster::start(1).await;
     let redis = RedisServer::shared();
     let prefix = unique_prefix("follows");
-    let cfg = redis.configure(chat_config(&cluster, "follows-crash"), &prefix);
+    let mut cfg = redis.configure(chat_config(&cluster, "follows-crash"), &prefix);
+    cfg.delivery = lull::config::Delivery::AtLeastOnce;
     let first = Running::start(cfg.clone());
     first.assigned(1).await;
     let t0 = base_time();

@@ -112,6 +112,19 @@ impl Sink {
         crate::io::kafka::topic_identity(self.producer.client(), topic, timeout)
     }
 
+    /// The high watermark of `topic`'s `partition` (one past its last offset); blocks.
+    pub fn high_watermark(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<i64, KafkaError> {
+        self.producer
+            .client()
+            .fetch_watermarks(topic, partition, timeout)
+            .map(|(_, high)| high)
+    }
+
     /// Waits up to `timeout` for everything queued to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)

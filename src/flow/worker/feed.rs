@@ -33,6 +33,9 @@ impl Worker {
                     offset: f.offset,
                     event_id: f.event_id(),
                     ts: f.ts,
+                    needs_record: p
+                        .gate
+                        .needs_record(f.offset, f.ts, p.engine.remembers(&f.key)),
                 }),
                 _ => None,
             })

@@ -4,7 +4,12 @@
 //!   are acknowledged: a replay may skip only what was delivered, so acknowledgements that come
 //!   back out of order wait for the ones before them.
 //! * The open windows that changed since the last write are published as `pending:{key}`
-//!   summaries.
+//!   summaries, once per write however many fragments changed them; a window that opened and went
+//!   out between two writes is never published. A summary is deleted once its window's batch is
+//!   delivered and the key has no open window — only if this owner published it, or the batch
+//!   holds input an earlier owner may have published a summary of.
+//! * In exactly_once the state topic records delivered batches (in their transactions); Redis
+//!   gets the flushed records only in at_least_once.
 //! * Both go to Redis together, at most every [`SYNC_EVERY`] (or at once past [`SYNC_BATCH`]
 //!   keys), in one round trip. If Redis is down they wait, and go once it is back.
 //!
@@ -20,10 +25,10 @@ use crate::io::store::{Flushed, PendingSummary};
 use crate::model::window::WindowEngine;
 
 /// Changed windows and acknowledged batches are written to Redis at least this often.
-pub const SYNC_EVERY: Duration = Duration::from_millis(50);
+pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 
 /// ... and at once when this many keys are waiting.
-pub const SYNC_BATCH: usize = 256;
+pub const SYNC_BATCH: usize = 4096;
 
 /// A batch emitted and not yet recorded.
 #[derive(Debug, Clone)]
@@ -37,6 +42,12 @@ struct Unrecorded {
 /// What one partition owes Redis.
 #[derive(Debug, Default)]
 pub struct Ledger {
+    /// Whether delivered batches are recorded in Redis (at_least_once).
+    records: bool,
+    /// Keys whose summary this owner published and has not deleted.
+    published: HashSet<Arc<str>>,
+    /// Deletions of a failed write, to go with the next.
+    undeleted: Vec<String>,
     /// Per key, batches emitted and not yet recorded: first offset → facts.
     unrecorded: HashMap<Arc<str>, BTreeMap<i64, Unrecorded>>,
     /// The latest recordable batch per key.
@@ -52,6 +63,8 @@ pub struct Ledger {
 pub struct SyncBatch {
     /// Summaries of open windows that changed.
     pub windows: Vec<PendingSummary>,
+    /// Keys whose summary goes: their window went out, and none is open.
+    pub gone: Vec<String>,
     /// The latest acknowledged batch per key.
     pub batches: Vec<Flushed>,
 }
@@ -59,11 +72,19 @@ pub struct SyncBatch {
 impl SyncBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty() && self.batches.is_empty()
+        self.windows.is_empty() && self.gone.is_empty() && self.batches.is_empty()
     }
 }
 
 impl Ledger {
+    /// A ledger that records delivered batches in Redis when `records` (at_least_once).
+    pub fn new(records: bool) -> Self {
+        Self {
+            records,
+            ..Self::default()
+        }
+    }
+
     /// Notes a batch emitted (sent, not yet acknowledged).
     pub fn emitted(
         &mut self,
@@ -139,30 +160,48 @@ impl Ledger {
 
     /// Whether enough waits to write without waiting for [`SYNC_EVERY`].
     pub fn full(&self) -> bool {
-        self.to_record.len() + self.dirty.len() >= SYNC_BATCH
+        self.to_record.len() + self.dirty.len() + self.undeleted.len() >= SYNC_BATCH
     }
 
-    /// What to write now; summaries are read from `engine` (a window flushed meanwhile has none:
-    /// its batch's record deletes the summary). Hand it back with [`Ledger::retry`] if the write
-    /// fails.
-    pub fn take(&mut self, engine: &WindowEngine) -> SyncBatch {
+    /// What to write now; summaries are read from `engine` (a window flushed meanwhile has none).
+    /// `inherited_below`: input below this offset may have been an earlier owner's, who may have
+    /// published summaries of it. Hand it back with [`Ledger::retry`] if the write fails.
+    pub fn take(&mut self, engine: &WindowEngine, inherited_below: i64) -> SyncBatch {
         self.due = None;
-        let windows = self
-            .dirty
-            .drain()
-            .filter_map(|key| {
-                engine.summary(&key).map(|w| PendingSummary {
+        let mut windows = Vec::with_capacity(self.dirty.len());
+        for key in self.dirty.drain() {
+            if let Some(w) = engine.summary(&key) {
+                windows.push(PendingSummary {
                     key: key.to_string(),
                     first_ts: w.first_ts,
                     last_ts: w.last_ts,
                     count: w.count,
                     flush_at: w.flush_at,
                     first_offset: w.first_offset,
-                })
-            })
+                });
+                self.published.insert(key);
+            }
+        }
+        let mut gone: Vec<String> = self
+            .undeleted
+            .drain(..)
+            .filter(|key| engine.summary(key).is_none())
             .collect();
-        let batches = self.to_record.drain().map(|(_, b)| b).collect();
-        SyncBatch { windows, batches }
+        let mut batches = Vec::new();
+        for (key, b) in self.to_record.drain() {
+            let open = engine.summary(&key).is_some();
+            if !open && (self.published.remove(&key) || b.first_offset < inherited_below) {
+                gone.push(b.key.clone());
+            }
+            if self.records {
+                batches.push(b);
+            }
+        }
+        SyncBatch {
+            windows,
+            gone,
+            batches,
+        }
     }
 
     /// Takes back a write that failed (Redis down): it goes with the next one, and a newer
@@ -171,6 +210,7 @@ impl Ledger {
         for w in failed.windows {
             self.dirty.insert(Arc::from(w.key.as_str()));
         }
+        self.undeleted.extend(failed.gone);
         for b in failed.batches {
             let key: Arc<str> = Arc::from(b.key.as_str());
             self.to_record.entry(key).or_insert(b);
@@ -199,17 +239,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_is_recorded_only_after_every_earlier_batch_of_its_key() {
-        let mut l = Ledger::default();
+        let mut l = Ledger::new(true);
         let k: Arc<str> = Arc::from("u");
         l.emitted(&k, "t/0/1".into(), 1, 3, 10);
         l.emitted(&k, "t/0/4".into(), 4, 6, 20);
         l.acknowledged(&k, 4);
         assert!(
-            l.take(&engine()).batches.is_empty(),
+            l.take(&engine(), 0).batches.is_empty(),
             "batch 4 waits for batch 1"
         );
         l.acknowledged(&k, 1);
-        let taken = l.take(&engine());
+        let taken = l.take(&engine(), 0);
         assert_eq!(taken.batches.len(), 1);
         assert_eq!(
             (taken.batches[0].first_offset, taken.batches[0].last_offset),
@@ -220,16 +260,76 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_write_goes_again_with_the_next_one() {
-        let mut l = Ledger::default();
+        let mut l = Ledger::new(true);
         let k: Arc<str> = Arc::from("u");
         l.emitted(&k, "t/0/1".into(), 1, 1, 10);
         l.acknowledged(&k, 1);
-        let failed = l.take(&engine());
+        let failed = l.take(&engine(), 0);
         l.emitted(&k, "t/0/2".into(), 2, 2, 11);
         l.acknowledged(&k, 2);
         l.retry(failed);
-        let again = l.take(&engine());
+        let again = l.take(&engine(), 0);
         assert_eq!(again.batches.len(), 1);
         assert_eq!(again.batches[0].last_offset, 2, "the newer record wins");
+    }
+
+    fn fragment(key: &str, offset: i64, ts: i64) -> crate::model::fragment::Fragment {
+        use crate::model::fragment::{Fields, Fragment};
+        Fragment::new(key, offset, ts, b"{}", Fields::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_summary_goes_once_its_window_went_out_and_only_if_someone_published_it() {
+        let mut engine = engine();
+        let mut out = Vec::new();
+        let mut l = Ledger::new(false);
+        let (u, v): (Arc<str>, Arc<str>) = (Arc::from("u"), Arc::from("v"));
+        engine.push(fragment("u", 10, 1_000), 1_000, &mut out);
+        l.touched("u");
+        let first = l.take(&engine, 0);
+        assert_eq!(first.windows.len(), 1, "published");
+        // u's window goes out, v's opens and goes out between two writes.
+        engine.push(fragment("v", 11, 1_050), 1_050, &mut out);
+        l.touched("v");
+        engine.advance(5_000, &mut out);
+        assert_eq!(out.len(), 2);
+        for (key, first) in [(&u, 10), (&v, 11)] {
+            l.emitted(key, "id".into(), first, first, 1_000);
+            l.acknowledged(key, first);
+        }
+        let second = l.take(&engine, 0);
+        assert!(second.windows.is_empty(), "v's window never showed");
+        assert_eq!(second.gone, vec!["u".to_string()], "only u's was published");
+        assert!(
+            second.batches.is_empty(),
+            "exactly_once: no records in redis"
+        );
+
+        // A window of input an earlier owner may have published is deleted either way, and a key
+        // with a newer window open keeps its summary.
+        engine.push(fragment("w", 20, 6_000), 6_000, &mut out);
+        engine.advance(9_000, &mut out);
+        engine.push(fragment("w", 30, 9_100), 9_100, &mut out);
+        let w: Arc<str> = Arc::from("w");
+        l.emitted(&w, "id".into(), 20, 20, 6_000);
+        l.acknowledged(&w, 20);
+        assert!(l.take(&engine, 25).gone.is_empty(), "w has a window open");
+        engine.advance(20_000, &mut out);
+        l.emitted(&w, "id".into(), 30, 30, 9_100);
+        l.acknowledged(&w, 30);
+        assert!(
+            l.take(&engine, 25).gone.is_empty(),
+            "above the inherited input, never published"
+        );
+        engine.push(fragment("x", 21, 20_000), 20_000, &mut out);
+        engine.advance(30_000, &mut out);
+        let x: Arc<str> = Arc::from("x");
+        l.emitted(&x, "id".into(), 21, 21, 20_000);
+        l.acknowledged(&x, 21);
+        assert_eq!(
+            l.take(&engine, 25).gone,
+            vec!["x".to_string()],
+            "inherited input"
+        );
     }
 }

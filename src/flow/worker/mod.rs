@@ -61,7 +61,7 @@ use crate::ops::clock::now_ms;
 use crate::ops::health::Health;
 use crate::ops::metrics::metrics;
 
-use gate::{Fenced, Gate};
+use gate::{follow_reach, Fenced, Gate, GateParts};
 use intake::Intake;
 use ledger::Ledger;
 use outbox::Outbox;
@@ -319,15 +319,17 @@ impl Worker {
                 self.partition,
                 self.store.is_some(),
             ),
-            gate: Gate::new(
-                self.store.clone(),
-                self.sink.clone(),
-                self.topic.clone(),
-                self.partition,
-            ),
+            gate: Gate::new(GateParts {
+                store: self.store.clone(),
+                sink: self.sink.clone(),
+                topic: self.topic.clone(),
+                partition: self.partition,
+                records: eos.is_none(),
+                reach_ms: follow_reach(engine.config()),
+            }),
             engine,
             output,
-            ledger: Ledger::default(),
+            ledger: Ledger::new(eos.is_none()),
             progress,
             emitted: Vec::new(),
             caught_up: false,
@@ -446,7 +448,8 @@ impl Worker {
                 }
             }
             self.route(p);
-            if p.ledger.full() {
+            // Checked here too: under steady input the biased select may not reach its timer.
+            if p.ledger.full() || p.ledger.due().is_some_and(|at| at <= Instant::now()) {
                 self.sync(p).await?;
             }
             p.progress
@@ -479,7 +482,7 @@ impl Worker {
     /// Writes what the ledger holds to Redis (a no-op without Redis); if Redis cannot take it,
     /// it waits for the next write.
     async fn sync(&self, p: &mut Parts) -> Result<(), Stop> {
-        let batch = p.ledger.take(&p.engine);
+        let batch = p.ledger.take(&p.engine, p.gate.inherited_below());
         let high = p.high.unwrap_or(0).max(
             batch
                 .batches

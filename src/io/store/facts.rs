@@ -82,6 +82,11 @@ pub struct Candidate<'a> {
     pub event_id: Option<&'a str>,
     /// Timestamp, Unix ms.
     pub ts: i64,
+    /// Whether the key's `flushed:` record must be read to judge it: only in at_least_once, and
+    /// only where a record could tell the owner something it does not know (input an earlier
+    /// owner may have delivered, or a key whose last batch only an earlier owner knows).
+    /// Otherwise the verdict is about the event id alone.
+    pub needs_record: bool,
 }
 
 /// An open window's summary, as published to `pending:{key}`.

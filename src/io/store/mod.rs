@@ -6,17 +6,19 @@
 //!
 //! * `owner` — who owns a partition, with a fencing generation
 //!   ([`Store::claim`]); every write below carries it and a stale one is refused ([`StoreError::Stale`]).
-//! * `flushed:{key}` — the last offset of a key already emitted, with the partition and the Kafka
-//!   topic id it was read from, so a new owner replaying from the committed offset skips what was
-//!   delivered ([`Store::admit`], [`Store::record_flushed`]). A record of another topic id (the
-//!   topic was recreated) or at or above the high watermark is ignored, never used to skip
-//!   ([`Stale`]).
+//! * `flushed:{key}` — (at_least_once) the last offset of a key already emitted, with the
+//!   partition and the Kafka topic id it was read from, so a new owner replaying from the
+//!   committed offset skips what was delivered ([`Store::admit`], [`Store::record_flushed`]). A
+//!   record of another topic id (the topic was recreated) or at or above the high watermark is
+//!   ignored, never used to skip ([`Stale`], [`judge`]). In exactly_once the state topic keeps
+//!   these records, in the batches' transactions, and Redis has none.
 //! * `event:{event_id}` — first sighting of an event id, to drop producer retries ([`Store::admit`]).
 //! * `pending:{key}` — the open window's summary, for "is this user mid-burst?"
-//!   ([`Store::publish_pending`], [`Store::read_pending`]).
+//!   ([`Store::sync`], [`Store::read_pending`]).
 //!
-//! Every write goes through one of the scripts in `lua/` (atomic, loaded once, called by SHA,
-//! every key passed in `KEYS`), and one call covers a whole chunk of fragments or batches.
+//! Writes that depend on ownership go through the scripts in `lua/` (atomic, loaded once, called
+//! by SHA, every key passed in `KEYS`); admission is a pipeline of plain commands ([`admit`]).
+//! One call covers a whole chunk of fragments or batches.
 //!
 //! Redis is an optimisation, never a dependency of correctness: when it is unreachable the store
 //! turns *degraded* — calls fail fast, lull keeps batching in memory with the duplicate protections
@@ -26,13 +28,16 @@
 //! backoff, and checks an idle connection every [`CHECK_INTERVAL`]. Each recovery bumps
 //! [`Store::epoch`], telling partition workers to re-claim their partitions.
 
+mod admit;
 pub mod client;
 mod connection;
 mod facts;
+pub mod judge;
 mod keys;
 mod lookup;
 pub mod monitor;
 mod scripts;
+mod sync;
 
 pub use client::Conn;
 pub use facts::*;
@@ -53,8 +58,10 @@ use crate::ops::supervisor::Supervisor;
 
 pub use scripts::Script;
 
+pub use admit::ADMIT_LABEL;
+
 /// The `lull_redis_call_seconds` label of the pending+flush pipeline (scripts are labelled by
-/// their name).
+/// their name, the admit pipeline by [`ADMIT_LABEL`]).
 pub const SYNC_LABEL: &str = "sync";
 
 /// Redis round trips made by this process so far: every sample of `lull_redis_call_seconds`,
@@ -65,7 +72,7 @@ pub fn round_trips() -> u64 {
     Script::ALL
         .iter()
         .map(|s| s.name())
-        .chain([SYNC_LABEL])
+        .chain([ADMIT_LABEL, SYNC_LABEL])
         .map(|label| {
             m.redis_call_seconds
                 .with_label_values(&[label])
@@ -365,195 +372,5 @@ impl Store {
             partition,
             topic_id: topic_id.to_string(),
         })
-    }
-
-    /// Decides, for a chunk of fragments, which are new, already emitted, or duplicates.
-    /// `high` is the partition's high watermark: a record at or above it cannot describe this
-    /// log and is ignored.
-    pub async fn admit(
-        self: &Arc<Self>,
-        fence: &Fence,
-        high: i64,
-        fragments: &[Candidate<'_>],
-    ) -> Result<Admission, StoreError> {
-        if fragments.is_empty() {
-            return Ok(Admission::default());
-        }
-        let script = Script::Admit;
-        let mut inv = script.get().prepare_invoke();
-        inv.key(fence.keys.owner())
-            .arg(fence.generation)
-            .arg(fence.partition)
-            .arg(self.ttl.event)
-            .arg(self.ttl.owner)
-            .arg(&fence.topic_id)
-            .arg(high)
-            .arg(self.ts_tolerance);
-        for f in fragments {
-            let flushed = fence.keys.flushed(f.key);
-            match f.event_id {
-                Some(id) => inv.key(&flushed).key(fence.keys.event(id)),
-                None => inv.key(&flushed).key(&flushed),
-            };
-            inv.arg(f.offset)
-                .arg(if f.event_id.is_some() { "1" } else { "0" })
-                .arg(f.ts);
-        }
-        let (codes, seeds): (Vec<u8>, Vec<String>) = self.run(script, inv, fragments.len()).await?;
-        let verdicts: Vec<Verdict> = codes
-            .into_iter()
-            .map(|c| match c {
-                1 => Verdict::Emitted,
-                2 => Verdict::Duplicate,
-                3 => Verdict::NewPastStale(Stale::TopicId),
-                4 => Verdict::NewPastStale(Stale::BeyondHighWatermark),
-                5 => Verdict::NewPastStale(Stale::LogTime),
-                _ => Verdict::New,
-            })
-            .collect();
-        if verdicts.len() != fragments.len() {
-            return Err(StoreError::Unavailable(format!(
-                "admit returned {} verdicts for {} fragments",
-                verdicts.len(),
-                fragments.len()
-            )));
-        }
-        let seeds = seeds
-            .chunks_exact(3)
-            .filter_map(|s| {
-                Some(Seed {
-                    // Lua counts from 1.
-                    index: s[0].parse::<usize>().ok()?.checked_sub(1)?,
-                    batch_id: s[1].clone(),
-                    last_ts: s[2].parse().ok()?,
-                })
-            })
-            .collect();
-        Ok(Admission { verdicts, seeds })
-    }
-
-    /// Publishes the summaries of open windows (TTL refreshed on every write).
-    pub async fn publish_pending(
-        self: &Arc<Self>,
-        fence: &Fence,
-        windows: &[PendingSummary],
-    ) -> Result<(), StoreError> {
-        if windows.is_empty() {
-            return Ok(());
-        }
-        let script = Script::Pending;
-        let inv = self.pending_invocation(fence, windows);
-        let _: i64 = self.run(script, inv, windows.len()).await?;
-        Ok(())
-    }
-
-    /// Records acknowledged batches: moves flushed watermarks forward, drops their pending keys.
-    /// `high` is the partition's high watermark (see [`Store::admit`]).
-    pub async fn record_flushed(
-        self: &Arc<Self>,
-        fence: &Fence,
-        high: i64,
-        batches: &[Flushed],
-    ) -> Result<(), StoreError> {
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let script = Script::Flush;
-        let inv = self.flush_invocation(fence, high, batches);
-        let _: i64 = self.run(script, inv, batches.len()).await?;
-        Ok(())
-    }
-
-    /// Publishes open-window summaries and records acknowledged batches in one round trip: the
-    /// two scripts go out as one pipeline. Scripts in a pipeline are not re-loaded by redis-rs on
-    /// NOSCRIPT (after a Redis restart or SCRIPT FLUSH), so this loads them and retries once.
-    pub async fn sync(
-        self: &Arc<Self>,
-        fence: &Fence,
-        high: i64,
-        windows: &[PendingSummary],
-        batches: &[Flushed],
-    ) -> Result<(), StoreError> {
-        match (windows.is_empty(), batches.is_empty()) {
-            (true, true) => return Ok(()),
-            (false, true) => return self.publish_pending(fence, windows).await,
-            (true, false) => return self.record_flushed(fence, high, batches).await,
-            (false, false) => {}
-        }
-        let pending = self.pending_invocation(fence, windows);
-        let flush = self.flush_invocation(fence, high, batches);
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(&pending).invoke_script(&flush);
-        let mut conn = self.usable_connection().await?;
-        let started = Instant::now();
-        let mut result = pipe.query_async::<(i64, i64)>(&mut conn).await;
-        if matches!(&result, Err(e) if e.code() == Some("NOSCRIPT")) {
-            debug!("scripts missing on the server (restart or SCRIPT FLUSH): loading them again");
-            result = match scripts::load_all(&mut conn).await {
-                Ok(()) => pipe.query_async::<(i64, i64)>(&mut conn).await,
-                Err(e) => Err(e),
-            };
-        }
-        metrics()
-            .redis_call_seconds
-            .with_label_values(&[SYNC_LABEL])
-            .observe(started.elapsed().as_secs_f64());
-        debug!(
-            windows = windows.len(),
-            batches = batches.len(),
-            instance = %self.instance,
-            pid = std::process::id(),
-            "redis pipeline pending+flush"
-        );
-        result.map(|_| ()).map_err(|e| self.failed(&e))
-    }
-
-    fn pending_invocation(
-        &self,
-        fence: &Fence,
-        windows: &[PendingSummary],
-    ) -> redis::ScriptInvocation<'static> {
-        let mut inv = Script::Pending.get().prepare_invoke();
-        inv.key(fence.keys.owner())
-            .arg(fence.generation)
-            .arg(&self.instance)
-            .arg(fence.partition)
-            .arg(self.ttl.pending)
-            .arg(self.ttl.owner);
-        for w in windows {
-            inv.key(fence.keys.pending(&w.key))
-                .arg(w.first_ts)
-                .arg(w.last_ts)
-                .arg(w.count)
-                .arg(w.flush_at)
-                .arg(w.first_offset);
-        }
-        inv
-    }
-
-    fn flush_invocation(
-        &self,
-        fence: &Fence,
-        high: i64,
-        batches: &[Flushed],
-    ) -> redis::ScriptInvocation<'static> {
-        let mut inv = Script::Flush.get().prepare_invoke();
-        inv.key(fence.keys.owner())
-            .arg(fence.generation)
-            .arg(fence.partition)
-            .arg(self.ttl.flushed)
-            .arg(self.ttl.owner)
-            .arg(&fence.topic_id)
-            .arg(high)
-            .arg(self.ts_tolerance);
-        for b in batches {
-            inv.key(fence.keys.flushed(&b.key))
-                .key(fence.keys.pending(&b.key))
-                .arg(b.last_offset)
-                .arg(b.first_offset)
-                .arg(b.last_ts)
-                .arg(&b.batch_id);
-        }
-        inv
     }
 }

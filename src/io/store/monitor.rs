@@ -67,15 +67,15 @@ fn describe(command: &str, args: &[String], key: &str) -> String {
             after("instance"),
             after("generation")
         ),
-        ("DEL", "pending") => "window closed: its batch was acknowledged".to_string(),
+        ("DEL", "pending") => "window closed: its batch was delivered".to_string(),
         ("HSET", "flushed") => format!(
             "flushed up to {}:{} (topic id {})",
             after("partition"),
             after("offset"),
             after("topic_id")
         ),
-        ("DEL", "flushed") => "record from before topic ids replaced".to_string(),
-        // admit.lua records a sighting with SET NX, which keeps the first one: MONITOR shows the
+        ("DEL", "flushed") => "a value that is no record replaced".to_string(),
+        // Admission records a sighting with SET NX, which keeps the first one: MONITOR shows the
         // command whether or not it took, so it cannot be called a first sighting. A sighting
         // that did not take is read back (GET) to compare: that line says "seen before".
         ("SET", "event") if args.iter().any(|a| a.eq_ignore_ascii_case("NX")) => format!(
@@ -179,9 +179,122 @@ pub fn parse_line(line: &str) -> Option<(f64, String, Vec<String>)> {
     Some((time, client, args))
 }
 
+/// Follows every command on `prefix:` keys, calling `on_event` for each: on the server `urls`
+/// (`REDIS_URL`: one URL, or seeds of a cluster, comma-separated) names, or, when it is a Redis
+/// Cluster node, on every primary of the cluster — one MONITOR each, since a node shows only the
+/// commands it serves. When a primary's MONITOR ends (a failover promoted its replica), the
+/// cluster's nodes are read again. Returns when a single server's connection ends.
+pub async fn follow(
+    urls: &str,
+    prefix: &str,
+    mut on_event: impl FnMut(MonitorEvent),
+) -> redis::RedisResult<()> {
+    loop {
+        let Some(nodes) = primaries(urls).await? else {
+            let first = super::client::seed_urls(urls)
+                .first()
+                .copied()
+                .unwrap_or(urls);
+            return follow_node(first, prefix, on_event).await;
+        };
+        debug!(
+            primaries = nodes.len(),
+            "following MONITOR on every primary of the cluster"
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut followers = tokio::task::JoinSet::new();
+        for node in nodes {
+            let (tx, prefix) = (tx.clone(), prefix.to_string());
+            followers.spawn(async move {
+                let ended = follow_node(&node, &prefix, |e| {
+                    let _ = tx.send(e);
+                })
+                .await;
+                (node, ended)
+            });
+        }
+        drop(tx);
+        loop {
+            tokio::select! {
+                Some(event) = rx.recv() => on_event(event),
+                Some(ended) = followers.join_next() => {
+                    if let Ok((node, result)) = ended {
+                        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                        warn!(node = %crate::config::mask_url_password(&node), error, "MONITOR of a cluster primary ended; reading the cluster's nodes again");
+                    }
+                    break;
+                }
+            }
+        }
+        followers.abort_all();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The URLs of every primary of the cluster the first answering seed of `urls` belongs to
+/// (`CLUSTER NODES`), each with the seed's scheme and credentials; `None` when that seed is a
+/// single server.
+async fn primaries(urls: &str) -> redis::RedisResult<Option<Vec<String>>> {
+    let mut failed = None;
+    for seed in super::client::seed_urls(urls) {
+        let asked = async {
+            let mut conn = redis::Client::open(seed)?
+                .get_multiplexed_async_connection_with_config(&super::client::connection_config())
+                .await?;
+            if !super::client::is_cluster_node(&mut conn).await? {
+                return Ok(None);
+            }
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn)
+                .await?;
+            Ok(Some(
+                primary_addresses(&nodes)
+                    .into_iter()
+                    .map(|addr| with_address(seed, addr))
+                    .collect(),
+            ))
+        };
+        match asked.await {
+            Ok(found) => return Ok(found),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "REDIS_URL names no server",
+        ))
+    }))
+}
+
+/// The `host:port` of every primary that is not failed, from `CLUSTER NODES`.
+fn primary_addresses(nodes: &str) -> Vec<&str> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let address = fields.nth(1)?.split(['@', ',']).next()?;
+            let flags = fields.next()?;
+            let primary = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
+            (primary && !address.starts_with(':')).then_some(address)
+        })
+        .collect()
+}
+
+/// `seed` with its `host:port` replaced by `address` (scheme, credentials and the rest kept).
+fn with_address(seed: &str, address: &str) -> String {
+    let (scheme, rest) = seed.split_once("://").unwrap_or(("redis", seed));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let credentials = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{credentials}{address}{tail}")
+}
+
 /// Follows MONITOR on `url`, calling `on_event` for every command touching `prefix:` keys, until
 /// the connection ends. Client names are looked up with `CLIENT LIST` when a new address appears.
-pub async fn follow(
+async fn follow_node(
     url: &str,
     prefix: &str,
     mut on_event: impl FnMut(MonitorEvent),
@@ -297,6 +410,31 @@ pub fn spawn_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_primaries_of_a_cluster_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1 4 connected
+67ed 127.0.0.1:30002@40002,node-2 master - 0 1 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master,fail - 0 1 3 disconnected
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            primary_addresses(nodes),
+            ["127.0.0.1:30002", "127.0.0.1:30001"]
+        );
+        assert_eq!(
+            with_address(
+                "rediss://lull:s3cret@10.0.0.1:7000/0#insecure",
+                "10.0.0.2:7001"
+            ),
+            "rediss://lull:s3cret@10.0.0.2:7001/0#insecure"
+        );
+        assert_eq!(
+            with_address("redis://10.0.0.1:7000", "10.0.0.2:7001"),
+            "redis://10.0.0.2:7001"
+        );
+    }
 
     #[test]
     fn timeline_says_what_happened_to_each_key() {

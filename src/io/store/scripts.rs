@@ -1,5 +1,4 @@
 //! The Lua scripts in `lua/`, compiled in and loaded once per connection, then called by SHA
-//! (`admit.lua` and `flush.lua` each behind `prelude.lua`, the stale-record rule they share)
 //! (`redis::Script` re-loads a script by itself if the server answers NOSCRIPT, e.g. after a
 //! restart, SCRIPT FLUSH, or a cluster replica promoted after a failover). Where scripts go in a
 //! pipeline, where that fallback does not apply, the caller loads them and retries once.
@@ -8,43 +7,30 @@ use std::sync::LazyLock;
 
 static CLAIM: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../../lua/claim.lua")));
-static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(concat!(
-        include_str!("../../../lua/prelude.lua"),
-        include_str!("../../../lua/admit.lua")
-    ))
-});
 static PENDING: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../../lua/pending.lua")));
-static FLUSH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(concat!(
-        include_str!("../../../lua/prelude.lua"),
-        include_str!("../../../lua/flush.lua")
-    ))
-});
+static FLUSH: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../../lua/flush.lua")));
 
 /// One of lull's scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {
     /// `claim.lua`: take a partition's ownership.
     Claim,
-    /// `admit.lua`: new / already emitted / duplicate, per fragment.
-    Admit,
-    /// `pending.lua`: publish open-window summaries.
+    /// `pending.lua`: publish open-window summaries, delete those of windows gone out.
     Pending,
-    /// `flush.lua`: record acknowledged batches.
+    /// `flush.lua`: record acknowledged batches (at_least_once).
     Flush,
 }
 
 impl Script {
     /// Every script.
-    pub const ALL: [Script; 4] = [Script::Claim, Script::Admit, Script::Pending, Script::Flush];
+    pub const ALL: [Script; 3] = [Script::Claim, Script::Pending, Script::Flush];
 
     /// Short name, for metrics and traces.
     pub fn name(self) -> &'static str {
         match self {
             Script::Claim => "claim",
-            Script::Admit => "admit",
             Script::Pending => "pending",
             Script::Flush => "flush",
         }
@@ -54,7 +40,6 @@ impl Script {
     pub fn get(self) -> &'static redis::Script {
         match self {
             Script::Claim => &CLAIM,
-            Script::Admit => &ADMIT,
             Script::Pending => &PENDING,
             Script::Flush => &FLUSH,
         }

@@ -16,6 +16,12 @@ impl WindowEngine {
         })
     }
 
+    /// Whether the engine knows something of `key` a record kept elsewhere (Redis) could only
+    /// repeat or predate: an open window, or a previous batch a new one may follow.
+    pub fn remembers(&self, key: &str) -> bool {
+        self.windows.contains_key(key) || self.previous.contains_key(key)
+    }
+
     /// Lowest offset held in an open window: nothing at or above it may be committed.
     pub fn low_watermark(&self) -> Option<i64> {
         self.open_order.front().map(|(offset, _)| *offset)
