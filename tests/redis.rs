@@ -1,6 +1,6 @@
 //! lull with Redis shared state, end to end: no duplicate batches on replay, duplicate events
-//! dropped, pending-window visibility with a TTL that outlives the burst, and degraded mode when
-//! Redis goes away mid-run.
+//! dropped, pending-window visibility with a TTL that outlives the burst (each on a single Redis
+//! and on a Redis Cluster), and degraded mode when Redis goes away mid-run.
 
 mod common;
 
@@ -128,10 +128,8 @@ async fn a_replaced_dev_cluster_loses_nothing_to_the_old_clusters_records() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
+async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted(redis: &RedisServer) {
     let cluster = Cluster::start(2).await;
-    let redis = RedisServer::shared();
     let prefix = unique_prefix("replay");
     let mut cfg = redis.configure(cluster.config("first"), &prefix);
     // The skip records of Redis (in exactly_once the state topic skips these too).
@@ -191,10 +189,8 @@ async fn a_new_owner_replaying_the_log_skips_what_was_already_emitted() {
     second.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_retry_with_the_same_event_id_is_dropped() {
+async fn a_producer_retry_with_the_same_event_id_is_dropped(redis: &RedisServer) {
     let cluster = Cluster::start(1).await;
-    let redis = RedisServer::shared();
     let prefix = unique_prefix("dupe");
     let lull = Running::start(redis.configure(cluster.config("dupe"), &prefix));
     lull.assigned(1).await;
@@ -245,12 +241,10 @@ async fn a_producer_retry_with_the_same_event_id_is_dropped() {
     lull.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
+async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush(redis: &RedisServer) {
     // The predecessor's bug: the TTL was set from the first message and never refreshed, so the
     // key of a user who kept typing vanished mid-burst.
     let cluster = Cluster::start(1).await;
-    let redis = RedisServer::shared();
     let prefix = unique_prefix("pendingttl");
     let mut cfg = redis.configure(cluster.config("pending"), &prefix);
     cfg.quiet = Duration::from_millis(500);
@@ -275,7 +269,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
         .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         if seq == 0 {
-            wait_for("the pending key", || key_exists(&redis, &key)).await;
+            wait_for("the pending key", || key_exists(redis, &key)).await;
         }
         let (flush_at, ttl): (Option<i64>, i64) = redis::pipe()
             .hget(&key, "flush_at")
@@ -294,7 +288,7 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
     let b = out.until("the long batch", |s| !s.is_empty()).await[0].clone();
     assert_eq!(b.json()["count"], 20);
     wait_for("the flush to delete the pending key", || {
-        !key_exists(&redis, &key)
+        !key_exists(redis, &key)
     })
     .await;
     lull.stop().await;
@@ -302,6 +296,12 @@ async fn the_pending_key_outlives_a_long_burst_and_goes_with_the_flush() {
 
 /// Whether `key` exists (a blocking check usable inside `wait_for`).
 fn key_exists(redis: &RedisServer, key: &str) -> bool {
+    if redis.is_cluster() {
+        let seeds = lull::io::store::client::seed_urls(&redis.url);
+        let client = redis::cluster::ClusterClient::new(seeds).expect("cluster client");
+        let mut conn = client.get_connection().expect("cluster connection");
+        return redis::Commands::exists(&mut conn, key).expect("EXISTS");
+    }
     let client = redis::Client::open(redis.url.as_str()).expect("client");
     let mut conn = client.get_connection().expect("connection");
     redis::Commands::exists(&mut conn, key).expect("EXISTS")
@@ -381,3 +381,29 @@ async fn redis_stopped_and_restarted_mid_run_loses_nothing() {
     let r = verify_clean(&cfg).await;
     assert_eq!(r.in_batches, 30);
 }
+
+/// These hold on a single Redis and on a Redis Cluster alike.
+macro_rules! on_single_and_cluster {
+    ($($body:ident),* $(,)?) => {
+        mod single {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $body() {
+                super::$body(&RedisServer::shared()).await
+            })*
+        }
+        mod cluster {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $body() {
+                super::$body(&RedisServer::cluster()).await
+            })*
+        }
+    };
+}
+
+on_single_and_cluster!(
+    a_new_owner_replaying_the_log_skips_what_was_already_emitted,
+    a_producer_retry_with_the_same_event_id_is_dropped,
+    the_pending_key_outlives_a_long_burst_and_goes_with_the_flush,
+);

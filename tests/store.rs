@@ -1,5 +1,6 @@
-//! The Redis scripts' contracts, against a real Redis server: fencing, forward-only watermarks,
-//! duplicate detection, pending summaries and their TTLs, MONITOR tracing.
+//! The Redis store's contracts, against a real Redis server and a real Redis Cluster (the one
+//! `scripts/test.sh` starts): fencing, forward-only watermarks, duplicate detection, pending
+//! summaries and their TTLs; on the single server also MONITOR tracing, TLS and restricted users.
 
 mod common;
 
@@ -65,12 +66,10 @@ fn cand<'a>(key: &'a str, offset: i64, event: Option<&'a str>) -> Candidate<'a> 
     }
 }
 
-#[tokio::test]
-async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
-    let redis = RedisServer::shared();
+async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state(redis: &RedisServer) {
     let prefix = unique_prefix("fence");
-    let zombie = store(&redis, &prefix, "zombie").await;
-    let owner = store(&redis, &prefix, "owner").await;
+    let zombie = store(redis, &prefix, "zombie").await;
+    let owner = store(redis, &prefix, "owner").await;
     let old = zombie.claim("t", 0, TID, false).await.unwrap();
     let new = owner.claim("t", 0, TID, false).await.unwrap();
     assert!(new.generation > old.generation, "generations only grow");
@@ -121,7 +120,7 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
     ));
     let mut c = redis.conn().await;
     assert_eq!(
-        flushed(&redis, &prefix, 0, "u").await,
+        flushed(redis, &prefix, 0, "u").await,
         (TID.into(), "0".into(), "10".into())
     );
     assert!(
@@ -151,11 +150,9 @@ async fn a_stale_owner_can_neither_write_nor_delete_the_new_owners_state() {
     assert!(again.generation > resumed.generation);
 }
 
-#[tokio::test]
-async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
-    let redis = RedisServer::shared();
+async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed(redis: &RedisServer) {
     let prefix = unique_prefix("flushed");
-    let s = store(&redis, &prefix, "a").await;
+    let s = store(redis, &prefix, "a").await;
     let f = s.claim("t", 3, TID, false).await.unwrap();
     let batch = |key: &str, first, last| Flushed {
         key: key.into(),
@@ -174,7 +171,7 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, 3, "u").await.2,
+        flushed(redis, &prefix, 3, "u").await.2,
         "15",
         "never moves back"
     );
@@ -184,16 +181,16 @@ async fn the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed() {
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, 3, "u").await,
+        flushed(redis, &prefix, 3, "u").await,
         (TID.into(), "3".into(), "20".into())
     );
 }
 
-#[tokio::test]
-async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replays() {
-    let redis = RedisServer::shared();
+async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replays(
+    redis: &RedisServer,
+) {
     let prefix = unique_prefix("admit");
-    let s = store(&redis, &prefix, "a").await;
+    let s = store(redis, &prefix, "a").await;
     let f = s.claim("t", 0, TID, false).await.unwrap();
     s.record_flushed(
         &f,
@@ -243,11 +240,11 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
     assert!(ttl > 3_000_000, "event TTL set: {ttl}");
 }
 
-#[tokio::test]
-async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_never_used_to_skip() {
-    let redis = RedisServer::shared();
+async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_never_used_to_skip(
+    redis: &RedisServer,
+) {
     let prefix = unique_prefix("stale");
-    let old = store(&redis, &prefix, "a").await;
+    let old = store(redis, &prefix, "a").await;
     let f = old.claim("t", 0, TID, false).await.unwrap();
     let batch = |key: &str, last| Flushed {
         key: key.into(),
@@ -290,7 +287,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     // The new incarnation's flush replaces the record although its offset is lower.
     old.record_flushed(&f, 3, &[batch("u", 1)]).await.unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, 0, "u").await,
+        flushed(redis, &prefix, 0, "u").await,
         (new_tid.into(), "0".into(), "1".into())
     );
     assert_eq!(
@@ -312,7 +309,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         .verdicts;
     assert_eq!(v, vec![Verdict::NewPastStale(Stale::BeyondHighWatermark)]);
     old.record_flushed(&f, 4, &[batch("w", 3)]).await.unwrap();
-    assert_eq!(flushed(&redis, &prefix, 0, "w").await.2, "3");
+    assert_eq!(flushed(redis, &prefix, 0, "w").await.2, "3");
 
     // A cluster without topic ids replaced under the same name (a dev cluster): the record
     // would skip a fragment that is far newer than the record's own last fragment.
@@ -352,7 +349,7 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
     };
     old.record_flushed(&f, HIGH, &[newer_batch]).await.unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, 0, "z").await.2,
+        flushed(redis, &prefix, 0, "z").await.2,
         "11",
         "the other log's record is replaced"
     );
@@ -375,16 +372,16 @@ async fn records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_ne
         .await
         .unwrap();
     assert_eq!(
-        flushed(&redis, &prefix, 0, "legacy").await,
+        flushed(redis, &prefix, 0, "legacy").await,
         (TID.into(), "0".into(), "9".into())
     );
 }
 
-#[tokio::test]
-async fn pending_summaries_are_refreshed_and_deleted_once_their_window_went_out() {
-    let redis = RedisServer::shared();
+async fn pending_summaries_are_refreshed_and_deleted_once_their_window_went_out(
+    redis: &RedisServer,
+) {
     let prefix = unique_prefix("pending");
-    let s = store(&redis, &prefix, "host-1").await;
+    let s = store(redis, &prefix, "host-1").await;
     let f = s.claim("t", 1, TID, false).await.unwrap();
     let w = |first_offset, count| PendingSummary {
         key: "u".into(),
@@ -431,6 +428,35 @@ async fn pending_summaries_are_refreshed_and_deleted_once_their_window_went_out(
         "deleted once its window went out"
     );
 }
+
+/// Each contract holds on a single Redis and on a Redis Cluster alike (where every call of a
+/// partition must stay in its slot).
+macro_rules! on_single_and_cluster {
+    ($($body:ident),* $(,)?) => {
+        mod single {
+            use super::*;
+            $(#[tokio::test]
+            async fn $body() {
+                super::$body(&RedisServer::shared()).await
+            })*
+        }
+        mod cluster {
+            use super::*;
+            $(#[tokio::test]
+            async fn $body() {
+                super::$body(&RedisServer::cluster()).await
+            })*
+        }
+    };
+}
+
+on_single_and_cluster!(
+    a_stale_owner_can_neither_write_nor_delete_the_new_owners_state,
+    the_flushed_watermark_only_moves_forward_and_its_ttl_is_refreshed,
+    admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replays,
+    records_of_another_topic_id_or_beyond_the_high_watermark_are_ignored_never_used_to_skip,
+    pending_summaries_are_refreshed_and_deleted_once_their_window_went_out,
+);
 
 #[tokio::test]
 async fn monitor_sees_commands_of_other_clients_on_lull_keys() {

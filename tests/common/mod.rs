@@ -630,6 +630,10 @@ pub struct RedisServer {
     port: u16,
     child: Option<std::process::Child>,
     dir: Option<std::path::PathBuf>,
+    /// A Redis Cluster (`url` lists seed nodes), and the directory of a private one this test
+    /// started (stopped on drop).
+    clustered: bool,
+    private_cluster: Option<std::path::PathBuf>,
 }
 
 /// Starts `redis-server` on loopback with no snapshots plus `args`, and waits until `port`
@@ -680,6 +684,8 @@ impl RedisServer {
                 port: 0,
                 child: None,
                 dir: None,
+                clustered: false,
+                private_cluster: None,
             },
             _ => Self::private(),
         }
@@ -695,9 +701,46 @@ impl RedisServer {
             port,
             child: None,
             dir: Some(dir),
+            clustered: false,
+            private_cluster: None,
         };
         s.start();
         s
+    }
+
+    /// The shared Redis Cluster (`LULL_TEST_REDIS_CLUSTER`, started by `scripts/test.sh`: three
+    /// primaries and three replicas), or a private one `scripts/redis-cluster.sh` starts.
+    pub fn cluster() -> Self {
+        let (dir, private) = match std::env::var("LULL_TEST_REDIS_CLUSTER") {
+            Ok(dir) if !dir.is_empty() => (std::path::PathBuf::from(dir), false),
+            _ => {
+                let dir = std::env::temp_dir().join(format!(
+                    "lull-redis-cluster-{}-{}",
+                    std::process::id(),
+                    unique("c")
+                ));
+                let started = std::process::Command::new(redis_cluster_script())
+                    .args(["start", &dir.to_string_lossy()])
+                    .status()
+                    .expect("scripts/redis-cluster.sh runs");
+                assert!(started.success(), "the private redis cluster did not start");
+                (dir, true)
+            }
+        };
+        let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("REDIS_CLUSTER_URL="))
+            .expect("REDIS_CLUSTER_URL in cluster.env")
+            .to_string();
+        Self {
+            url,
+            port: 0,
+            child: None,
+            dir: None,
+            clustered: true,
+            private_cluster: private.then_some(dir),
+        }
     }
 
     /// (Re)starts a private server on its port and waits until it answers.
@@ -724,18 +767,41 @@ impl RedisServer {
         }
     }
 
-    /// A plain connection for the test's own checks.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
+    /// Whether this is a Redis Cluster (`url` lists its seeds).
+    pub fn is_cluster(&self) -> bool {
+        self.clustered
     }
+
+    /// A plain connection for the test's own checks (to the whole cluster, for a cluster).
+    pub async fn conn(&self) -> lull::io::store::Conn {
+        if self.clustered {
+            let seeds = lull::io::store::client::seed_urls(&self.url);
+            return lull::io::store::client::cluster(&seeds, Duration::from_secs(5))
+                .await
+                .expect("redis cluster connection");
+        }
+        lull::io::store::Conn::Single(
+            redis::Client::open(self.url.as_str())
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection"),
+        )
+    }
+}
+
+fn redis_cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-cluster.sh")
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if let Some(dir) = self.private_cluster.take() {
+            let _ = std::process::Command::new(redis_cluster_script())
+                .args(["stop", &dir.to_string_lossy()])
+                .status();
+            let _ = std::fs::remove_dir_all(dir);
+        }
         self.stop();
         if let Some(d) = self.dir.take() {
             let _ = std::fs::remove_dir_all(d);
