@@ -229,6 +229,22 @@ async fn admit_skips_emitted_fragments_and_drops_duplicate_events_but_not_replay
             Verdict::New
         ]
     );
+    // Where no record is needed (exactly_once, or input only this owner can have handled), none
+    // is read: the verdict is about the event id alone, and without one there is nothing to ask.
+    let unread = |offset, event| Candidate {
+        needs_record: false,
+        ..cand("u", offset, event)
+    };
+    let v = s
+        .admit(&f, HIGH, &[unread(4, None), unread(5, Some("e3"))])
+        .await
+        .unwrap();
+    assert_eq!(v.verdicts, vec![Verdict::New, Verdict::Duplicate]);
+    let v = tokio::time::timeout(DEADLINE, s.admit(&f, HIGH, &[unread(7, None)]))
+        .await
+        .expect("an admission with nothing to ask returns at once")
+        .unwrap();
+    assert_eq!(v.verdicts, vec![Verdict::New]);
     // Replaying offset 6 (same partition, same offset) is not a duplicate.
     let v = s
         .admit(&f, HIGH, &[cand("u", 6, Some("e6"))])

@@ -76,6 +76,13 @@ impl Store {
                 .arg("PX")
                 .arg(self.ttl.event);
         }
+        if record_of.is_empty() && events.is_empty() {
+            // Nothing to ask (no event ids, no records needed): no round trip.
+            return Ok(Admission {
+                verdicts: vec![Verdict::New; fragments.len()],
+                seeds: Vec::new(),
+            });
+        }
         let replies: Vec<Value> = self.pipeline(&pipe, fragments.len()).await?;
         if replies.len() != record_of.len() + events.len() {
             return Err(StoreError::Unavailable(format!(
