@@ -33,7 +33,7 @@ fn each_bad_variable_gets_its_own_line_and_a_non_zero_exit() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{stderr}");
     assert!(
-        lines.contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, 1 to 86400000)")
+        lines.contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, 1 to 86400000), or a duration with a unit (1500ms, 2s, 5m, 1h)")
     );
     assert!(lines.contains(&"LULL_TIMESTAMP=wallclock: expected one of kafka, arrival"));
     assert!(lines.contains(
@@ -104,7 +104,7 @@ fn env_file_values_are_read() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "LULL_GRACE_MS=nope: expected milliseconds (a whole number, 0 to 3600000)"
+        "LULL_GRACE_MS=nope: expected milliseconds (a whole number, 0 to 3600000), or a duration with a unit (1500ms, 2s, 5m, 1h)"
     );
 }
 
@@ -441,6 +441,45 @@ fn kafka_down_is_one_line_not_a_stream_and_every_line_names_the_instance() {
         said("shutting down: draining (a second signal exits at once)"),
         1
     );
+}
+
+#[test]
+fn a_wrong_redis_password_is_named_as_such_and_a_stray_prefix_gets_its_hint() {
+    let dir = tempdir("redis-auth");
+    let port = free_port();
+    let mut redis = spawn_redis(
+        &["--port", &port.to_string(), "--requirepass", "right-pw"],
+        port,
+    );
+    let log = dir.join("lull.log");
+    let child = lull()
+        .arg("run")
+        .env("KAFKA_BROKERS", format!("127.0.0.1:{}", closed_port()))
+        .env("REDIS_URL", format!("redis://:wrong-pw@127.0.0.1:{port}"))
+        .env("LULL_REDIS_URL", "redis://elsewhere")
+        .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Guard(child);
+    wait_for_text(
+        &log,
+        "redis refused lull's credentials: check the user and password in REDIS_URL",
+        "the refused password was never named",
+    );
+    wait_for_text(
+        &log,
+        "did you mean REDIS_URL?",
+        "LULL_REDIS_URL got no hint",
+    );
+    signal(&child.0, "-INT");
+    let status = wait_exit(&mut child.0, DEADLINE);
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("wrong-pw"), "secret leaked: {text}");
+    assert!(!text.contains("redis unreachable"), "{text}");
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
 
 #[test]

@@ -73,8 +73,15 @@ pub fn unknown_variables(env: &impl Env) -> Vec<(String, Option<&'static str>)> 
     out
 }
 
-/// The setting whose name is closest to `name`, if it is close enough to be a typo.
+/// The setting whose name is closest to `name`, if it is close enough to be a typo; a setting
+/// that has no `LULL_` prefix given with one (`LULL_REDIS_URL`) is named as it is spelt.
 fn nearest_setting(name: &str) -> Option<&'static str> {
+    if let Some(bare) = settings::SETTINGS
+        .iter()
+        .find(|s| name.strip_prefix("LULL_") == Some(s.name))
+    {
+        return Some(bare.name);
+    }
     settings::SETTINGS
         .iter()
         .map(|s| (strsim::levenshtein(name, s.name), s.name))

@@ -81,15 +81,29 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
+    /// A duration in `range` (milliseconds): bare milliseconds (`1500`) or with a unit (`1500ms`,
+    /// `2s`, `1.5s`, `5m`, `1h`).
     pub(super) fn millis(&mut self, name: &str, range: Range) -> Duration {
-        Duration::from_millis(self.number(name, range, "milliseconds"))
+        let default = settings::default_of(name).parse().unwrap_or(0);
+        self.millis_opt(name, range)
+            .unwrap_or(Duration::from_millis(default))
     }
 
     /// [`Reader::millis`] for a setting with no default of its own: `None` if unset (or
     /// invalid, which is reported).
     pub(super) fn millis_opt(&mut self, name: &str, range: Range) -> Option<Duration> {
-        self.number_opt(name, range, "milliseconds")
-            .map(Duration::from_millis)
+        let v = self.raw(name)?;
+        match parse_millis(&v) {
+            Some(ms) if (range.0..=range.1).contains(&ms) => Some(Duration::from_millis(ms)),
+            _ => {
+                let expected = format!(
+                    "milliseconds (a whole number, {} to {}), or a duration with a unit (1500ms, 2s, 5m, 1h)",
+                    range.0, range.1
+                );
+                self.problem(name, &v, &expected);
+                None
+            }
+        }
     }
 
     pub(super) fn boolean(&mut self, name: &str) -> bool {
@@ -157,7 +171,7 @@ impl Config {
             env,
             problems: Vec::new(),
         };
-        let brokers = r.string("KAFKA_BROKERS");
+        let mut brokers = r.string("KAFKA_BROKERS");
         if brokers.split(',').any(|b| b.trim().is_empty()) {
             r.problem("KAFKA_BROKERS", &brokers, "host:port[,host:port...]");
         }
@@ -280,7 +294,9 @@ impl Config {
             "LULL_LOG_FORMAT",
             &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
         );
-        let drain_timeout = r.number_opt("LULL_DRAIN_TIMEOUT_MS", (1, HOUR_MS), "milliseconds");
+        let drain_timeout = r
+            .millis_opt("LULL_DRAIN_TIMEOUT_MS", (1, HOUR_MS))
+            .map(|d| d.as_millis() as u64);
         let event_ttl = r.millis("LULL_EVENT_TTL_MS", (1_000, MONTH_MS));
         let max_open_bytes = r.number("LULL_MAX_OPEN_BYTES", (1 << 20, 1 << 40), "bytes") as usize;
         let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", (60_000, YEAR_MS));
@@ -310,6 +326,21 @@ impl Config {
                 KafkaProperty::Plain(value)
             };
             kafka.insert(property, value);
+        }
+
+        // One place names the brokers: KAFKA_BROKERS, or LULL_KAFKA_BOOTSTRAP_SERVERS alone (then it
+        // is what KAFKA_BROKERS shows in the start-up summary); both, differing, is a mistake.
+        if let Some(KafkaProperty::Plain(bootstrap)) = kafka.remove("bootstrap.servers") {
+            match r.raw("KAFKA_BROKERS") {
+                Some(set) if set != bootstrap.trim() => r.problem(
+                    "LULL_KAFKA_BOOTSTRAP_SERVERS",
+                    &bootstrap,
+                    &format!(
+                        "unset: KAFKA_BROKERS ({set}) names the brokers; set only one of the two"
+                    ),
+                ),
+                _ => brokers = bootstrap.trim().to_string(),
+            }
         }
 
         if max_wait < quiet {
@@ -422,5 +453,42 @@ impl Config {
             max_open_bytes,
             kafka,
         })
+    }
+}
+
+/// Milliseconds from `1500` (bare milliseconds), `1500ms`, `2s`, `1.5s`, `5m` or `1h`; `None` for
+/// anything else, a negative value, or a fraction of a millisecond.
+pub(super) fn parse_millis(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    match number.split_once('.') {
+        None => number.parse::<u64>().ok()?.checked_mul(scale),
+        Some((whole, fraction)) => {
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().ok()?
+            };
+            if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let digits = fraction.len().min(9) as u32;
+            let fraction: u64 = fraction[..digits as usize].parse().ok()?;
+            let part = fraction.checked_mul(scale)?;
+            let denominator = 10u64.pow(digits);
+            (part % denominator == 0)
+                .then(|| whole.checked_mul(scale)?.checked_add(part / denominator))
+                .flatten()
+        }
     }
 }

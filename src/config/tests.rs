@@ -78,7 +78,7 @@ fn every_problem_is_reported_on_its_own_line() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(
-        lines.contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, 1 to 86400000)")
+        lines.contains(&"LULL_QUIET_MS=abc: expected milliseconds (a whole number, 1 to 86400000), or a duration with a unit (1500ms, 2s, 5m, 1h)")
     );
     assert!(lines.contains(&"LULL_BATCHING=maybe: expected one of on, off, true, false"));
     assert!(lines.contains(&"LULL_TIMESTAMP=wall: expected one of kafka, arrival"));
@@ -223,11 +223,11 @@ fn absurd_values_are_refused_with_their_bounds() {
     .unwrap_err();
     let text = e.to_string();
     assert!(
-        text.contains("LULL_FLUSHED_TTL_MS=18446744073709551615: expected milliseconds (a whole number, 60000 to 31536000000)"),
+        text.contains("LULL_FLUSHED_TTL_MS=18446744073709551615: expected milliseconds (a whole number, 60000 to 31536000000), or a duration with a unit (1500ms, 2s, 5m, 1h)"),
         "{text}"
     );
     assert!(
-        text.contains("LULL_QUIET_MS=9223372036854775807: expected milliseconds (a whole number, 1 to 86400000)"),
+        text.contains("LULL_QUIET_MS=9223372036854775807: expected milliseconds (a whole number, 1 to 86400000), or a duration with a unit (1500ms, 2s, 5m, 1h)"),
         "{text}"
     );
     assert!(text.contains("LULL_GRACE_MS=3600001"), "{text}");
@@ -347,4 +347,75 @@ fn channels_override_their_settings_and_bad_ones_are_each_one_line() {
     for problem in &err.0 {
         assert!(!problem.to_string().contains('\n'), "one line: {problem}");
     }
+}
+
+#[test]
+fn durations_take_bare_milliseconds_or_a_unit() {
+    use super::reader::parse_millis;
+    for (text, ms) in [
+        ("1500", Some(1_500)),
+        ("1500ms", Some(1_500)),
+        ("2s", Some(2_000)),
+        ("1.5s", Some(1_500)),
+        ("0.25s", Some(250)),
+        ("5m", Some(300_000)),
+        ("1h", Some(3_600_000)),
+        (" 2s ", Some(2_000)),
+        ("2 s", Some(2_000)),
+        ("1.0005s", None),
+        ("-2s", None),
+        ("2d", None),
+        ("s", None),
+        ("1.s", None),
+        ("abc", None),
+    ] {
+        assert_eq!(parse_millis(text), ms, "{text:?}");
+    }
+    let c = Config::from_env(&env(&[
+        ("LULL_QUIET_MS", "2s"),
+        ("LULL_MAX_WAIT_MS", "1m"),
+        ("LULL_DRAIN_TIMEOUT_MS", "3s"),
+    ]))
+    .unwrap();
+    assert_eq!(c.quiet, Duration::from_secs(2));
+    assert_eq!(c.max_wait, Duration::from_secs(60));
+    assert_eq!(c.drain_timeout, Duration::from_secs(3));
+    let e = Config::from_env(&env(&[("LULL_QUIET_MS", "2 days")])).unwrap_err();
+    assert_eq!(e.0[0].variable, "LULL_QUIET_MS");
+}
+
+#[test]
+fn a_setting_spelt_with_a_stray_lull_prefix_is_named() {
+    let found = unknown_variables(&env(&[
+        ("LULL_REDIS_URL", "redis://x"),
+        ("LULL_QUIETMS", "1"),
+    ]));
+    assert_eq!(
+        found,
+        vec![
+            ("LULL_QUIETMS".to_string(), Some("LULL_QUIET_MS")),
+            ("LULL_REDIS_URL".to_string(), Some("REDIS_URL")),
+        ]
+    );
+}
+
+#[test]
+fn the_brokers_are_named_in_one_place() {
+    let alone =
+        Config::from_env(&env(&[("LULL_KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")])).unwrap();
+    assert_eq!(alone.brokers, "k1:9092,k2:9092", "what the summary shows");
+    let same = Config::from_env(&env(&[
+        ("KAFKA_BROKERS", "k1:9092"),
+        ("LULL_KAFKA_BOOTSTRAP_SERVERS", "k1:9092"),
+    ]))
+    .unwrap();
+    assert_eq!(same.brokers, "k1:9092");
+    let both = Config::from_env(&env(&[
+        ("KAFKA_BROKERS", "k1:9092"),
+        ("LULL_KAFKA_BOOTSTRAP_SERVERS", "other:9092"),
+    ]))
+    .unwrap_err();
+    assert_eq!(both.0.len(), 1);
+    assert_eq!(both.0[0].variable, "LULL_KAFKA_BOOTSTRAP_SERVERS");
+    assert!(both.0[0].expected.contains("set only one"), "{:?}", both.0);
 }

@@ -60,7 +60,11 @@ impl Connection {
                     StoreError::Unavailable("PING failed".into())
                 }
             };
-            warn!(error = %outage, url = %self.url(), "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+            if outage.is_authentication() {
+                warn!(error = %outage, url = %self.url(), "redis refused lull's credentials: check the user and password in REDIS_URL; batching continues in memory, duplicate protection is off until it connects");
+            } else {
+                warn!(error = %outage, url = %self.url(), "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+            }
             self.degraded();
             if !self.reconnect().await {
                 return Ok(());

@@ -12,6 +12,20 @@ pub enum StoreError {
     Stale(String),
 }
 
+impl StoreError {
+    /// Whether Redis refused lull's credentials (a wrong password or user in `REDIS_URL`, or
+    /// none given to a server that wants one) rather than being out of reach.
+    pub fn is_authentication(&self) -> bool {
+        let StoreError::Unavailable(why) = self else {
+            return false;
+        };
+        let why = why.to_ascii_lowercase();
+        ["wrongpass", "noauth", "authentication"]
+            .iter()
+            .any(|w| why.contains(w))
+    }
+}
+
 /// What [`Store::admit`] says about one fragment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

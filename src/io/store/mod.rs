@@ -198,7 +198,11 @@ impl Store {
             Ok(_) => info!(url = %store.url_shown, "redis connected"),
             Err(e) => {
                 *store.lock_conn() = None;
-                warn!(error = %e, url = %store.url_shown, "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+                if e.is_authentication() {
+                    warn!(error = %e, url = %store.url_shown, "redis refused lull's credentials: check the user and password in REDIS_URL; batching continues in memory, duplicate protection is off until it connects");
+                } else {
+                    warn!(error = %e, url = %store.url_shown, "redis unreachable: batching continues in memory; duplicate protection is off until it recovers");
+                }
                 metrics().redis_errors.inc();
             }
         }
