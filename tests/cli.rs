@@ -63,6 +63,33 @@ fn a_kafka_property_librdkafka_refuses_is_exit_2_with_one_line() {
 }
 
 #[test]
+fn a_kafka_properties_file_is_read_and_checked_like_the_variables() {
+    let dir = tempdir("kafka-config");
+    let file = dir.join("client.properties");
+    std::fs::write(
+        &file,
+        "# from the service's console\nsecurity.protocol=SASL_SSL\nsasl.password=hunter2\nacks=sometimes\n",
+    )
+    .unwrap();
+    let out = lull()
+        .args(["run", "--kafka-config"])
+        .arg(&file)
+        .output()
+        .expect("lull runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:4 acks=sometimes: expected a librdkafka setting for acks",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
 fn a_session_timeout_alone_does_not_stop_start_up() {
     // Only the session timeout is set: the drain timeout is derived below it and is no problem.
     // (A bad HTTP address makes lull stop at configuration instead of running: the one line

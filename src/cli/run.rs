@@ -55,9 +55,14 @@ impl clap::Args for RunArgs {
             } else {
                 format!(" [default: {}]", s.default)
             };
-            clap::Arg::new(s.name)
-                .long(flag_of(s.name))
-                .env(s.name)
+            let arg = clap::Arg::new(s.name).long(flag_of(s.name));
+            // Named as Kafka's tools name it (`--command-config`'s file), shorter.
+            let arg = if s.name == "LULL_KAFKA_CONFIG_FILE" {
+                arg.visible_alias("kafka-config")
+            } else {
+                arg
+            };
+            arg.env(s.name)
                 .value_name("VALUE")
                 .hide_env_values(s.secret)
                 .help(format!("{}{default}", s.meaning))
@@ -82,6 +87,9 @@ pub async fn main(config: Config) -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), "lull starting");
     for (name, value) in config.summary() {
         info!(setting = %name, value = %value, "config");
+    }
+    for key in &config.kafka_left_out {
+        warn!(%key, "Java-only client setting in LULL_KAFKA_CONFIG_FILE, left out (librdkafka has no use for it)");
     }
     for (variable, nearest) in lull::config::unknown_variables(&lull::config::ProcessEnv) {
         match nearest {

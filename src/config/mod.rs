@@ -7,6 +7,7 @@
 
 pub mod channels;
 mod env;
+pub mod properties;
 mod reader;
 pub mod settings;
 mod summary;
@@ -209,8 +210,14 @@ pub struct Config {
     /// How long a key's flushed watermark (and a partition's owner record) is kept after its
     /// last use (`LULL_FLUSHED_TTL_MS`): at least as long as a replay can reach back.
     pub flushed_ttl: Duration,
-    /// librdkafka properties passed through from `LULL_KAFKA_*`.
+    /// librdkafka properties passed through from `LULL_KAFKA_CONFIG_FILE` and `LULL_KAFKA_*`
+    /// (which wins).
     pub kafka: BTreeMap<String, KafkaProperty>,
+    /// `LULL_KAFKA_CONFIG_FILE`, when given.
+    pub kafka_config_file: Option<String>,
+    /// Java-only keys of that file left out of the clients (`path:line key`), for the start-up
+    /// log.
+    pub kafka_left_out: Vec<String>,
 }
 
 /// One problem found while validating the environment.
@@ -248,6 +255,9 @@ const MAX_FRAGMENTS_RANGE: (u64, u64) = (1, 1_000_000);
 
 /// Prefix of librdkafka pass-through variables.
 const KAFKA_PREFIX: &str = "LULL_KAFKA_";
+
+/// The setting naming a Java-style properties file of librdkafka properties ([`properties`]).
+const KAFKA_CONFIG_FILE: &str = "LULL_KAFKA_CONFIG_FILE";
 
 /// One hour, one day, thirty days and a year, in milliseconds: the upper bounds of durations.
 const HOUR_MS: u64 = 3_600_000;

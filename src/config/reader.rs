@@ -81,6 +81,33 @@ impl<E: Env> Reader<'_, E> {
         }
     }
 
+    /// Checks one librdkafka property (`shown_as` names where it came from: its variable, or the
+    /// properties file's line) and adds it to `kafka`, over any earlier value.
+    pub(super) fn kafka_property(
+        &mut self,
+        kafka: &mut BTreeMap<String, KafkaProperty>,
+        shown_as: &str,
+        property: String,
+        value: String,
+    ) {
+        let secret = is_secret_property(&property);
+        if let Some(why) = librdkafka_refusal(&property, &value) {
+            let shown = if secret { "***" } else { value.as_str() };
+            self.problem(
+                shown_as,
+                shown,
+                &format!("a librdkafka setting for {property} ({why})"),
+            );
+            return;
+        }
+        let value = if secret {
+            KafkaProperty::Secret(Secret::new(value))
+        } else {
+            KafkaProperty::Plain(value)
+        };
+        kafka.insert(property, value);
+    }
+
     /// A duration in `range` (milliseconds): bare milliseconds (`1500`) or with a unit (`1500ms`,
     /// `2s`, `1.5s`, `5m`, `1h`).
     pub(super) fn millis(&mut self, name: &str, range: Range) -> Duration {
@@ -301,8 +328,35 @@ impl Config {
         let max_open_bytes = r.number("LULL_MAX_OPEN_BYTES", (1 << 20, 1 << 40), "bytes") as usize;
         let flushed_ttl = r.millis("LULL_FLUSHED_TTL_MS", (60_000, YEAR_MS));
 
+        // The properties file first, then LULL_KAFKA_* over it.
         let mut kafka = BTreeMap::new();
+        let kafka_config_file = r.raw(KAFKA_CONFIG_FILE).filter(|v| !v.is_empty());
+        let mut kafka_left_out = Vec::new();
+        if let Some(path) = &kafka_config_file {
+            match std::fs::read_to_string(path) {
+                Err(e) => r.problem(
+                    KAFKA_CONFIG_FILE,
+                    path,
+                    &format!("a readable Java-style properties file ({e})"),
+                ),
+                Ok(text) => {
+                    let read = properties::read(&text);
+                    for p in read.properties {
+                        let place = format!("{path}:{} {}", p.line, p.key);
+                        r.kafka_property(&mut kafka, &place, p.key, p.value);
+                    }
+                    kafka_left_out = read
+                        .left_out
+                        .into_iter()
+                        .map(|(line, key)| format!("{path}:{line} {key}"))
+                        .collect();
+                }
+            }
+        }
         for (name, value) in r.env.with_prefix(KAFKA_PREFIX) {
+            if name == KAFKA_CONFIG_FILE {
+                continue;
+            }
             let property = name[KAFKA_PREFIX.len()..]
                 .to_ascii_lowercase()
                 .replace('_', ".");
@@ -310,22 +364,7 @@ impl Config {
                 r.problem(&name, &value, "LULL_KAFKA_<PROPERTY>=value");
                 continue;
             }
-            let secret = is_secret_property(&property);
-            if let Some(why) = librdkafka_refusal(&property, &value) {
-                let shown = if secret { "***" } else { value.as_str() };
-                r.problem(
-                    &name,
-                    shown,
-                    &format!("a librdkafka setting for {property} ({why})"),
-                );
-                continue;
-            }
-            let value = if secret {
-                KafkaProperty::Secret(Secret::new(value))
-            } else {
-                KafkaProperty::Plain(value)
-            };
-            kafka.insert(property, value);
+            r.kafka_property(&mut kafka, &name, property, value);
         }
 
         // One place names the brokers: KAFKA_BROKERS, or LULL_KAFKA_BOOTSTRAP_SERVERS alone (then it
@@ -452,6 +491,8 @@ impl Config {
             flushed_ttl,
             max_open_bytes,
             kafka,
+            kafka_config_file,
+            kafka_left_out,
         })
     }
 }

@@ -64,6 +64,7 @@ pub const SETTINGS: &[Setting] = &[
     s("LULL_LOG_FORMAT", "pretty", "pretty or json; levels via RUST_LOG"),
     s("LULL_DRAIN_TIMEOUT_MS", "", "longest graceful shutdown; default 10000, or half the session timeout when that is below 20 s"),
     s("LULL_MAX_OPEN_BYTES", "268435456", "memory budget: open windows and unacknowledged output"),
+    s("LULL_KAFKA_CONFIG_FILE", "", "a Java-style properties file (client.properties) of Kafka client settings for every client; LULL_KAFKA_* wins over it"),
 ];
 
 /// The default of `name` as written in [`SETTINGS`] ("" when unset or not listed: a test checks

@@ -75,6 +75,7 @@ impl Config {
             },
             "LULL_DRAIN_TIMEOUT_MS" => ms(self.drain_timeout),
             "LULL_MAX_OPEN_BYTES" => self.max_open_bytes.to_string(),
+            "LULL_KAFKA_CONFIG_FILE" => self.kafka_config_file.clone().unwrap_or_default(),
             _ => return None,
         })
     }

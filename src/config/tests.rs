@@ -419,3 +419,44 @@ fn the_brokers_are_named_in_one_place() {
     assert_eq!(both.0[0].variable, "LULL_KAFKA_BOOTSTRAP_SERVERS");
     assert!(both.0[0].expected.contains("set only one"), "{:?}", both.0);
 }
+
+#[test]
+fn a_properties_file_sets_every_client_under_the_variables() {
+    let dir = std::env::temp_dir().join(format!("lull-props-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.properties");
+    std::fs::write(
+        &file,
+        "bootstrap.servers=k1:9092,k2:9092\nsecurity.protocol=SASL_SSL\nsasl.mechanisms=PLAIN\n\
+         sasl.username=key\nsasl.password=from-the-file\nclient.dns.lookup=use_all_dns_ips\n",
+    )
+    .unwrap();
+    let path = file.to_string_lossy().to_string();
+    let c = Config::from_env(&env(&[
+        ("LULL_KAFKA_CONFIG_FILE", &path),
+        ("LULL_KAFKA_SASL_PASSWORD", "from-the-variable"),
+    ]))
+    .unwrap();
+    assert_eq!(c.brokers, "k1:9092,k2:9092");
+    assert!(matches!(&c.kafka["security.protocol"], KafkaProperty::Plain(v) if v == "SASL_SSL"));
+    assert!(
+        matches!(&c.kafka["sasl.password"], KafkaProperty::Secret(v) if v.expose() == "from-the-variable"),
+        "the variable wins"
+    );
+    assert_eq!(c.kafka_left_out, [format!("{path}:6 client.dns.lookup")]);
+    let shown = format!("{:?}", c.summary());
+    assert!(!shown.contains("from-the"), "{shown}");
+    assert!(shown.contains(&path), "{shown}");
+
+    std::fs::write(&file, "acks=all\nenable.idempotence=perhaps\n").unwrap();
+    let e = Config::from_env(&env(&[("LULL_KAFKA_CONFIG_FILE", &path)])).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].variable, format!("{path}:2 enable.idempotence"));
+    let missing = Config::from_env(&env(&[(
+        "LULL_KAFKA_CONFIG_FILE",
+        "/nonexistent/x.properties",
+    )]))
+    .unwrap_err();
+    assert_eq!(missing.0[0].variable, "LULL_KAFKA_CONFIG_FILE");
+    let _ = std::fs::remove_dir_all(dir);
+}
