@@ -564,6 +564,30 @@ fn simulate_gives_up_on_an_unreachable_broker_like_verify() {
     assert!(err.contains("simulate failed"), "{err}");
 }
 
+#[test]
+fn send_and_tail_say_once_that_kafka_is_unreachable_and_give_up() {
+    for tool in ["send", "tail"] {
+        let started = Instant::now();
+        let mut child = lull()
+            .arg(tool)
+            .env("KAFKA_BROKERS", format!("127.0.0.1:{}", closed_port()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, DEADLINE);
+        assert_eq!(status.code(), Some(1), "{tool}: {:?}", started.elapsed());
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(
+            err.contains("kafka unreachable at 127.0.0.1:"),
+            "{tool}: {err}"
+        );
+        // Before: hundreds of librdkafka lines, one per reconnect attempt.
+        assert!(err.lines().count() <= 4, "{tool}: {err}");
+    }
+}
+
 /// The README's "try it by hand": `dev-broker`, `run`, `tail` and `send` as processes. ana's two
 /// `typing` signals hold her burst open across a pause three times the quiet period: one batch
 /// (the README's "Try it by hand", with its timings and the default settings).

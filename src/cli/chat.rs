@@ -13,6 +13,29 @@ use tokio::io::AsyncBufReadExt;
 
 use lull::config::Config;
 use lull::io::kafka::{reader_config, writer_config};
+use lull::ops::kafka_log::{kafka_log, ConsumerLog, ProducerLog};
+
+/// How long `send` and `tail` wait for an unreachable broker before they give up.
+const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the brokers answer for `topic` within [`REACH_TIMEOUT`]: `Err` with one line saying
+/// why not.
+async fn reach(config: &Config, topic: &str) -> Result<(), String> {
+    let (probe, topic) = (config.clone(), topic.to_string());
+    let asked = tokio::task::spawn_blocking(move || {
+        lull::devkit::load::reachable(&probe, &topic, REACH_TIMEOUT)
+    })
+    .await;
+    match asked {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "kafka unreachable at {} ({e}): gave up after {} s",
+            config.brokers,
+            REACH_TIMEOUT.as_secs()
+        )),
+        Err(e) => Err(format!("kafka probe failed: {e}")),
+    }
+}
 
 /// `lull send`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +48,10 @@ pub struct SendArgs {
 /// `lull tail`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
+    /// Keep waiting while Kafka cannot be reached (said once), instead of giving up with exit 1
+    /// after a few seconds.
+    #[arg(long)]
+    pub wait: bool,
     /// Start from the beginning of the topics, not their ends.
     #[arg(long)]
     pub from_beginning: bool,
@@ -49,13 +76,18 @@ fn keyed(line: &str, key: Option<&str>) -> Result<(String, String), String> {
 /// stamped with the current time, so typing by hand makes real bursts.
 pub async fn send(config: Config, args: SendArgs) -> ExitCode {
     super::init_tracing(config.log_format, "warn");
-    let producer: FutureProducer = match writer_config(&config).create() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("cannot create a Kafka producer: {e}");
-            return ExitCode::from(super::EXIT_CONFIG);
-        }
-    };
+    let producer: FutureProducer<ProducerLog> =
+        match writer_config(&config).create_with_context(ProducerLog) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("cannot create a Kafka producer: {e}");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        };
+    if let Err(why) = reach(&config, &config.input_topic).await {
+        eprintln!("{why}");
+        return ExitCode::FAILURE;
+    }
     eprintln!(
         "type one JSON object per line into {} on {}, e.g.",
         config.input_topic, config.brokers
@@ -183,13 +215,23 @@ pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
             "latest"
         },
     );
-    let consumer: StreamConsumer = match client.create() {
+    let consumer: StreamConsumer<ConsumerLog> = match client.create_with_context(ConsumerLog) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot create a Kafka consumer: {e}");
             return ExitCode::from(super::EXIT_CONFIG);
         }
     };
+    if let Err(why) = reach(&config, &config.output_topic).await {
+        if !args.wait {
+            eprintln!("{why} (--wait keeps waiting)");
+            return ExitCode::FAILURE;
+        }
+        eprintln!(
+            "kafka unreachable at {}: waiting for it (--wait; Ctrl-C to stop)",
+            config.brokers
+        );
+    }
     let mut topics = vec![config.output_topic.as_str()];
     if let Some(events) = &config.events_topic {
         topics.push(events.as_str());
@@ -211,9 +253,13 @@ pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
             m = consumer.recv() => m,
         };
         let message = match message {
-            Ok(m) => m,
+            Ok(m) => {
+                kafka_log().reachable();
+                m
+            }
             Err(e) => {
-                eprintln!("kafka: {e}");
+                // Folded like `run`'s: one line per outage, not one per poll.
+                kafka_log().error("tail", &e);
                 continue;
             }
         };

@@ -211,3 +211,20 @@ impl ClientContext for ProducerLog {
         kafka_log().client_error("kafka producer error", &error, reason);
     }
 }
+
+/// The context of the tools' consumers (`lull tail`): their errors and librdkafka's log lines go
+/// through [`kafka_log`] too, so a broker that goes away is one line, not a stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumerLog;
+
+impl ClientContext for ConsumerLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        kafka_log().librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_log().client_error("kafka consumer error", &error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ConsumerLog {}
