@@ -1,5 +1,6 @@
-//! The operator commands, one file each: `run` (the worker), and the tools around it — `demo`,
-//! `bench`, `simulate`, `send`, `tail`, `verify`, `topics`, `pending`, `monitor`, `dev-broker`. They sit on top of
+//! The operator commands, one file each: `run` (the worker), and the tools around it — `check`,
+//! `demo`, `bench`, `simulate`, `send`, `tail`, `verify`, `topics`, `pending`, `monitor`,
+//! `dev-broker`. They sit on top of
 //! the library (and its [`lull::devkit`]); nothing in the library imports them.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (or a check failed: demo, bench, verify); 2 bad
@@ -7,6 +8,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod check;
 pub mod demo;
 pub mod dev_broker;
 mod logging;
@@ -50,6 +52,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches.
     Demo(demo::DemoArgs),
+    /// Check a deployment without joining the consumer group: every setting, the way to Kafka
+    /// (DNS, TCP, TLS, SASL), the topics and their partitions, reading the input and the group's
+    /// offsets, Redis. One line per check; exit 0 all passed, 1 a check failed, 2 bad configuration.
+    Check(check::CheckArgs),
     /// Create the input, output and dead-letter topics on KAFKA_BROKERS.
     Topics(topics::TopicsArgs),
     /// Benchmark the whole path on the embedded mock cluster (and Redis when REDIS_URL is set):
@@ -92,6 +98,7 @@ pub async fn dispatch(command: Command, config: Config) -> ExitCode {
         }
         Command::Demo(args) => demo::main(config, args).await,
         Command::Topics(args) => topics::main(config, args).await,
+        Command::Check(args) => check::main(config, args).await,
         Command::Pending(args) => pending::main(config, args).await,
         Command::Verify(args) => verify::main(config, args).await,
         Command::Bench(args) => bench::main(config, args).await,
