@@ -13,7 +13,7 @@ use tokio::io::AsyncBufReadExt;
 
 use lull::config::Config;
 use lull::io::kafka::{reader_config, writer_config};
-use lull::ops::kafka_log::{kafka_log, ConsumerLog, ProducerLog};
+use lull::ops::kafka_log::{kafka_log, ClientLog};
 
 /// How long `send` and `tail` wait for an unreachable broker before they give up.
 const REACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,8 +76,8 @@ fn keyed(line: &str, key: Option<&str>) -> Result<(String, String), String> {
 /// stamped with the current time, so typing by hand makes real bursts.
 pub async fn send(config: Config, args: SendArgs) -> ExitCode {
     super::init_tracing(config.log_format, "warn");
-    let producer: FutureProducer<ProducerLog> =
-        match writer_config(&config).create_with_context(ProducerLog) {
+    let producer: FutureProducer<ClientLog> =
+        match writer_config(&config).create_with_context(ClientLog::PRODUCER) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("cannot create a Kafka producer: {e}");
@@ -215,7 +215,8 @@ pub async fn tail(config: Config, args: TailArgs) -> ExitCode {
             "latest"
         },
     );
-    let consumer: StreamConsumer<ConsumerLog> = match client.create_with_context(ConsumerLog) {
+    let consumer: StreamConsumer<ClientLog> = match client.create_with_context(ClientLog::CONSUMER)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot create a Kafka consumer: {e}");

@@ -40,7 +40,7 @@ impl SinkError {
 /// The producer lull writes batches and dead letters with.
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer<crate::ops::kafka_log::ProducerLog>,
+    producer: FutureProducer<crate::ops::kafka_log::ClientLog>,
     output_topic: Arc<str>,
     dlq_topic: Arc<str>,
     /// `LULL_EVENTS_TOPIC`, when lifecycle events are on.
@@ -51,7 +51,7 @@ impl Sink {
     /// Creates the producer from the configuration.
     pub fn new(config: &Config) -> Result<Self, SinkError> {
         let producer = crate::io::kafka::producer_config(config)
-            .create_with_context(crate::ops::kafka_log::ProducerLog)
+            .create_with_context(crate::ops::kafka_log::ClientLog::PRODUCER)
             .map_err(SinkError::Create)?;
         Ok(Self {
             producer,

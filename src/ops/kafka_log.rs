@@ -197,34 +197,27 @@ impl KafkaLog {
     }
 }
 
-/// The producer's client context: its errors and librdkafka's log lines go through
-/// [`kafka_log`], like the consumer's.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProducerLog;
+/// The context of lull's Kafka clients (the worker's producer, the tools' producer and
+/// consumer): their errors and librdkafka's log lines go through [`kafka_log`], so a broker that
+/// goes away is one line, not a stream. It carries the kind of client its error lines name.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLog(&'static str);
 
-impl ClientContext for ProducerLog {
+impl ClientLog {
+    /// For a producer.
+    pub const PRODUCER: ClientLog = ClientLog("kafka producer error");
+    /// For a consumer.
+    pub const CONSUMER: ClientLog = ClientLog("kafka consumer error");
+}
+
+impl ClientContext for ClientLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         kafka_log().librdkafka(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        kafka_log().client_error("kafka producer error", &error, reason);
+        kafka_log().client_error(self.0, &error, reason);
     }
 }
 
-/// The context of the tools' consumers (`lull tail`): their errors and librdkafka's log lines go
-/// through [`kafka_log`] too, so a broker that goes away is one line, not a stream.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConsumerLog;
-
-impl ClientContext for ConsumerLog {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        kafka_log().librdkafka(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        kafka_log().client_error("kafka consumer error", &error, reason);
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ConsumerLog {}
+impl rdkafka::consumer::ConsumerContext for ClientLog {}

@@ -35,7 +35,7 @@ impl Worker {
                     ts: f.ts,
                     needs_record: p
                         .gate
-                        .needs_record(f.offset, f.ts, p.engine.remembers(&f.key)),
+                        .needs_record(f.offset, f.ts, || p.engine.remembers(&f.key)),
                 }),
                 _ => None,
             })

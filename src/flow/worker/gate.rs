@@ -145,8 +145,14 @@ impl Gate {
     }
 
     /// Whether admitting a fragment at `offset` with timestamp `ts` must read its key's
-    /// `flushed:` record (see the module's doc); `remembered`: the engine knows the key.
-    pub fn needs_record(&mut self, offset: i64, ts: i64, remembered: bool) -> bool {
+    /// `flushed:` record (see the module's doc); `remembered`: whether the engine knows the key,
+    /// asked only when the answer matters (not per fragment in exactly_once or without Redis).
+    pub fn needs_record(
+        &mut self,
+        offset: i64,
+        ts: i64,
+        remembered: impl FnOnce() -> bool,
+    ) -> bool {
         let Gate::Redis(g) = self else {
             return false;
         };
@@ -159,7 +165,7 @@ impl Gate {
                 h.ts = h.ts.max(ts);
                 true
             }
-            Some(h) => g.reach_ms > 0 && !remembered && ts <= h.ts.saturating_add(g.reach_ms),
+            Some(h) => g.reach_ms > 0 && ts <= h.ts.saturating_add(g.reach_ms) && !remembered(),
         }
     }
 
