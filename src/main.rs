@@ -16,11 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let flags = match &cli.command {
-        cli::Command::Run(args) => args.flags.clone(),
-        _ => Default::default(),
-    };
-    let config = match Config::from_process_env_with(flags) {
+    let settings = cli.command.settings().cloned().unwrap_or_default();
+    let config = match Config::from_process_env_with(settings.env_file.as_deref(), settings.flags) {
         Ok(c) => c,
         Err(e) => {
             for problem in &e.0 {

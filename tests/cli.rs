@@ -548,6 +548,126 @@ fn run_help_lists_every_setting_with_its_default() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("LULL_QUIET_MS=abc: expected"));
 }
 
+/// Every command that talks to Kafka or Redis takes the same settings flags (and `--env-file`),
+/// validated like the variables: `lull tail --kafka-brokers X` works as `KAFKA_BROKERS=X lull tail`.
+#[test]
+fn every_tool_takes_the_settings_as_flags_and_an_env_file() {
+    let tools = [
+        "run", "check", "topics", "send", "tail", "simulate", "verify", "pending", "monitor",
+        "bench", "demo",
+    ];
+    for tool in tools {
+        let out = lull().args([tool, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{tool}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for s in lull::config::settings::SETTINGS {
+            assert!(
+                help.contains(&format!("[env: {}", s.name)),
+                "{tool}: {} missing",
+                s.name
+            );
+        }
+        assert!(help.contains("--env-file <PATH>"), "{tool}:\n{help}");
+        // A bad value given as a flag is the same one-line configuration error on every tool.
+        let key: &[&str] = if tool == "pending" { &["ana"] } else { &[] };
+        let out = lull()
+            .args([tool, "--grace-ms", "soon"])
+            .args(key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{tool}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("LULL_GRACE_MS=soon: expected"),
+            "{tool}: {err}"
+        );
+    }
+
+    // The flag is used, and wins over its variable: tail gives up on the broker the flag names.
+    let port = closed_port();
+    let mut child = lull()
+        .args(["tail", "--kafka-brokers", &format!("127.0.0.1:{port}")])
+        .env("KAFKA_BROKERS", "elsewhere:9092")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_exit(&mut child, DEADLINE).code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!("kafka unreachable at 127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    // --env-file is read instead of ./.env; the environment wins over it; a missing one is exit 2.
+    let dir = tempdir("env-file-flag");
+    std::fs::write(dir.join(".env"), "LULL_QUIET_MS=not-this-one\n").unwrap();
+    let file = dir.join("prod.env");
+    std::fs::write(
+        &file,
+        format!("KAFKA_BROKERS=127.0.0.1:{port}\nLULL_GRACE_MS=later\n"),
+    )
+    .unwrap();
+    let out = lull()
+        .args(["check", "--env-file"])
+        .arg(&file)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("LULL_GRACE_MS=later: expected"), "{err}");
+    let out = lull()
+        .args(["check", "--quiet", "--env-file"])
+        .arg(&file)
+        .env("LULL_GRACE_MS", "100")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    let out = lull()
+        .args(["check", "--env-file", "/nonexistent/lull.env"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "--env-file=/nonexistent/lull.env: expected a file of KEY=value lines (no such file)"
+    );
+}
+
+/// The demo keeps its short quiet period only when the operator chose none: `LULL_QUIET_MS` and
+/// `--quiet-ms` mean the same to it as to `lull run` and `simulate`.
+#[test]
+fn the_demo_takes_the_quiet_period_from_the_setting_when_given() {
+    let demo = |extra: &[&str], env: Option<&str>| {
+        let mut c = lull();
+        c.args([
+            "demo",
+            "--users",
+            "5",
+            "--fragments",
+            "10",
+            "--samples",
+            "0",
+        ])
+        .args(extra);
+        if let Some(v) = env {
+            c.env("LULL_QUIET_MS", v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(demo(&[], None).contains("quiet 500 ms"));
+    assert!(demo(&[], Some("300")).contains("quiet 300 ms"));
+    assert!(demo(&["--quiet-ms", "200ms"], Some("300")).contains("quiet 200 ms"));
+}
+
 #[test]
 fn simulate_gives_up_on_an_unreachable_broker_like_verify() {
     let started = Instant::now();

@@ -51,9 +51,6 @@ pub struct BenchArgs {
     /// Partitions per topic.
     #[arg(long, default_value_t = 16)]
     pub partitions: i32,
-    /// Quiet period, ms.
-    #[arg(long, default_value_t = 500)]
-    pub quiet_ms: u64,
     /// Users typing in the live phase (0 skips it).
     #[arg(long, default_value_t = 20_000)]
     pub live_users: usize,
@@ -76,14 +73,13 @@ pub struct BenchArgs {
     /// spread over them).
     #[arg(long, default_value_t = 1)]
     pub brokers: i32,
-    /// Run on this Kafka cluster (bootstrap servers) instead of the embedded mock: fresh topics
-    /// are created there for each phase (replication 1).
-    #[arg(long)]
-    pub kafka: Option<String>,
     /// Also time a plain librdkafka consume-and-produce copy of the same backlog: the machine's
     /// reference for the throughput phase.
     #[arg(long)]
     pub reference: bool,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// One phase's figures.
@@ -263,7 +259,12 @@ async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchErr
     let plan = Plan::new(PlanArgs {
         max_burst: args.burst,
         text_bytes: Some(args.payload),
-        ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, 11)
+        ..PlanArgs::plain(
+            args.users,
+            args.fragments,
+            config.quiet.as_millis() as u64,
+            11,
+        )
     });
     let base = lull::ops::clock::now_ms() - 3_600_000;
     let mut writer = Writer::new(config, &config.input_topic)?;
@@ -443,8 +444,12 @@ async fn throughput(
 
 /// Runs the benchmark.
 pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchError> {
+    let quiet_ms = super::demo::tool_quiet_ms(&base, &args.settings);
+    // A real cluster only when named on the command line: a KAFKA_BROKERS in the environment (or
+    // a deployment's .env) never points a benchmark at production.
+    let kafka = args.settings.flag("KAFKA_BROKERS").map(str::to_string);
     let mut base = base;
-    base.quiet = Duration::from_millis(args.quiet_ms.max(1));
+    base.quiet = Duration::from_millis(quiet_ms);
     if base.max_wait < base.quiet {
         base.max_wait = base.quiet;
     }
@@ -466,7 +471,7 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
         names.push(("live", true));
     }
     // On an external cluster the topics of each run are new; the mock starts empty.
-    let run = match &args.kafka {
+    let run = match &kafka {
         Some(_) => format!("{}.", lull::ops::clock::now_ms()),
         None => String::new(),
     };
@@ -477,13 +482,13 @@ pub async fn run(base: Config, args: BenchArgs) -> Result<BenchReport, BenchErro
                 args.partitions.max(1),
             ));
         }
-        if args.kafka.is_none() {
+        if kafka.is_none() {
             // The mock cannot create topics; on Kafka `lull run` creates the state topic itself.
             let phase = phase_config(&base, "", &run, name, true);
             topics.push((phase.state_topic(), args.partitions.max(1)));
         }
     }
-    let (_broker, brokers) = match &args.kafka {
+    let (_broker, brokers) = match &kafka {
         None => {
             let broker = MockBroker::start(args.brokers.max(1), &topics)?;
             let brokers = broker.bootstrap().to_string();

@@ -43,6 +43,9 @@ pub struct SendArgs {
     /// Key every line with this user; without it a line's `user_id` field is its key.
     #[arg(long)]
     pub key: Option<String>,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// `lull tail`'s arguments.
@@ -58,6 +61,9 @@ pub struct TailArgs {
     /// Print each record's JSON value as it is, one per line.
     #[arg(long)]
     pub json: bool,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// What a typed line becomes: its key and value, or why it cannot be sent.

@@ -30,6 +30,9 @@ pub struct CheckArgs {
     /// Do not list the effective configuration.
     #[arg(long)]
     pub quiet: bool,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// The lines printed and whether any check failed.

@@ -30,9 +30,6 @@ pub struct DemoArgs {
     /// Fragments to send in total (about; spread over the users).
     #[arg(long, default_value_t = 20_000)]
     pub fragments: usize,
-    /// Quiet period in milliseconds (overrides LULL_QUIET_MS).
-    #[arg(long, default_value_t = 500)]
-    pub quiet_ms: u64,
     /// Partitions of each topic on the mock cluster.
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
@@ -69,6 +66,9 @@ pub struct DemoArgs {
     /// Share of fragments the user takes back with a `delete` signal (timed like the edits).
     #[arg(long, default_value_t = 0.01)]
     pub delete_share: f64,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// Why the demo could not run (as opposed to its check failing).
@@ -165,10 +165,25 @@ impl Progress {
     }
 }
 
+/// The quiet period of the demo and the benchmark when the operator chose none: short, so they
+/// finish in seconds (the service's default is 2 s).
+pub const TOOL_QUIET_MS: u64 = 500;
+
+/// The quiet period a tool with its own default plans and runs with: `LULL_QUIET_MS` (or
+/// `--quiet-ms`) when given, else [`TOOL_QUIET_MS`].
+pub fn tool_quiet_ms(config: &Config, settings: &super::settings::SettingsArgs) -> u64 {
+    if settings.given("LULL_QUIET_MS") {
+        (config.quiet.as_millis() as u64).max(1)
+    } else {
+        TOOL_QUIET_MS
+    }
+}
+
 /// Runs the demo; returns its report (check [`DemoReport::passed`]).
 pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> {
+    let quiet_ms = tool_quiet_ms(&base, &args.settings);
     let mut config = base;
-    config.quiet = Duration::from_millis(args.quiet_ms.max(1));
+    config.quiet = Duration::from_millis(quiet_ms);
     if config.max_wait < config.quiet {
         config.max_wait = config.quiet;
     }
@@ -235,7 +250,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
         channel_share: args.channel_share,
         edit_share: args.edit_share,
         delete_share: args.delete_share,
-        ..PlanArgs::plain(args.users, args.fragments, args.quiet_ms, args.seed)
+        ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
     let changes = plan.changes_in_window.len() + plan.changes_after.len();
     let signals = plan.events.len() - plan.fragments() - changes;

@@ -15,6 +15,7 @@ mod logging;
 pub mod monitor;
 pub mod pending;
 pub mod run;
+pub mod settings;
 pub mod simulate;
 pub mod topics;
 pub mod verify;
@@ -49,8 +50,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker against KAFKA_BROKERS until SIGINT/SIGTERM. Every setting is an
     /// environment variable (or the flag listed here).
-    Run(run::RunArgs),
-    /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches.
+    Run(settings::SettingsArgs),
+    /// Run everything in-process on a mock Kafka cluster, type bursts, and check the batches (quiet
+    /// period 500 ms unless LULL_QUIET_MS is given).
     Demo(demo::DemoArgs),
     /// Check a deployment without joining the consumer group: every setting, the way to Kafka
     /// (DNS, TCP, TLS, SASL), the topics and their partitions, reading the input and the group's
@@ -58,9 +60,11 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Create the input, output and dead-letter topics on KAFKA_BROKERS.
     Topics(topics::TopicsArgs),
-    /// Benchmark the whole path on the embedded mock cluster (and Redis when REDIS_URL is set):
-    /// throughput through a backlog, then live flush lateness; prints JSON. Fails if any fragment
-    /// is lost or duplicated. Build with --release for meaningful figures.
+    /// Benchmark the whole path on the embedded mock cluster, or on the cluster --kafka-brokers
+    /// (alias --kafka) names on this command line (KAFKA_BROKERS from the environment is not
+    /// used), and Redis when REDIS_URL is set: throughput through a backlog, then live flush
+    /// lateness; prints JSON. Fails if any fragment is lost or duplicated. Quiet period 500 ms
+    /// unless LULL_QUIET_MS is given. Build with --release for meaningful figures.
     Bench(bench::BenchArgs),
     /// Type simulated users' bursts into LULL_INPUT_TOPIC on KAFKA_BROKERS, in real time (to try
     /// a running lull against a real broker).
@@ -81,11 +85,30 @@ pub enum Command {
     /// Follow every Redis command on lull's keys, from any process, as a per-key timeline (who
     /// updated a window, who flushed it, which TTL was set). Uses Redis MONITOR, which costs the
     /// server throughput: for debugging only. Needs REDIS_URL; Ctrl-C to stop.
-    Monitor,
+    Monitor(settings::SettingsArgs),
     /// Run librdkafka's mock Kafka cluster as a process of its own, for local development and
     /// tests. It keeps everything in memory (nothing on disk; all data is gone when it stops) and
     /// keeps only about 5 MiB per partition. Runs until SIGINT/SIGTERM.
     DevBroker(dev_broker::DevBrokerArgs),
+}
+
+impl Command {
+    /// The settings given on this command's line; `None` for a command that takes none.
+    pub fn settings(&self) -> Option<&settings::SettingsArgs> {
+        match self {
+            Command::Run(s) | Command::Monitor(s) => Some(s),
+            Command::Demo(a) => Some(&a.settings),
+            Command::Check(a) => Some(&a.settings),
+            Command::Topics(a) => Some(&a.settings),
+            Command::Bench(a) => Some(&a.settings),
+            Command::Simulate(a) => Some(&a.settings),
+            Command::Send(a) => Some(&a.settings),
+            Command::Tail(a) => Some(&a.settings),
+            Command::Verify(a) => Some(&a.settings),
+            Command::Pending(a) => Some(&a.settings),
+            Command::DevBroker(_) => None,
+        }
+    }
 }
 
 /// Runs one command to its exit code.
@@ -105,7 +128,7 @@ pub async fn dispatch(command: Command, config: Config) -> ExitCode {
         Command::Simulate(args) => simulate::main(config, args).await,
         Command::Send(args) => chat::send(config, args).await,
         Command::Tail(args) => chat::tail(config, args).await,
-        Command::Monitor => monitor::main(config).await,
+        Command::Monitor(_) => monitor::main(config).await,
         Command::DevBroker(args) => dev_broker::main(config, args).await,
     }
 }

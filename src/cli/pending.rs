@@ -14,11 +14,14 @@ pub struct PendingArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// `lull pending`.
 pub async fn main(config: Config, args: PendingArgs) -> ExitCode {
-    let PendingArgs { key, json } = args;
+    let PendingArgs { key, json, .. } = args;
     super::init_tracing(config.log_format, "warn");
     if config.redis_url.is_none() {
         eprintln!("REDIS_URL is not set: lull keeps pending windows only in memory without it");

@@ -24,11 +24,6 @@ pub struct SimulateArgs {
     /// Fragments to send in total (about; spread over the users).
     #[arg(long, default_value_t = 1_000)]
     pub fragments: usize,
-    /// The quiet period the typing is planned around: gaps inside a burst stay under 2/5 of it,
-    /// pauses between bursts are 2-4 times it. Default: LULL_QUIET_MS (what `lull run` uses), so
-    /// a running lull cuts exactly the planned bursts.
-    #[arg(long)]
-    pub quiet_ms: Option<u64>,
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -54,12 +49,18 @@ pub struct SimulateArgs {
     /// Share of fragments the user takes back with a `delete` signal (timed like the edits).
     #[arg(long, default_value_t = 0.0)]
     pub delete_share: f64,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// Types simulated bursts into `LULL_INPUT_TOPIC` on `KAFKA_BROKERS`, in real time, and returns
 /// how many fragments were acknowledged. For trying lull (or anything else) against a real broker.
 pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, DemoError> {
-    let quiet_ms = args.quiet_ms.unwrap_or(config.quiet.as_millis() as u64);
+    // The typing is planned around the quiet period (gaps inside a burst under 2/5 of it, pauses
+    // between bursts 2-4 times it): LULL_QUIET_MS, as `lull run` reads it, so a running lull cuts
+    // exactly the planned bursts.
+    let quiet_ms = config.quiet.as_millis() as u64;
     let plan = Plan::new(PlanArgs {
         typing_share: args.typing_share,
         final_share: args.final_share,

@@ -155,6 +155,9 @@ pub struct TopicsArgs {
     /// Replication factor [default: min(3, brokers in the cluster)].
     #[arg(long)]
     pub replication: Option<i32>,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// `lull topics`.
@@ -162,6 +165,7 @@ pub async fn main(config: Config, args: TopicsArgs) -> ExitCode {
     let TopicsArgs {
         partitions,
         replication,
+        ..
     } = args;
     super::init_tracing(config.log_format, "warn");
     if partitions < 1 || replication.is_some_and(|r| r < 1) {

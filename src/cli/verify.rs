@@ -17,11 +17,14 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Settings (flags over environment variables).
+    #[command(flatten)]
+    pub settings: super::settings::SettingsArgs,
 }
 
 /// `lull verify`.
 pub async fn main(config: Config, args: VerifyArgs) -> ExitCode {
-    let VerifyArgs { from, to, json } = args;
+    let VerifyArgs { from, to, json, .. } = args;
     super::init_tracing(config.log_format, "warn");
     let mut opts = lull::devkit::audit::VerifyOptions::default();
     for (arg, slot) in [(from, &mut opts.from_ms), (to, &mut opts.to_ms)] {

@@ -13,11 +13,23 @@ pub trait Env {
     fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
 }
 
-/// Adds a `.env` file in the working directory to the process environment (real variables win).
-pub(super) fn load_dotenv() -> Result<(), ConfigError> {
-    match dotenvy::dotenv() {
+/// Adds an env file to the process environment (real variables win): `path` when given (`--env-file`,
+/// which must exist), else `.env` in the working directory if there is one.
+pub(super) fn load_dotenv(path: Option<&std::path::Path>) -> Result<(), ConfigError> {
+    let (name, result) = match path {
+        Some(path) => (path.display().to_string(), dotenvy::from_path(path)),
+        None => (".env".to_string(), dotenvy::dotenv().map(|_| ())),
+    };
+    match result {
+        Err(error) if path.is_some() && error.not_found() => {
+            Err(ConfigError(vec![ConfigProblem {
+                variable: "--env-file".to_string(),
+                value: name,
+                expected: "a file of KEY=value lines (no such file)".to_string(),
+            }]))
+        }
         Err(error) if !error.not_found() => Err(ConfigError(vec![ConfigProblem {
-            variable: ".env".to_string(),
+            variable: name,
             value: "(file)".to_string(),
             expected: format!("KEY=value lines ({error})"),
         }])),

@@ -345,10 +345,14 @@ fn default_instance_id() -> String {
 }
 
 impl Config {
-    /// Reads the process environment, after loading `.env` from the working directory if present,
-    /// with settings given as flags (`lull run --quiet-ms 500`) over their variables.
-    pub fn from_process_env_with(flags: BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        load_dotenv()?;
+    /// Reads the process environment, after loading `env_file` (`--env-file`), or else `.env` from
+    /// the working directory if present, with settings given as flags (`lull run --quiet-ms 500`)
+    /// over their variables.
+    pub fn from_process_env_with(
+        env_file: Option<&std::path::Path>,
+        flags: BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        load_dotenv(env_file)?;
         Self::from_env(&WithFlags(flags))
     }
 

@@ -39,7 +39,7 @@ pub(super) async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseRepor
     let users = args.live_users.max(1);
     let burst = args.burst.max(1);
     // Each user repeats: a burst of `burst` fragments `gap_ms` apart, then a pause of 2-3x quiet.
-    let cycle_ms = burst as u64 * args.gap_ms + args.quiet_ms * 5 / 2;
+    let cycle_ms = burst as u64 * args.gap_ms + config.quiet.as_millis() as u64 * 5 / 2;
     let rate = users as f64 * burst as f64 / (cycle_ms as f64 / 1000.0);
     let commits_before = buckets(&metrics().transaction_seconds);
     let start = Instant::now();
