@@ -293,6 +293,67 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
     drop(m);
     drop(consumer);
 
+    // `lull top --once` against the running instance: its readiness, and one row per partition.
+    let http = lines
+        .seen
+        .iter()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["message"]
+                .as_str()?
+                .starts_with("serving /metrics")
+                .then_some(())?;
+            v["addr"].as_str().map(str::to_string)
+        })
+        .expect("the HTTP address is logged");
+    let top = lull()
+        .args(["top", "--once", "--interval", "200ms", "--url"])
+        .arg(format!("http://{http}"))
+        .output()
+        .expect("lull top runs");
+    let shown = String::from_utf8_lossy(&top.stdout);
+    assert_eq!(top.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!("at http://{http}: ready; 2 partitions")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("PARTITION  PHASE    OPEN  OLDEST_S  IN/S  OUT/S  LAG  COMMITS/S"),
+        "{shown}"
+    );
+    for partition in ["0", "1"] {
+        assert!(
+            shown.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.get(1) == Some(&partition) && cells.get(2) == Some(&"running")
+            }),
+            "partition {partition}:\n{shown}"
+        );
+    }
+    // The per-partition counters it reads: the three fragments and their one batch, on one
+    // partition.
+    let page = http_get_blocking(http.parse().expect("address"), "/metrics");
+    let total = |family: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        total("lull_partition_fragments_received_total"),
+        3.0,
+        "{page}"
+    );
+    assert_eq!(total("lull_partition_batches_flushed_total"), 1.0, "{page}");
+    // An instance that does not answer is named, and exit 1.
+    let top = lull()
+        .args(["top", "--once", "--interval", "100ms", "--url"])
+        .arg(format!("127.0.0.1:{}", closed_port()))
+        .output()
+        .expect("lull top runs");
+    assert_eq!(top.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&top.stdout).contains(": unreachable ("));
+
     signal(&worker.0, "-TERM");
     let status = wait_exit(&mut worker.0, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");

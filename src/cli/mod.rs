@@ -1,5 +1,5 @@
 //! The operator commands, one file each: `run` (the worker), and the tools around it — `check`,
-//! `demo`, `bench`, `simulate`, `send`, `tail`, `verify`, `topics`, `pending`, `monitor`,
+//! `demo`, `bench`, `simulate`, `send`, `tail`, `verify`, `topics`, `top`, `pending`, `monitor`,
 //! `dev-broker`. They sit on top of
 //! the library (and its [`lull::devkit`]); nothing in the library imports them.
 //!
@@ -17,6 +17,7 @@ pub mod pending;
 pub mod run;
 pub mod settings;
 pub mod simulate;
+pub mod top;
 pub mod topics;
 pub mod verify;
 
@@ -79,6 +80,10 @@ pub enum Command {
     /// duplicated or altered, batches breaking the configured boundaries, and latency. Exits 1 on
     /// any loss, duplicate or alteration.
     Verify(verify::VerifyArgs),
+    /// A live view of running instances from their /metrics: per partition its phase, open
+    /// windows, the oldest window's age, fragments in and batches out per second, lag and
+    /// commits; per instance its readiness and why not. Keys sort; --once prints one snapshot.
+    Top(top::TopArgs),
     /// Show a user's open window from Redis: is this user mid-burst, and when does the batch go
     /// out? Prints "none" when there is no open window. Needs REDIS_URL.
     Pending(pending::PendingArgs),
@@ -106,6 +111,7 @@ impl Command {
             Command::Tail(a) => Some(&a.settings),
             Command::Verify(a) => Some(&a.settings),
             Command::Pending(a) => Some(&a.settings),
+            Command::Top(a) => Some(&a.settings),
             Command::DevBroker(_) => None,
         }
     }
@@ -128,6 +134,7 @@ pub async fn dispatch(command: Command, config: Config) -> ExitCode {
         Command::Simulate(args) => simulate::main(config, args).await,
         Command::Send(args) => chat::send(config, args).await,
         Command::Tail(args) => chat::tail(config, args).await,
+        Command::Top(args) => top::main(config, args).await,
         Command::Monitor(_) => monitor::main(config).await,
         Command::DevBroker(args) => dev_broker::main(config, args).await,
     }

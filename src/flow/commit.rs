@@ -148,6 +148,9 @@ fn commit<C: ConsumerContext>(
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => {
             metrics().commits.inc();
+            for &(p, _) in marks {
+                metrics().partitions.committed(p);
+            }
             debug!(why, offsets = ?marks, "committed");
             true
         }

@@ -179,6 +179,7 @@ impl Owner {
                 status: Status::new(tx, self.changed.clone()),
                 revoked: revoked.clone(),
                 shutdown: s.shutdown.clone(),
+                counters: metrics().partitions.counters(partition),
             };
             let task = s
                 .supervisor
@@ -220,6 +221,7 @@ impl Owner {
             let _ = metrics()
                 .consumer_lag
                 .remove_label_values(&[&p.to_string()]);
+            metrics().partitions.forget(*p);
         }
         let points: Vec<(i32, Option<i64>)> = handles
             .iter()
@@ -279,6 +281,11 @@ impl Owner {
             if let Some(ts) = progress.oldest_open_ts {
                 oldest = oldest.min(ts);
             }
+            let age = progress
+                .oldest_open_ts
+                .map_or(0.0, |ts| (now_ms() - ts).max(0) as f64 / 1000.0);
+            m.partitions
+                .set(*p, progress.open_windows, age, progress.phase.name());
             if !progress.reading && progress.commit.is_some() {
                 held_back += 1;
             }

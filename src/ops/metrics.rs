@@ -91,6 +91,8 @@ pub struct Metrics {
     pub budget_bytes: IntGauge,
     /// 1 while `/health/ready` would answer ready, else 0.
     pub ready: IntGauge,
+    /// The per-partition families (`lull top`).
+    pub partitions: crate::ops::partition_metrics::PartitionFamilies,
 }
 
 /// Registers `metric` and hands it back: every family is defined in code, so its definition is
@@ -369,6 +371,7 @@ impl Metrics {
                 "lull_ready",
                 "1 while this instance is ready (see /health/ready), else 0.",
             ),
+            partitions: crate::ops::partition_metrics::PartitionFamilies::new(&registry),
             registry,
         }
     }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod kafka_log;
 pub mod metrics;
+pub mod partition_metrics;
 #[cfg(target_os = "linux")]
 pub mod process;
 pub mod shutdown;

@@ -114,6 +114,7 @@ impl Worker {
                 channel,
             } => {
                 m.batches_flushed.with_label_values(&[reason]).inc();
+                self.counters.batches.inc();
                 // Bounded: the configured channels, all others as `other`.
                 let name = usize::from(*channel)
                     .checked_sub(1)

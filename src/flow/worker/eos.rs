@@ -242,6 +242,7 @@ impl Worker {
         let c = result.map_err(Stop::Abort)?;
         let m = metrics();
         m.transactions.with_label_values(&["committed"]).inc();
+        self.counters.commits.inc();
         if let Some(since) = since {
             m.transaction_seconds.observe(since.elapsed().as_secs_f64());
         }

@@ -74,12 +74,20 @@ pub struct Intake {
     linger: Option<Duration>,
     /// One past the last offset read.
     next: Option<i64>,
+    /// The partition's `lull_partition_fragments_received_total`.
+    received: prometheus::IntCounter,
 }
 
 impl Intake {
     /// Intake for `partition` of the configured input topic; `linger` when a Redis gate wants
     /// fuller chunks.
-    pub fn new(config: &Config, topic: Arc<str>, partition: i32, lingers: bool) -> Self {
+    pub fn new(
+        config: &Config,
+        topic: Arc<str>,
+        partition: i32,
+        lingers: bool,
+        received: prometheus::IntCounter,
+    ) -> Self {
         // Topic names are validated at start ([a-zA-Z0-9._-]): no NUL byte.
         let topic_c = CString::new(topic.as_bytes()).unwrap_or_default();
         Self {
@@ -90,6 +98,7 @@ impl Intake {
             timestamp: config.timestamp,
             linger: lingers.then(|| ADMIT_LINGER.min(config.grace / 4)),
             next: None,
+            received,
         }
     }
 
@@ -153,6 +162,7 @@ impl Intake {
         match received {
             Ok(m) => {
                 metrics().fragments_received.inc();
+                self.received.inc();
                 *last_offset = Some(m.offset());
                 chunk.bytes += m.key_len() + m.payload_len();
                 chunk.items.push(self.parse(&m, now));

@@ -111,6 +111,8 @@ pub struct Worker {
     pub revoked: CancellationToken,
     /// Cancelled when the process stops: drain, then stop.
     pub shutdown: CancellationToken,
+    /// The partition's own counters (`lull_partition_*`).
+    pub counters: crate::ops::partition_metrics::PartitionCounters,
 }
 
 /// The parts of one worker, each owning its state, in travel order.
@@ -318,6 +320,7 @@ impl Worker {
                 self.topic.clone(),
                 self.partition,
                 self.store.is_some(),
+                self.counters.fragments.clone(),
             ),
             gate: Gate::new(GateParts {
                 store: self.store.clone(),

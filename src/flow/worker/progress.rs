@@ -35,6 +35,20 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    /// The phase as `lull_partition_phase` names it; `None` once stopped.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Phase::Claiming => Some("claiming"),
+            Phase::Waiting => Some("waiting"),
+            Phase::Running => Some("running"),
+            Phase::Draining => Some("draining"),
+            Phase::Fenced => Some("fenced"),
+            Phase::Done => None,
+        }
+    }
+}
+
 /// What a worker reports about its partition, through a `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionProgress {
@@ -45,6 +59,8 @@ pub struct PartitionProgress {
     pub high: Option<i64>,
     /// First timestamp of the oldest open window.
     pub oldest_open_ts: Option<i64>,
+    /// Windows open now.
+    pub open_windows: usize,
     /// Whether the worker is reading input (false while the budget or its outbox hold it back).
     pub reading: bool,
     /// Where the worker is in its life.
@@ -60,6 +76,7 @@ impl Default for PartitionProgress {
             commit: None,
             high: None,
             oldest_open_ts: None,
+            open_windows: 0,
             reading: false,
             phase: Phase::default(),
             output_ok: true,
@@ -201,6 +218,7 @@ impl Progress {
                 commit,
                 high,
                 oldest_open_ts,
+                open_windows,
                 reading,
                 ..*p
             };
