@@ -701,6 +701,51 @@ fn every_tool_takes_the_settings_as_flags_and_an_env_file() {
     );
 }
 
+/// Long work shows progress on a terminal (here a pseudo-terminal, from `script`) and nothing
+/// extra when its output is piped.
+#[test]
+fn the_demo_shows_progress_on_a_terminal_only() {
+    let bin = env!("CARGO_BIN_EXE_lull");
+    // The clean environment of `lull()`, around `script`, which gives the demo a terminal.
+    let out = Command::new("script")
+        .args(["-qfec"])
+        .arg(format!("{bin} demo --users 5 --fragments 40 --samples 0"))
+        .arg("/dev/null")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.contains("waiting for its partitions"), "{seen}");
+    assert!(seen.contains("batched (typed"), "{seen}");
+
+    let out = lull()
+        .args([
+            "demo",
+            "--users",
+            "5",
+            "--fragments",
+            "40",
+            "--samples",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stderr, "", "piped: nothing on stderr");
+    assert!(
+        !stdout.contains("batched (typed") && !stdout.contains('\r'),
+        "{stdout}"
+    );
+}
+
 /// The demo keeps its short quiet period only when the operator chose none: `LULL_QUIET_MS` and
 /// `--quiet-ms` mean the same to it as to `lull run` and `simulate`.
 #[test]

@@ -177,4 +177,27 @@ async fn a_time_window_reads_only_its_part_of_the_topics() {
     );
     let all = audit(None, None).await.unwrap().unwrap();
     assert_eq!((all.fragments_in, all.batches), (5, 2), "{all:#?}");
+
+    // How far each topic was read, for `lull verify`'s bars: the input's five messages, the
+    // output's two batches (their transactions' commit markers count in the span, not as read),
+    // and the DLQ, empty.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = lull::devkit::audit::VerifyOptions {
+        progress: Some(tx),
+        ..Default::default()
+    };
+    let run = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || lull::devkit::audit::run(&cfg, &opts))
+    };
+    run.await.unwrap().unwrap();
+    let mut last: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    while let Ok(p) = rx.try_recv() {
+        assert!(p.read <= p.total, "{p:?}");
+        last.insert(p.topic, (p.read, p.total));
+    }
+    assert_eq!(last[&cluster.input], (5, 5), "{last:?}");
+    assert_eq!(last[&cluster.output].0, 2, "{last:?}");
+    assert!(last[&cluster.output].1 >= 2, "{last:?}");
+    assert_eq!(last[&cluster.dlq], (0, 0), "{last:?}");
 }

@@ -142,13 +142,9 @@ pub struct BenchReport {
 
 /// The delivery audit of a phase's topics (it blocks: off the async workers).
 async fn audit(config: &Config) -> Result<lull::devkit::audit::VerifyReport, BenchError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || {
-        lull::devkit::audit::run(&config, &lull::devkit::audit::VerifyOptions::default())
-    })
-    .await
-    .map_err(|e| BenchError::Worker(e.to_string()))?
-    .map_err(BenchError::from)
+    super::verify::audit(config.clone(), Default::default())
+        .await
+        .map_err(BenchError::Audit)
 }
 
 /// Why the benchmark could not run.
@@ -164,8 +160,8 @@ pub enum BenchError {
     #[error("worker: {0}")]
     Worker(String),
     /// The audit failed to run.
-    #[error(transparent)]
-    Verify(#[from] lull::devkit::audit::VerifyError),
+    #[error("audit: {0}")]
+    Audit(String),
     /// The phase did not finish in time.
     #[error("{0} did not finish within the time limit")]
     Timeout(String),
@@ -268,13 +264,16 @@ async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchErr
     });
     let base = lull::ops::clock::now_ms() - 3_600_000;
     let mut writer = Writer::new(config, &config.input_topic)?;
+    let written = super::progress::bar(plan.events.len() as u64, "writing the backlog");
     for e in &plan.events {
         let (key, value) = plan.message(e, "");
         writer
             .send(&key, &value, Some(base + e.at_ms as i64))
             .await?;
+        written.inc(1);
     }
     writer.finish().await?;
+    written.finish_and_clear();
     Ok(())
 }
 
@@ -398,7 +397,9 @@ async fn throughput(
     let mut peak_windows = 0;
     let mut peak_held = 0;
     let deadline = start + Duration::from_secs(600);
+    let batched = super::progress::bar(args.fragments as u64, format!("{name}: batched"));
     while acked_fragments() - acked_before < args.fragments as u64 {
+        batched.set_position(acked_fragments() - acked_before);
         let w = metrics().open_windows.get();
         if w > peak_windows {
             peak_windows = w;
@@ -409,6 +410,7 @@ async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    batched.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let batches = (metrics().batch_fragments.get_sample_count() - batches_before) as usize;

@@ -5,7 +5,6 @@
 //! checks, itself, that every fragment is in exactly one batch, none lost, none duplicated, and
 //! each user's fragments in order. The result decides the exit code.
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,49 +121,6 @@ impl DemoReport {
     }
 }
 
-/// A one-line progress bar on stderr (only when stderr is a terminal).
-struct Progress {
-    tty: bool,
-    total: usize,
-    last_draw: Option<std::time::Instant>,
-}
-
-impl Progress {
-    fn draw(&mut self, produced: usize, batched: usize, force: bool) {
-        if !self.tty {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if !force
-            && self
-                .last_draw
-                .is_some_and(|t| now - t < Duration::from_millis(100))
-        {
-            return;
-        }
-        self.last_draw = Some(now);
-        let width = 30;
-        let filled = (batched * width)
-            .checked_div(self.total)
-            .unwrap_or(0)
-            .min(width);
-        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(width - filled));
-        let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r  [{bar}] typed {produced:>6}/{total}  batched {batched:>6}/{total}",
-            total = self.total
-        );
-        let _ = err.flush();
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            eprintln!();
-        }
-    }
-}
-
 /// The quiet period of the demo and the benchmark when the operator chose none: short, so they
 /// finish in seconds (the service's default is 2 s).
 pub const TOOL_QUIET_MS: u64 = 500;
@@ -275,13 +231,16 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     let mut read_started: Option<std::time::Instant> = None;
     if args.backlog {
         let base = now_ms() - plan.span_ms() as i64 - 10_000;
+        let written = super::progress::bar(plan.events.len() as u64, "writing the backlog");
         for e in &plan.events {
             let (key, value) = plan.message(e, "");
             writer
                 .send(&key, &value, Some(base + e.at_ms as i64))
                 .await?;
+            written.inc(1);
         }
         writer.finish().await?;
+        written.finish_and_clear();
         next = plan.events.len();
         println!("  backlog of {total} fragments written; starting the worker on it");
     }
@@ -297,12 +256,14 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
 
     // Type only once the worker owns its partitions, so the first bursts are not read late.
     let join_deadline = Instant::now() + Duration::from_secs(60);
+    let joining = super::progress::spinner("starting the worker: waiting for its partitions");
     while health.assigned_partitions() < partitions as usize {
         if worker.is_finished() || Instant::now() > join_deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    joining.finish_and_clear();
     if args.backlog {
         read_started = Some(std::time::Instant::now());
     }
@@ -320,11 +281,7 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
                 .map(|&u| lull::devkit::load::user_name(u))
                 .collect(),
         );
-    let mut progress = Progress {
-        tty: std::io::stderr().is_terminal(),
-        total,
-        last_draw: None,
-    };
+    let progress = super::progress::bar(total as u64, "");
     let start = Instant::now();
     let deadline = start
         + Duration::from_millis(plan.span_ms())
@@ -373,10 +330,10 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
             }
         }
         writer.poll_acks()?;
-        progress.draw(writer.acked(), tally.distinct().min(total), false);
+        progress.set_position(tally.distinct().min(total) as u64);
+        progress.set_message(format!("batched (typed {})", writer.acked()));
     }
-    progress.draw(writer.acked(), tally.distinct().min(total), true);
-    progress.finish();
+    progress.finish_and_clear();
 
     token.cancel();
     let finished = match worker_result {

@@ -14,6 +14,7 @@ pub mod dev_broker;
 mod logging;
 pub mod monitor;
 pub mod pending;
+mod progress;
 pub mod run;
 pub mod settings;
 pub mod simulate;

@@ -89,12 +89,16 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
     let start = Instant::now();
     // Event ids of this run only: typing the same session twice is not a producer retry.
     let run = format!("{:x}-", lull::ops::clock::now_ms());
+    let typed = super::progress::bar(plan.events.len() as u64, "typed (messages)");
     for e in &plan.events {
         tokio::time::sleep_until(start + Duration::from_millis(e.at_ms)).await;
         let (key, value) = plan.message(e, &run);
         writer.send(&key, &value, None).await?;
+        typed.inc(1);
     }
+    typed.set_message("waiting for acknowledgements");
     writer.finish().await?;
+    typed.finish_and_clear();
     Ok(plan.fragments())
 }
 

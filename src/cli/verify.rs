@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use lull::config::Config;
+use lull::devkit::audit::{VerifyOptions, VerifyReport};
 
 /// Verify arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,11 +23,47 @@ pub struct VerifyArgs {
     pub settings: super::settings::SettingsArgs,
 }
 
+/// Runs the audit off the async workers (it blocks), with a bar per topic read on a terminal.
+pub async fn audit(config: Config, opts: VerifyOptions) -> Result<VerifyReport, String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = VerifyOptions {
+        progress: Some(tx),
+        ..opts
+    };
+    let mut work = tokio::task::spawn_blocking(move || lull::devkit::audit::run(&config, &opts));
+    let mut shown: Option<(String, indicatif::ProgressBar)> = None;
+    let result = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            Some(p) = rx.recv() => {
+                if shown.as_ref().is_none_or(|(topic, _)| *topic != p.topic) {
+                    if let Some((_, bar)) = shown.take() {
+                        bar.finish_and_clear();
+                    }
+                    let bar = super::progress::bar(p.total, format!("reading {}", p.topic));
+                    shown = Some((p.topic.clone(), bar));
+                }
+                if let Some((_, bar)) = &shown {
+                    bar.set_position(p.read.min(p.total));
+                }
+            }
+        }
+    };
+    if let Some((_, bar)) = shown {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `lull verify`.
 pub async fn main(config: Config, args: VerifyArgs) -> ExitCode {
     let VerifyArgs { from, to, json, .. } = args;
     super::init_tracing(config.log_format, "warn");
-    let mut opts = lull::devkit::audit::VerifyOptions::default();
+    let mut opts = VerifyOptions::default();
     for (arg, slot) in [(from, &mut opts.from_ms), (to, &mut opts.to_ms)] {
         if let Some(s) = arg {
             match lull::devkit::audit::parse_time(&s) {
@@ -38,18 +75,13 @@ pub async fn main(config: Config, args: VerifyArgs) -> ExitCode {
             }
         }
     }
-    let report =
-        match tokio::task::spawn_blocking(move || lull::devkit::audit::run(&config, &opts)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                eprintln!("verify failed: {e}");
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("verify failed: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let report = match audit(config, opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("verify failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),

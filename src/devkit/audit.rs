@@ -15,15 +15,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{Config, TimestampSource};
 use crate::model::fragment::{self, RawMessage};
 use crate::ops::clock::now_ms;
+
+mod read;
+
+pub use read::ReadProgress;
+use read::{read_all, Span};
 
 /// What to audit.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +38,8 @@ pub struct VerifyOptions {
     /// Give up when a topic makes no progress for this long (default 60 s): a stall, not a cap on
     /// the whole read, so production-sized topics are read to the end.
     pub read_timeout: Option<Duration>,
+    /// Where to report how far each topic was read (a progress bar), if anywhere.
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<ReadProgress>>,
 }
 
 /// The audit's findings.
@@ -134,124 +139,6 @@ struct SourceView {
     last_offset: i64,
 }
 
-/// Message timestamps lie by up to this much (producer clocks, batching): time windows are
-/// widened by it on each side and filtered exactly afterwards.
-const CLOCK_MARGIN_MS: i64 = 60_000;
-
-/// Which part of a topic to read, by message timestamp (Unix ms): `None` = from the earliest
-/// offset / to the end the topic has now.
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    from_ms: Option<i64>,
-    to_ms: Option<i64>,
-}
-
-/// Reads the messages of `topic` whose offsets lie within `span` (found with the broker's time
-/// index, so only that part of the topic is fetched) up to the end it has now.
-fn read_all(
-    config: &Config,
-    topic: &str,
-    span: Span,
-    timeout: Duration,
-) -> Result<Vec<rdkafka::message::OwnedMessage>, VerifyError> {
-    // What a downstream consumer sees: nothing of an aborted transaction, each committed batch
-    // once.
-    let mut cc =
-        crate::io::kafka::reader_config(config, &format!("lull-verify-{}", std::process::id()));
-    cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cc.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    // Offsets of the first message at or after a time, per partition (None: no such message).
-    let offsets_at = |ms: i64| -> Result<HashMap<i32, Option<i64>>, VerifyError> {
-        let mut ask = TopicPartitionList::new();
-        for &p in &partitions {
-            ask.add_partition_offset(topic, p, Offset::Offset(ms))?;
-        }
-        let found = consumer.offsets_for_times(ask, Duration::from_secs(10))?;
-        Ok(found
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), Some(o)),
-                _ => (e.partition(), None),
-            })
-            .collect())
-    };
-    let starts = span
-        .from_ms
-        .map(|ms| offsets_at(ms - CLOCK_MARGIN_MS))
-        .transpose()?;
-    let stops = span
-        .to_ms
-        .map(|ms| offsets_at(ms + CLOCK_MARGIN_MS))
-        .transpose()?;
-    let mut ends = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        let start = match &starts {
-            // Nothing at or after the start time: nothing to read here.
-            Some(s) => s.get(&p).copied().flatten().unwrap_or(high).max(low),
-            None => low,
-        };
-        let end = match &stops {
-            Some(s) => s.get(&p).copied().flatten().unwrap_or(high).min(high),
-            None => high,
-        };
-        if end > start {
-            ends.insert(p, end);
-            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    drop(tpl);
-    let mut deadline = std::time::Instant::now() + timeout;
-    let mut done: HashSet<i32> = HashSet::new();
-    while done.len() < ends.len() {
-        if std::time::Instant::now() > deadline {
-            return Err(VerifyError::Timeout(topic.to_string()));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                deadline = std::time::Instant::now() + timeout;
-                let p = m.partition();
-                if m.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
-                    done.insert(p);
-                }
-                if m.offset() < ends.get(&p).copied().unwrap_or(0) {
-                    out.push(m.detach());
-                }
-            }
-            // The end of a transactional topic is a commit marker, never delivered: past it the
-            // consumer's position says how far the partition was read.
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {
-                let position = consumer.position()?;
-                for e in position.elements_for_topic(topic) {
-                    if let (Offset::Offset(o), Some(end)) = (e.offset(), ends.get(&e.partition())) {
-                        if o >= *end {
-                            done.insert(e.partition());
-                        }
-                    }
-                }
-            }
-            // A broker that restarted shows as a transport failure until librdkafka reconnects:
-            // passing, like every fetch error (a stall ends the read at the timeout above).
-            Some(Err(e)) if crate::ops::kafka_log::is_unreachable(&e) => {}
-            Some(Err(e)) => return Err(VerifyError::Kafka(e)),
-        }
-    }
-    Ok(out)
-}
-
 /// The `p`-th percentile (nearest rank) of an ascending slice; 0 when empty.
 pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
@@ -275,9 +162,10 @@ pub fn run(config: &Config, opts: &VerifyOptions) -> Result<VerifyReport, Verify
         from_ms: opts.from_ms,
         to_ms: None,
     };
-    let inputs_raw = read_all(config, &config.input_topic, input, timeout)?;
-    let outputs = read_all(config, &config.output_topic, output, timeout)?;
-    let dead = read_all(config, &config.dlq_topic, output, timeout)?;
+    let progress = opts.progress.as_ref();
+    let inputs_raw = read_all(config, &config.input_topic, input, timeout, progress)?;
+    let outputs = read_all(config, &config.output_topic, output, timeout, progress)?;
+    let dead = read_all(config, &config.dlq_topic, output, timeout, progress)?;
 
     // Input, per partition, in offset order.
     let mut inputs: BTreeMap<i32, Vec<Input>> = BTreeMap::new();

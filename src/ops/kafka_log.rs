@@ -113,7 +113,10 @@ impl KafkaLog {
     /// An error from a client's error callback, with librdkafka's `reason`: an unreachable
     /// cluster is the state above; anything else is [`KafkaLog::error`] of kind `what`.
     pub fn client_error(&self, what: &'static str, error: &KafkaError, reason: &str) {
-        if is_unreachable(error) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            // The end of a partition, which a reader asked to be told of: not an error.
+            debug!(reason, "{what}: end of partition");
+        } else if is_unreachable(error) {
             self.unreachable(reason);
         } else {
             self.error(what, error);

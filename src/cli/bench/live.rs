@@ -50,10 +50,12 @@ pub(super) async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseRepor
     let mut seqs = vec![0usize; users];
     let mut peak_windows = 0;
     let mut peak_held = 0;
+    let typing = super::super::progress::bar(args.live_seconds, "live: seconds of typing");
     // Users are spread evenly over the cycle; user u types fragment i of a burst at
     // offset(u) + i * gap within each cycle.
     while Instant::now() < end {
         let elapsed = start.elapsed().as_millis() as u64;
+        typing.set_position(elapsed / 1000);
         let due = ((elapsed as f64 / 1000.0) * rate) as usize;
         while sent < due {
             let slot = sent % (users * burst);
@@ -71,6 +73,7 @@ pub(super) async fn live(args: &BenchArgs, config: &Config) -> Result<PhaseRepor
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    typing.finish_and_clear();
     writer.finish().await?;
     // Let every window close, then stop.
     let quiet_end = Instant::now() + config.max_wait + config.grace + Duration::from_secs(2);
