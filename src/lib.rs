@@ -100,15 +100,10 @@ const TRANSACTIONS_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// once it can. Returns whether offsets must also be committed outside the transactions: on
 /// librdkafka's mock cluster (`lull demo`, `lull dev-broker`), which answers transactional offset
 /// commits without keeping them.
-async fn check_transactions(config: &Config) -> Result<bool, RunError> {
+async fn check_transactions(config: &Config, cluster: Option<String>) -> Result<bool, RunError> {
     let probe = io::transactional::TxnProducer::probe(config)
         .map_err(|e| RunError::Transactions(e.to_string()))?;
     let probe = Arc::new(probe);
-    let asked = probe.clone();
-    let cluster =
-        tokio::task::spawn_blocking(move || asked.cluster_id(std::time::Duration::from_secs(5)))
-            .await
-            .unwrap_or_default();
     let Some(cluster) = cluster else {
         // Kafka cannot be reached (said once by the connection log): the partitions start their
         // transactions, and read the state topic, once it can.
@@ -153,6 +148,44 @@ async fn check_transactions(config: &Config) -> Result<bool, RunError> {
     Ok(mock)
 }
 
+/// The session timeout lull's consumer uses on librdkafka's mock cluster unless
+/// `LULL_KAFKA_SESSION_TIMEOUT_MS` says otherwise.
+const MOCK_SESSION_TIMEOUT_MS: u64 = 6_000;
+
+/// Asks the brokers who they are (`None`: they cannot be reached within 5 s; the connection log
+/// says so) and fits the configuration to librdkafka's mock cluster (`lull dev-broker`): when a
+/// group's last member leaves, the mock takes no new member until that member's session
+/// timeout has run out (librdkafka's default: 45 s), so a restarted lull would wait that long,
+/// silent, outside the group. On the mock, lull's session timeout is 6 s (and the drain timeout
+/// at most half of it) unless the operator set one.
+async fn fit_to_the_brokers(mut config: Config) -> (Config, Option<String>) {
+    let probe = config.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        io::kafka::cluster_id(&probe, std::time::Duration::from_secs(5))
+    })
+    .await
+    .unwrap_or_default();
+    let mock = cluster.as_deref().is_some_and(io::kafka::is_mock_cluster);
+    if mock && !config.kafka.contains_key("session.timeout.ms") {
+        config.kafka.insert(
+            "session.timeout.ms".to_string(),
+            config::KafkaProperty::Plain(MOCK_SESSION_TIMEOUT_MS.to_string()),
+        );
+        let drain = config.drain_timeout.min(std::time::Duration::from_millis(
+            MOCK_SESSION_TIMEOUT_MS / 2,
+        ));
+        config.drain_timeout = drain;
+        tracing::info!(
+            session_timeout_ms = MOCK_SESSION_TIMEOUT_MS,
+            drain_timeout_ms = drain.as_millis() as u64,
+            "librdkafka's mock cluster: session timeout 6 s, so a restarted lull joins within \
+             seconds (the mock waits out the session of a group's last member even after it \
+             left); LULL_KAFKA_SESSION_TIMEOUT_MS overrides it"
+        );
+    }
+    (config, cluster)
+}
+
 /// Runs the worker until `shutdown` is cancelled (then drains, commits and returns `Ok`), or
 /// until something fails that cannot be retried.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -165,11 +198,12 @@ pub async fn run_with_health(
     shutdown: CancellationToken,
     health: Arc<ops::health::Health>,
 ) -> Result<(), RunError> {
+    let (config, cluster) = fit_to_the_brokers(config).await;
     let config = Arc::new(config);
     let supervisor = ops::supervisor::Supervisor::new(health.clone(), shutdown.clone());
     let sink = io::producer::Sink::new(&config)?;
     let plain_commits = if config.exactly_once() {
-        check_transactions(&config).await?
+        check_transactions(&config, cluster).await?
     } else {
         true
     };

@@ -366,6 +366,67 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
     );
 }
 
+/// `lull run` stopped and started again against `dev-broker` is back in its group within
+/// seconds: the mock takes no new member until the last one's session has run out, even after it
+/// left, so lull uses a short session there (before: 40-44 s, silent). With a long session set
+/// by the operator the wait comes back, and lull says why it waits.
+#[test]
+fn run_restarted_against_dev_broker_rejoins_within_seconds_or_says_why_it_waits() {
+    let dir = tempdir("restart");
+    let bootstrap_file = dir.join("bootstrap");
+    let broker = lull()
+        .args(["dev-broker", "--partitions", "2", "--bootstrap-file"])
+        .arg(&bootstrap_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev-broker starts");
+    let _broker = Guard(broker);
+    let bootstrap = wait_file(&bootstrap_file);
+    let start = |session_ms: Option<&str>| {
+        let mut c = lull();
+        c.arg("run")
+            .env("KAFKA_BROKERS", &bootstrap)
+            .env("LULL_HTTP_ADDR", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped());
+        if let Some(ms) = session_ms {
+            c.env("LULL_KAFKA_SESSION_TIMEOUT_MS", ms);
+        }
+        let mut child = Guard(c.spawn().expect("lull run starts"));
+        let lines = Lines::follow(child.0.stderr.take().expect("stderr piped"));
+        (child, lines)
+    };
+    let stop = |mut child: Guard| {
+        signal(&child.0, "-TERM");
+        assert_eq!(wait_exit(&mut child.0, DEADLINE).code(), Some(0));
+    };
+    for round in 0..2 {
+        let began = Instant::now();
+        let (child, mut lines) = start(None);
+        lines.until_text("partitions assigned");
+        assert!(lines.contains("librdkafka's mock cluster: session timeout 6 s"));
+        // Before: 40-44 s on the second round. Generous for a loaded machine, far below that.
+        assert!(
+            began.elapsed() < Duration::from_secs(25),
+            "round {round}: joined after {:?}",
+            began.elapsed()
+        );
+        stop(child);
+    }
+    let (child, mut lines) = start(Some("45000"));
+    lines.until_text("partitions assigned");
+    assert!(
+        !lines.contains("session timeout 6 s"),
+        "the operator's setting wins"
+    );
+    stop(child);
+    let (child, mut lines) = start(Some("45000"));
+    lines.until_text("not in the consumer group yet");
+    assert!(lines.contains("counts until its session times out"));
+    stop(child);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_shows_an_open_window_or_none() {
     let redis = RedisServer::shared();

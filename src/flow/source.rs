@@ -32,6 +32,9 @@ use super::FlowError;
 /// How often the loop proves it turns (liveness) and publishes readiness.
 const TICK: Duration = Duration::from_millis(500);
 
+/// How long lull waits to join its group before it says why it may wait (once).
+const JOIN_PATIENCE: Duration = Duration::from_secs(15);
+
 /// How often the brokers' reachability is checked (for readiness).
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -93,6 +96,8 @@ pub async fn run(
     let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe: Option<JoinHandle<Option<bool>>> = None;
+    let subscribed = std::time::Instant::now();
+    let mut waited_said = false;
     health.polled();
     loop {
         tokio::select! {
@@ -103,6 +108,18 @@ pub async fn run(
                 health.polled();
                 let ready = crate::ops::http::readiness(&health, &config.instance_id).ready;
                 metrics().ready.set(i64::from(ready));
+                if !waited_said && !health.in_group() && subscribed.elapsed() > JOIN_PATIENCE {
+                    waited_said = true;
+                    info!(
+                        group = %config.group_id,
+                        waited_s = subscribed.elapsed().as_secs(),
+                        "not in the consumer group yet (not ready: not_in_group): the group's \
+                         coordinator waits for every member it still counts, and a member that \
+                         stopped without leaving (killed, or cut off) counts until its session \
+                         times out (session.timeout.ms: 45 s unless LULL_KAFKA_SESSION_TIMEOUT_MS \
+                         says otherwise)"
+                    );
+                }
             }
             _ = brokers_down.notified() => health.set_kafka_reachable(false),
             outcome = finished(&mut probe), if probe.is_some() => {

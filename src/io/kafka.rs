@@ -331,6 +331,17 @@ pub fn topic_identity<C: ClientContext>(
     Ok(cluster.map(|id| format!("cluster:{id}")))
 }
 
+/// The brokers' cluster id, `None` when they cannot be asked within `timeout` (or give none).
+/// Blocks: call it off the async workers.
+pub fn cluster_id(config: &Config, timeout: Duration) -> Option<String> {
+    use rdkafka::consumer::Consumer;
+    let client: rdkafka::consumer::BaseConsumer<crate::ops::kafka_log::ClientLog> =
+        probe_config(config)
+            .create_with_context(crate::ops::kafka_log::ClientLog::CONSUMER)
+            .ok()?;
+    client.client().fetch_cluster_id(timeout)
+}
+
 /// Whether `cluster_id` is that of librdkafka's in-process mock cluster (`lull demo`,
 /// `lull dev-broker`), which has no topic ids and no transactional offsets.
 pub fn is_mock_cluster(cluster_id: &str) -> bool {

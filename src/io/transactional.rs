@@ -277,11 +277,6 @@ impl TxnProducer {
         crate::io::kafka::topic_identity(self.producer.client(), topic, timeout)
     }
 
-    /// The cluster's id, when it says; blocks.
-    pub fn cluster_id(&self, timeout: Duration) -> Option<String> {
-        self.producer.client().fetch_cluster_id(timeout)
-    }
-
     /// Hands a record to the open transaction. State records go to the state topic's partition
     /// of the same number as the input partition; everything else is partitioned by key.
     pub fn send(&self, record: &Record) -> Result<(), SendError> {
