@@ -199,19 +199,27 @@ fn wait_file(path: &Path) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
-    let dir = tempdir("procs");
-    let bootstrap_file = dir.join("bootstrap");
+/// `lull dev-broker` with two partitions (and `extra` arguments) as a process: it, and its
+/// bootstrap address once it wrote it.
+fn dev_broker(name: &str, extra: &[&str]) -> (Guard, String) {
+    let bootstrap_file = tempdir(name).join("bootstrap");
     let broker = lull()
-        .args(["dev-broker", "--partitions", "2", "--bootstrap-file"])
+        .args(["dev-broker", "--partitions", "2"])
+        .args(extra)
+        .arg("--bootstrap-file")
         .arg(&bootstrap_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("dev-broker starts");
-    let mut broker = Guard(broker);
+    let broker = Guard(broker);
     let bootstrap = wait_file(&bootstrap_file);
+    (broker, bootstrap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
+    let (mut broker, bootstrap) = dev_broker("procs", &[]);
 
     // `lull topics` against the dev broker: its topics exist already, nothing to create.
     let topics = lull()
@@ -372,17 +380,7 @@ async fn dev_broker_and_run_as_processes_batch_traffic_and_stop_on_sigterm() {
 /// by the operator the wait comes back, and lull says why it waits.
 #[test]
 fn run_restarted_against_dev_broker_rejoins_within_seconds_or_says_why_it_waits() {
-    let dir = tempdir("restart");
-    let bootstrap_file = dir.join("bootstrap");
-    let broker = lull()
-        .args(["dev-broker", "--partitions", "2", "--bootstrap-file"])
-        .arg(&bootstrap_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev-broker starts");
-    let _broker = Guard(broker);
-    let bootstrap = wait_file(&bootstrap_file);
+    let (_broker, bootstrap) = dev_broker("restart", &[]);
     let start = |session_ms: Option<&str>| {
         let mut c = lull();
         c.arg("run")
@@ -881,18 +879,8 @@ fn send_and_tail_say_once_that_kafka_is_unreachable_and_give_up() {
 /// bob makes the same pause without signals: two batches, the second `follows` the first.
 #[test]
 fn typing_sent_by_hand_holds_a_burst_open_and_tail_shows_it() {
-    let dir = tempdir("by-hand");
-    let bootstrap_file = dir.join("bootstrap");
-    let broker = lull()
-        .args(["dev-broker", "--partitions", "2", "--topic", "chat.events"])
-        .arg("--bootstrap-file")
-        .arg(&bootstrap_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev-broker starts");
-    let _broker = Guard(broker);
-    let bootstrap = wait_file(&bootstrap_file);
+    let (_broker, bootstrap) = dev_broker("by-hand", &["--topic", "chat.events"]);
+    let dir = tempdir("by-hand-logs");
     let with_env = |c: &mut Command| {
         c.env("KAFKA_BROKERS", &bootstrap)
             .env("LULL_EVENTS_TOPIC", "chat.events")
