@@ -10,8 +10,11 @@
 //!   holds input an earlier owner may have published a summary of.
 //! * In exactly_once the state topic records delivered batches (in their transactions); Redis
 //!   gets the flushed records only in at_least_once.
-//! * Both go to Redis together, at most every [`SYNC_EVERY`] (or at once past [`SYNC_BATCH`]
-//!   keys), in one round trip. If Redis is down they wait, and go once it is back.
+//! * Summaries go to Redis at most every [`SYNC_EVERY`] (or at once past [`SYNC_BATCH`] keys);
+//!   in at_least_once an acknowledged batch is recorded within [`RECORD_EVERY`], since until then
+//!   a crash repeats it: the records (and the deletions they allow) are written then, with the
+//!   summaries only when those are due too. One round trip per write. If Redis is down they
+//!   wait, and go once it is back.
 //!
 //! Without Redis the ledger stays empty.
 
@@ -24,11 +27,15 @@ use tokio::time::Instant;
 use crate::io::store::{Flushed, PendingSummary};
 use crate::model::window::WindowEngine;
 
-/// Changed windows and acknowledged batches are written to Redis at least this often.
+/// A changed window's summary is written to Redis within this, and not more often.
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 
 /// ... and at once when this many keys are waiting.
 pub const SYNC_BATCH: usize = 4096;
+
+/// at_least_once: an acknowledged batch is recorded within this (a crash before it repeats the
+/// batch).
+pub const RECORD_EVERY: Duration = Duration::from_millis(50);
 
 /// A batch emitted and not yet recorded.
 #[derive(Debug, Clone)]
@@ -54,8 +61,10 @@ pub struct Ledger {
     to_record: HashMap<Arc<str>, Flushed>,
     /// Keys whose open window changed since its summary was last written.
     dirty: HashSet<Arc<str>>,
-    /// When the next write is due.
+    /// When the summaries are due.
     due: Option<Instant>,
+    /// When the records (and deletions) are due.
+    records_due: Option<Instant>,
 }
 
 /// One write to Redis: window summaries and acknowledged batches.
@@ -143,7 +152,7 @@ impl Ledger {
                     batch_id: b.batch_id.to_string(),
                 },
             );
-            self.schedule();
+            self.schedule_records();
         }
     }
 
@@ -153,9 +162,23 @@ impl Ledger {
         }
     }
 
+    fn schedule_records(&mut self) {
+        if self.records_due.is_none() {
+            let wait = if self.records {
+                RECORD_EVERY
+            } else {
+                SYNC_EVERY
+            };
+            self.records_due = Some(Instant::now() + wait);
+        }
+    }
+
     /// When the next write is due, if anything waits.
     pub fn due(&self) -> Option<Instant> {
-        self.due
+        match (self.due, self.records_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether enough waits to write without waiting for [`SYNC_EVERY`].
@@ -163,23 +186,50 @@ impl Ledger {
         self.to_record.len() + self.dirty.len() + self.undeleted.len() >= SYNC_BATCH
     }
 
-    /// What to write now; summaries are read from `engine` (a window flushed meanwhile has none).
-    /// `inherited_below`: input below this offset may have been an earlier owner's, who may have
-    /// published summaries of it. Hand it back with [`Ledger::retry`] if the write fails.
+    /// Everything that waits (the last write of a drain or a revocation); see
+    /// [`Ledger::take_due`].
     pub fn take(&mut self, engine: &WindowEngine, inherited_below: i64) -> SyncBatch {
-        self.due = None;
-        let mut windows = Vec::with_capacity(self.dirty.len());
-        for key in self.dirty.drain() {
-            if let Some(w) = engine.summary(&key) {
-                windows.push(PendingSummary {
-                    key: key.to_string(),
-                    first_ts: w.first_ts,
-                    last_ts: w.last_ts,
-                    count: w.count,
-                    flush_at: w.flush_at,
-                    first_offset: w.first_offset,
-                });
-                self.published.insert(key);
+        self.take_with(engine, true, inherited_below)
+    }
+
+    /// What is due at `now`: the records and deletions, and the summaries when they are due too
+    /// (or the ledger is [`full`](Ledger::full)). Summaries are read from `engine` (a window
+    /// flushed meanwhile has none). `inherited_below`: input below this offset may have been an
+    /// earlier owner's, who may have published summaries of it. Hand the batch back with
+    /// [`Ledger::retry`] if the write fails.
+    pub fn take_due(
+        &mut self,
+        engine: &WindowEngine,
+        inherited_below: i64,
+        now: Instant,
+    ) -> SyncBatch {
+        let summaries = self.full() || self.due.is_some_and(|at| at <= now);
+        self.take_with(engine, summaries, inherited_below)
+    }
+
+    fn take_with(
+        &mut self,
+        engine: &WindowEngine,
+        summaries: bool,
+        inherited_below: i64,
+    ) -> SyncBatch {
+        self.records_due = None;
+        let mut windows = Vec::new();
+        if summaries {
+            self.due = None;
+            windows.reserve(self.dirty.len());
+            for key in self.dirty.drain() {
+                if let Some(w) = engine.summary(&key) {
+                    windows.push(PendingSummary {
+                        key: key.to_string(),
+                        first_ts: w.first_ts,
+                        last_ts: w.last_ts,
+                        count: w.count,
+                        flush_at: w.flush_at,
+                        first_offset: w.first_offset,
+                    });
+                    self.published.insert(key);
+                }
             }
         }
         let mut gone: Vec<String> = self
@@ -210,12 +260,17 @@ impl Ledger {
         for w in failed.windows {
             self.dirty.insert(Arc::from(w.key.as_str()));
         }
+        if !self.dirty.is_empty() {
+            self.schedule();
+        }
         self.undeleted.extend(failed.gone);
         for b in failed.batches {
             let key: Arc<str> = Arc::from(b.key.as_str());
             self.to_record.entry(key).or_insert(b);
         }
-        self.schedule();
+        if !self.undeleted.is_empty() || !self.to_record.is_empty() {
+            self.schedule_records();
+        }
     }
 }
 
@@ -256,6 +311,38 @@ mod tests {
             (4, 6)
         );
         assert!(l.due().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_least_once_records_a_delivered_batch_sooner_than_it_publishes_summaries() {
+        let mut engine = engine();
+        let mut out = Vec::new();
+        let mut l = Ledger::new(true);
+        engine.push(fragment("open", 5, 1_000), 1_000, &mut out);
+        l.touched("open");
+        let k: Arc<str> = Arc::from("u");
+        l.emitted(&k, "t/0/1".into(), 1, 1, 10);
+        l.acknowledged(&k, 1);
+        let start = Instant::now();
+        assert_eq!(l.due(), Some(start + RECORD_EVERY));
+        tokio::time::advance(RECORD_EVERY).await;
+        let records = l.take_due(&engine, 0, Instant::now());
+        assert_eq!(records.batches.len(), 1, "the record goes at once");
+        assert!(
+            records.windows.is_empty(),
+            "the summary waits for its period"
+        );
+        assert_eq!(l.due(), Some(start + SYNC_EVERY));
+        tokio::time::advance(SYNC_EVERY - RECORD_EVERY).await;
+        let summaries = l.take_due(&engine, 0, Instant::now());
+        assert_eq!(summaries.windows.len(), 1);
+        assert!(l.due().is_none());
+
+        // exactly_once records nothing in Redis: its deletions keep the summaries' period.
+        let mut l = Ledger::new(false);
+        l.emitted(&k, "t/0/2".into(), 2, 2, 11);
+        l.acknowledged(&k, 2);
+        assert_eq!(l.due(), Some(Instant::now() + SYNC_EVERY));
     }
 
     #[tokio::test(start_paused = true)]

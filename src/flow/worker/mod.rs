@@ -371,7 +371,7 @@ impl Worker {
                 Lifecycle::Running => None,
                 Lifecycle::Draining { until } => {
                     if self.settled(p) {
-                        self.sync(p).await?;
+                        self.sync(p, true).await?;
                         return Ok(());
                     }
                     Some(until)
@@ -439,7 +439,7 @@ impl Worker {
                         self.take(p, chunk).await?;
                     }
                 }
-                _ = sleep_until_opt(sync_at), if sync_at.is_some() => self.sync(p).await?,
+                _ = sleep_until_opt(sync_at), if sync_at.is_some() => self.sync(p, false).await?,
                 _ = tokio::time::sleep(BUDGET_RECHECK), if starved => {}
                 _ = sleep_until_opt(draining), if draining.is_some() => {
                     warn!(
@@ -453,7 +453,7 @@ impl Worker {
             self.route(p);
             // Checked here too: under steady input the biased select may not reach its timer.
             if p.ledger.full() || p.ledger.due().is_some_and(|at| at <= Instant::now()) {
-                self.sync(p).await?;
+                self.sync(p, false).await?;
             }
             p.progress
                 .publish(&p.engine, p.output.bytes(), p.high, reading);
@@ -482,10 +482,15 @@ impl Worker {
         }
     }
 
-    /// Writes what the ledger holds to Redis (a no-op without Redis); if Redis cannot take it,
-    /// it waits for the next write.
-    async fn sync(&self, p: &mut Parts) -> Result<(), Stop> {
-        let batch = p.ledger.take(&p.engine, p.gate.inherited_below());
+    /// Writes what the ledger holds to Redis (a no-op without Redis): what is due, or `all` of
+    /// it (the last write); if Redis cannot take it, it waits for the next write.
+    async fn sync(&self, p: &mut Parts, all: bool) -> Result<(), Stop> {
+        let batch = if all {
+            p.ledger.take(&p.engine, p.gate.inherited_below())
+        } else {
+            p.ledger
+                .take_due(&p.engine, p.gate.inherited_below(), Instant::now())
+        };
         let high = p.high.unwrap_or(0).max(
             batch
                 .batches
@@ -526,7 +531,7 @@ impl Worker {
         }
         p.progress
             .publish(&p.engine, p.output.bytes(), p.high, false);
-        if let Err(Stop::FencedByRedis(why)) = self.sync(p).await {
+        if let Err(Stop::FencedByRedis(why)) = self.sync(p, true).await {
             debug!(partition = self.partition, reason = %why, "revoked partition already claimed by its next owner");
         }
     }
