@@ -15,27 +15,7 @@ use lull::config::Config;
 use lull::io::kafka::{reader_config, writer_config};
 use lull::ops::kafka_log::{kafka_log, ClientLog};
 
-/// How long `send` and `tail` wait for an unreachable broker before they give up.
-const REACH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether the brokers answer for `topic` within [`REACH_TIMEOUT`]: `Err` with one line saying
-/// why not.
-async fn reach(config: &Config, topic: &str) -> Result<(), String> {
-    let (probe, topic) = (config.clone(), topic.to_string());
-    let asked = tokio::task::spawn_blocking(move || {
-        lull::devkit::load::reachable(&probe, &topic, REACH_TIMEOUT)
-    })
-    .await;
-    match asked {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!(
-            "kafka unreachable at {} ({e}): gave up after {} s",
-            config.brokers,
-            REACH_TIMEOUT.as_secs()
-        )),
-        Err(e) => Err(format!("kafka probe failed: {e}")),
-    }
-}
+use super::reach::reach;
 
 /// `lull send`'s arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -15,6 +15,7 @@ mod logging;
 pub mod monitor;
 pub mod pending;
 mod progress;
+mod reach;
 pub mod run;
 pub mod settings;
 pub mod simulate;

@@ -12,9 +12,6 @@ use lull::devkit::load::{Plan, PlanArgs, Writer};
 
 use super::demo::DemoError;
 
-/// How long `simulate` waits for the brokers to answer, and for any one delivery.
-const DEADLINE: Duration = Duration::from_secs(10);
-
 /// `lull simulate`'s knobs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
@@ -70,13 +67,6 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
         delete_share: args.delete_share,
         ..PlanArgs::plain(args.users, args.fragments, quiet_ms, args.seed)
     });
-    // Like `verify`: an unreachable broker is an error within seconds, not a hang.
-    let probe = config.clone();
-    tokio::task::spawn_blocking(move || {
-        lull::devkit::load::reachable(&probe, &probe.input_topic, DEADLINE)
-    })
-    .await
-    .map_err(|e| DemoError::Task(e.to_string()))??;
     let mut writer = Writer::new(config, &config.input_topic)?;
     eprintln!(
         "typing {} fragments in {} bursts for {} users into {} (planned around a {} ms quiet period)",
@@ -105,6 +95,10 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> Result<usize, Dem
 /// `lull simulate`.
 pub async fn main(config: Config, args: SimulateArgs) -> ExitCode {
     super::init_tracing(config.log_format, "warn");
+    if let Err(why) = super::reach::reach(&config, &config.input_topic).await {
+        eprintln!("{why}");
+        return ExitCode::FAILURE;
+    }
     match simulate(&config, &args).await {
         Ok(n) => {
             println!("typed {n} fragments");

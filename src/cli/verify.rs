@@ -75,6 +75,10 @@ pub async fn main(config: Config, args: VerifyArgs) -> ExitCode {
             }
         }
     }
+    if let Err(why) = super::reach::reach(&config, &config.input_topic).await {
+        eprintln!("{why}");
+        return ExitCode::FAILURE;
+    }
     let report = match audit(config, opts).await {
         Ok(r) => r,
         Err(e) => {
