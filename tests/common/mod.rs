@@ -605,6 +605,42 @@ impl Collector {
         true
     }
 
+    /// Reads until it holds everything its topic holds now (each partition's position at the
+    /// high watermark it has now): once every writer has stopped, the whole topic, as an audit
+    /// reading it afterwards sees it.
+    pub async fn to_end(&mut self) {
+        let assignment = self.consumer.assignment().expect("assignment");
+        let ends: Vec<(String, i32, i64, i64)> = assignment
+            .elements()
+            .iter()
+            .map(|e| {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                    .expect("watermarks");
+                (e.topic().to_string(), e.partition(), low, high)
+            })
+            .collect();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let position = self.consumer.position().expect("position");
+            let at_end = ends.iter().all(|(topic, p, low, high)| {
+                match position.find_partition(topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o >= *high,
+                    _ => low == high,
+                }
+            });
+            if at_end {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the collector did not reach the topic's end {ends:?}: {position:?}"
+            );
+            let _ = self.try_until(Duration::from_millis(200), |_| false).await;
+        }
+    }
+
     /// Reads for `period` more, collecting whatever arrives (to catch duplicates).
     pub async fn settle(&mut self, period: Duration) {
         let end = Instant::now() + period;
