@@ -403,7 +403,7 @@ async fn scenario(name: &str, protocol: Protocol, workers: usize, fault: Fault, 
     }
     // Everything written, to the end, as the audit below reads it: a killed worker's successor
     // may repeat batches after the settle above (its takeover waits for the session timeout).
-    out.to_end().await;
+    out.read_to_end().await;
 
     // After a leader moved, its new leader's high watermark catches up only as the followers
     // fetch: the audit reads to the ends it sees, so wait until they cover everything typed.

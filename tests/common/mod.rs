@@ -608,7 +608,7 @@ impl Collector {
     /// Reads until it holds everything its topic holds now (each partition's position at the
     /// high watermark it has now): once every writer has stopped, the whole topic, as an audit
     /// reading it afterwards sees it.
-    pub async fn to_end(&mut self) {
+    pub async fn read_to_end(&mut self) {
         let assignment = self.consumer.assignment().expect("assignment");
         let ends: Vec<(String, i32, i64, i64)> = assignment
             .elements()
