@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric lull exports.
@@ -84,7 +84,7 @@ pub struct Metrics {
     /// Age of the oldest open window (now minus its first fragment's timestamp).
     pub oldest_open_window_age: prometheus::Gauge,
     /// Messages behind the end of each assigned partition.
-    pub consumer_lag: prometheus::IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
     /// Bytes held against the memory budget (open windows plus unacknowledged output).
     pub held_bytes: IntGauge,
     /// The memory budget, `LULL_MAX_OPEN_BYTES`.
@@ -97,7 +97,7 @@ pub struct Metrics {
 
 /// Registers `metric` and hands it back: every family is defined in code, so its definition is
 /// valid and its name unique (a mistake is a bug caught by any test that starts lull).
-fn registered<M: prometheus::core::Collector + Clone + 'static>(
+pub(super) fn registered<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: M,
 ) -> M {
@@ -112,7 +112,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     registered(registry, c)
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");
     registered(registry, c)
@@ -120,6 +125,17 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition is valid");
+    registered(registry, g)
+}
+
+pub(super) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
     registered(registry, g)
 }
 
@@ -345,17 +361,12 @@ impl Metrics {
                 .expect("static metric definition is valid");
                 registered(&registry, g)
             },
-            consumer_lag: {
-                let g = prometheus::IntGaugeVec::new(
-                    Opts::new(
-                        "lull_consumer_lag",
-                        "Messages between lull's commit point (the oldest fragment not yet delivered) and the end of each assigned partition.",
-                    ),
-                    &["partition"],
-                )
-                .expect("static metric definition is valid");
-                registered(&registry, g)
-            },
+            consumer_lag: gauge_vec(
+                &registry,
+                "lull_consumer_lag",
+                "Messages between lull's commit point (the oldest fragment not yet delivered) and the end of each assigned partition.",
+                &["partition"],
+            ),
             held_bytes: gauge(
                 &registry,
                 "lull_held_bytes",

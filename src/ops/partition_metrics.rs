@@ -6,6 +6,8 @@
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use super::metrics::{counter_vec, gauge_vec, registered};
+
 /// The phases `lull_partition_phase` reports, one series each (1 for the current one).
 pub const PHASES: &[&str] = &["claiming", "waiting", "running", "draining", "fenced"];
 
@@ -19,24 +21,6 @@ pub struct PartitionFamilies {
     phase: IntGaugeVec,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &["partition"])
-        .expect("static metric definition is valid");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
-    c
-}
-
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g =
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric names are unique");
-    g
-}
-
 impl PartitionFamilies {
     /// Defines and registers the families in `registry`.
     pub fn new(registry: &Registry) -> Self {
@@ -48,24 +32,25 @@ impl PartitionFamilies {
             &["partition"],
         )
         .expect("static metric definition is valid");
-        registry
-            .register(Box::new(oldest_age.clone()))
-            .expect("metric names are unique");
+        let oldest_age = registered(registry, oldest_age);
         Self {
             fragments: counter_vec(
                 registry,
                 "lull_partition_fragments_received_total",
                 "Input messages read from the partition.",
+                &["partition"],
             ),
             batches: counter_vec(
                 registry,
                 "lull_partition_batches_flushed_total",
                 "Batches of the partition produced and acknowledged (at_least_once) or committed (exactly_once).",
+                &["partition"],
             ),
             commits: counter_vec(
                 registry,
                 "lull_partition_commits_total",
                 "Commits that moved the partition on: offset commits (at_least_once) or committed transactions (exactly_once).",
+                &["partition"],
             ),
             open_windows: gauge_vec(
                 registry,
