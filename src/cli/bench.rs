@@ -262,18 +262,8 @@ async fn write_backlog(args: &BenchArgs, config: &Config) -> Result<(), BenchErr
             11,
         )
     });
-    let base = lull::ops::clock::now_ms() - 3_600_000;
     let mut writer = Writer::new(config, &config.input_topic)?;
-    let written = super::progress::bar(plan.events.len() as u64, "writing the backlog");
-    for e in &plan.events {
-        let (key, value) = plan.message(e, "");
-        writer
-            .send(&key, &value, Some(base + e.at_ms as i64))
-            .await?;
-        written.inc(1);
-    }
-    writer.finish().await?;
-    written.finish_and_clear();
+    super::demo::write_backlog(&mut writer, &plan, lull::ops::clock::now_ms() - 3_600_000).await?;
     Ok(())
 }
 

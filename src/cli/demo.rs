@@ -135,6 +135,27 @@ pub fn tool_quiet_ms(config: &Config, settings: &super::settings::SettingsArgs) 
     }
 }
 
+/// Writes the whole of `plan` at once, each message timestamped `base` + its planned time, and
+/// waits for every acknowledgement: a backlog for lull to catch up on (the demo's `--backlog`,
+/// the benchmark's throughput phases), with a bar on a terminal.
+pub async fn write_backlog(
+    writer: &mut Writer,
+    plan: &Plan,
+    base: i64,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let written = super::progress::bar(plan.events.len() as u64, "writing the backlog");
+    for e in &plan.events {
+        let (key, value) = plan.message(e, "");
+        writer
+            .send(&key, &value, Some(base + e.at_ms as i64))
+            .await?;
+        written.inc(1);
+    }
+    writer.finish().await?;
+    written.finish_and_clear();
+    Ok(())
+}
+
 /// Runs the demo; returns its report (check [`DemoReport::passed`]).
 pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> {
     let quiet_ms = tool_quiet_ms(&base, &args.settings);
@@ -230,17 +251,12 @@ pub async fn run(base: Config, args: DemoArgs) -> Result<DemoReport, DemoError> 
     let mut next = 0;
     let mut read_started: Option<std::time::Instant> = None;
     if args.backlog {
-        let base = now_ms() - plan.span_ms() as i64 - 10_000;
-        let written = super::progress::bar(plan.events.len() as u64, "writing the backlog");
-        for e in &plan.events {
-            let (key, value) = plan.message(e, "");
-            writer
-                .send(&key, &value, Some(base + e.at_ms as i64))
-                .await?;
-            written.inc(1);
-        }
-        writer.finish().await?;
-        written.finish_and_clear();
+        write_backlog(
+            &mut writer,
+            &plan,
+            now_ms() - plan.span_ms() as i64 - 10_000,
+        )
+        .await?;
         next = plan.events.len();
         println!("  backlog of {total} fragments written; starting the worker on it");
     }
