@@ -643,38 +643,13 @@ fn pretty_logs_to_a_file_have_no_colour_codes() {
     );
 }
 
-#[test]
-fn run_help_lists_every_setting_with_its_default() {
-    let out = lull().args(["run", "--help"]).output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for s in lull::config::settings::SETTINGS {
-        assert!(
-            help.contains(&format!("[env: {}", s.name)),
-            "{} missing:\n{help}",
-            s.name
-        );
-        if !s.default.is_empty() {
-            assert!(
-                help.contains(&format!("[default: {}]", s.default)),
-                "{}:\n{help}",
-                s.name
-            );
-        }
-    }
-    // A flag is the same setting as its variable, validated the same way.
-    let out = lull().args(["run", "--quiet-ms", "abc"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("LULL_QUIET_MS=abc: expected"));
-}
-
 /// Every command that talks to Kafka or Redis takes the same settings flags (and `--env-file`),
-/// validated like the variables: `lull tail --kafka-brokers X` works as `KAFKA_BROKERS=X lull tail`.
+/// each listed in its `--help` with its default, validated like the variables: `lull tail --kafka-brokers X` works as `KAFKA_BROKERS=X lull tail`.
 #[test]
 fn every_tool_takes_the_settings_as_flags_and_an_env_file() {
     let tools = [
         "run", "check", "topics", "send", "tail", "simulate", "verify", "pending", "monitor",
-        "bench", "demo",
+        "bench", "demo", "top",
     ];
     for tool in tools {
         let out = lull().args([tool, "--help"]).output().unwrap();
@@ -683,9 +658,16 @@ fn every_tool_takes_the_settings_as_flags_and_an_env_file() {
         for s in lull::config::settings::SETTINGS {
             assert!(
                 help.contains(&format!("[env: {}", s.name)),
-                "{tool}: {} missing",
+                "{tool}: {} missing:\n{help}",
                 s.name
             );
+            if !s.default.is_empty() {
+                assert!(
+                    help.contains(&format!("[default: {}]", s.default)),
+                    "{tool}: {}:\n{help}",
+                    s.name
+                );
+            }
         }
         assert!(help.contains("--env-file <PATH>"), "{tool}:\n{help}");
         // A bad value given as a flag is the same one-line configuration error on every tool.
@@ -703,6 +685,11 @@ fn every_tool_takes_the_settings_as_flags_and_an_env_file() {
             "{tool}: {err}"
         );
     }
+
+    // A flag is the same setting as its variable, validated the same way.
+    let out = lull().args(["run", "--quiet-ms", "abc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LULL_QUIET_MS=abc: expected"));
 
     // The flag is used, and wins over its variable: tail gives up on the broker the flag names.
     let port = closed_port();

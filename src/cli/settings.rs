@@ -38,7 +38,7 @@ impl SettingsArgs {
 
 /// The flag of a setting: its variable without the `LULL_` prefix, in kebab case
 /// (`LULL_QUIET_MS` -> `--quiet-ms`, `KAFKA_BROKERS` -> `--kafka-brokers`).
-pub fn flag_of(variable: &str) -> String {
+fn flag_of(variable: &str) -> String {
     variable
         .trim_start_matches("LULL_")
         .to_ascii_lowercase()
