@@ -42,14 +42,16 @@ pub struct TopArgs {
 /// The instances to watch, as `(url, host:port)`.
 fn instances(config: &Config, args: &TopArgs) -> Result<Vec<(String, String)>, String> {
     if args.urls.is_empty() {
-        let addr = config.http_addr;
+        let mut addr = config.http_addr;
         // An instance bound to every address answers on loopback.
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        let authority = format!("{host}:{}", addr.port());
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        // SocketAddr's form: an IPv6 address in brackets.
+        let authority = addr.to_string();
         return Ok(vec![(format!("http://{authority}"), authority)]);
     }
     args.urls
@@ -118,10 +120,14 @@ async fn once(instances: &[(String, String)], interval: Duration, sort: SortKey)
     let now = scrape_all(instances).await;
     let (statuses, mut rows) = table(instances, &before, &now);
     view::sort(&mut rows, sort, sort == SortKey::Partition);
-    for (line, _) in &statuses {
-        println!("{line}");
-    }
-    print!("{}", view::plain(&rows));
+    let mut text: String = statuses
+        .iter()
+        .map(|(line, _)| format!("{line}\n"))
+        .collect();
+    text.push_str(&view::plain(&rows));
+    // A reader that stops early (`lull top --once | head`) is no error of ours: no panic on a
+    // closed pipe.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     if now.iter().all(Result::is_ok) {
         ExitCode::SUCCESS
     } else {
